@@ -1,0 +1,404 @@
+package transport
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/voldelta/voldelta/chunk"
+)
+
+// ProtocolVersion is the version spoken by this build. Peers must speak the
+// same version; a mismatch ends the session with ErrCodeVersion.
+const ProtocolVersion = 1
+
+// Magic starts every HELLO, so that a stray client is told apart from an
+// agent of another version.
+const Magic = "VDLT"
+
+// Message is a typed frame payload.
+type Message interface {
+	FrameType() FrameType
+	// AppendPayload appends the payload encoding to dst.
+	AppendPayload(dst []byte) []byte
+}
+
+// Hello opens a sync session (agent → receiver, control stream).
+type Hello struct {
+	Version uint16
+	Volume  string
+	Size    uint64
+	Params  chunk.Params
+	Streams uint16
+	Agent   string // software and host, for logs
+}
+
+// TargetState says what the receiver knows of its target at WELCOME.
+type TargetState uint8
+
+// Target states.
+const (
+	TargetNew        TargetState = 0 // never committed
+	TargetCommitted  TargetState = 1 // holds the generation in Welcome
+	TargetIncomplete TargetState = 2 // an apply was interrupted; it will resume
+)
+
+func (s TargetState) String() string {
+	switch s {
+	case TargetNew:
+		return "new"
+	case TargetCommitted:
+		return "committed"
+	case TargetIncomplete:
+		return "incomplete"
+	}
+	return fmt.Sprintf("TargetState(%d)", uint8(s))
+}
+
+// Welcome accepts a session (receiver → agent).
+type Welcome struct {
+	Generation uint64 // last committed generation, 0 if none
+	Root       chunk.ID
+	State      TargetState
+	Receiver   string
+}
+
+// ErrorMsg ends a session with a reason (either direction).
+type ErrorMsg struct {
+	Code    ErrorCode
+	Message string
+}
+
+// ManifestBatch carries the next entries of the manifest, in order.
+type ManifestBatch struct {
+	Entries []chunk.Entry
+}
+
+// ManifestEnd closes the manifest.
+type ManifestEnd struct {
+	Count uint64
+	Root  chunk.ID
+}
+
+// IndexRange is a run of consecutive manifest entry indexes.
+type IndexRange struct {
+	First uint64
+	Count uint32
+}
+
+// Need asks the agent for the chunks at these manifest indexes.
+type Need struct {
+	Ranges []IndexRange
+}
+
+// NeedEnd says no more NEED follows; Total counts every index asked for.
+type NeedEnd struct {
+	Total uint64
+}
+
+// DataOpen is the first frame on every data stream.
+type DataOpen struct {
+	Stream uint16
+}
+
+// Codec says how a chunk's bytes are encoded on the wire.
+type Codec uint8
+
+// Codecs.
+const (
+	CodecRaw  Codec = 0
+	CodecZstd Codec = 1
+)
+
+// Chunk carries one chunk's bytes (agent → receiver, data streams). Data
+// aliases the frame buffer when decoded: it is valid until the next frame.
+type Chunk struct {
+	Index  uint64
+	Codec  Codec
+	RawLen uint32
+	Data   []byte
+}
+
+// Result reports a committed generation (receiver → agent).
+type Result struct {
+	Generation uint64
+	Root       chunk.ID
+	Skipped    uint64 // entries already in place
+	Copied     uint64 // chunks copied from elsewhere in the target
+	Fetched    uint64 // chunks received from the agent
+	Zeroed     uint64 // zero runs written
+	CopyBytes  uint64
+	FetchBytes uint64
+}
+
+func (Hello) FrameType() FrameType         { return FrameHello }
+func (Welcome) FrameType() FrameType       { return FrameWelcome }
+func (ErrorMsg) FrameType() FrameType      { return FrameError }
+func (ManifestBatch) FrameType() FrameType { return FrameManifest }
+func (ManifestEnd) FrameType() FrameType   { return FrameManifestEnd }
+func (Need) FrameType() FrameType          { return FrameNeed }
+func (NeedEnd) FrameType() FrameType       { return FrameNeedEnd }
+func (DataOpen) FrameType() FrameType      { return FrameDataOpen }
+func (Chunk) FrameType() FrameType         { return FrameChunk }
+func (Result) FrameType() FrameType        { return FrameResult }
+
+func appendStr8(b []byte, s string) []byte {
+	return append(append(b, byte(len(s))), s...)
+}
+
+func (m Hello) AppendPayload(b []byte) []byte {
+	b = append(b, Magic...)
+	b = binary.BigEndian.AppendUint16(b, m.Version)
+	b = appendStr8(b, m.Volume)
+	b = binary.BigEndian.AppendUint64(b, m.Size)
+	b = chunk.AppendParams(b, m.Params)
+	b = binary.BigEndian.AppendUint16(b, m.Streams)
+	return appendStr8(b, m.Agent)
+}
+
+func (m Welcome) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Generation)
+	b = append(b, m.Root[:]...)
+	b = append(b, byte(m.State))
+	return appendStr8(b, m.Receiver)
+}
+
+func (m ErrorMsg) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
+	msg := m.Message
+	if len(msg) > 4096 {
+		msg = msg[:4096]
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	return append(b, msg...)
+}
+
+func (m ManifestBatch) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Entries)))
+	for _, e := range m.Entries {
+		b = chunk.AppendEntry(b, e)
+	}
+	return b
+}
+
+func (m ManifestEnd) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Count)
+	return append(b, m.Root[:]...)
+}
+
+func (m Need) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Ranges)))
+	for _, r := range m.Ranges {
+		b = binary.BigEndian.AppendUint64(b, r.First)
+		b = binary.BigEndian.AppendUint32(b, r.Count)
+	}
+	return b
+}
+
+func (m NeedEnd) AppendPayload(b []byte) []byte {
+	return binary.BigEndian.AppendUint64(b, m.Total)
+}
+
+func (m DataOpen) AppendPayload(b []byte) []byte {
+	return binary.BigEndian.AppendUint16(b, m.Stream)
+}
+
+// ChunkHeaderSize is the size of a CHUNK payload before the data.
+const ChunkHeaderSize = 8 + 1 + 4
+
+func (m Chunk) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Index)
+	b = append(b, byte(m.Codec))
+	b = binary.BigEndian.AppendUint32(b, m.RawLen)
+	return append(b, m.Data...)
+}
+
+func (m Result) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Generation)
+	b = append(b, m.Root[:]...)
+	for _, v := range []uint64{m.Skipped, m.Copied, m.Fetched, m.Zeroed, m.CopyBytes, m.FetchBytes} {
+		b = binary.BigEndian.AppendUint64(b, v)
+	}
+	return b
+}
+
+// decoder reads fields from a payload, remembering the first shortfall.
+type decoder struct {
+	b   []byte
+	t   FrameType
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || len(d.b) < n {
+		d.err = fmt.Errorf("%w: %v payload truncated", ErrProtocol, d.t)
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) u8() uint8 {
+	if v := d.take(1); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (d *decoder) u16() uint16 {
+	if v := d.take(2); v != nil {
+		return binary.BigEndian.Uint16(v)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if v := d.take(4); v != nil {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if v := d.take(8); v != nil {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func (d *decoder) id() (id chunk.ID) {
+	copy(id[:], d.take(len(id)))
+	return id
+}
+
+func (d *decoder) str8() string { return string(d.take(int(d.u8()))) }
+
+// done fails if bytes are left over.
+func (d *decoder) done() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%w: %d stray bytes after %v payload", ErrProtocol, len(d.b), d.t)
+	}
+	return d.err
+}
+
+// Decode parses the payload of a frame of type t. Counts in the payload are
+// checked against the bytes present before anything is allocated. A decoded
+// Chunk's Data aliases payload.
+func Decode(t FrameType, payload []byte) (Message, error) {
+	d := &decoder{b: payload, t: t}
+	switch t {
+	case FrameHello:
+		if m := d.take(len(Magic)); d.err == nil && string(m) != Magic {
+			return nil, fmt.Errorf("%w: HELLO without the %q magic: the peer is not a voldelta agent", ErrProtocol, Magic)
+		}
+		var m Hello
+		m.Version = d.u16()
+		if d.err == nil && m.Version != ProtocolVersion {
+			// Report the version even if the rest is in a format we do not know.
+			return m, nil
+		}
+		m.Volume = d.str8()
+		m.Size = d.u64()
+		if d.err == nil {
+			p, rest, err := chunk.DecodeParams(d.b)
+			if err != nil {
+				return nil, fmt.Errorf("%w: HELLO: %w", ErrProtocol, err)
+			}
+			m.Params, d.b = p, rest
+		}
+		m.Streams = d.u16()
+		m.Agent = d.str8()
+		return m, d.done()
+	case FrameWelcome:
+		var m Welcome
+		m.Generation = d.u64()
+		m.Root = d.id()
+		m.State = TargetState(d.u8())
+		m.Receiver = d.str8()
+		if d.err == nil && m.State > TargetIncomplete {
+			return nil, fmt.Errorf("%w: WELCOME with unknown target state %d", ErrProtocol, m.State)
+		}
+		return m, d.done()
+	case FrameError:
+		var m ErrorMsg
+		m.Code = ErrorCode(d.u16())
+		m.Message = string(d.take(int(d.u16())))
+		return m, d.done()
+	case FrameManifest:
+		n := d.u32()
+		if d.err == nil && uint64(n)*chunk.EntrySize != uint64(len(d.b)) {
+			return nil, fmt.Errorf("%w: MANIFEST says %d entries in %d bytes", ErrProtocol, n, len(d.b))
+		}
+		if d.err != nil {
+			return nil, d.err
+		}
+		m := ManifestBatch{Entries: make([]chunk.Entry, n)}
+		for i := range m.Entries {
+			e, err := chunk.DecodeEntry(d.take(chunk.EntrySize))
+			if err != nil {
+				return nil, fmt.Errorf("%w: MANIFEST entry %d: %w", ErrProtocol, i, err)
+			}
+			m.Entries[i] = e
+		}
+		return m, d.done()
+	case FrameManifestEnd:
+		var m ManifestEnd
+		m.Count = d.u64()
+		m.Root = d.id()
+		return m, d.done()
+	case FrameNeed:
+		n := d.u32()
+		if d.err == nil && uint64(n)*12 != uint64(len(d.b)) {
+			return nil, fmt.Errorf("%w: NEED says %d ranges in %d bytes", ErrProtocol, n, len(d.b))
+		}
+		if d.err != nil {
+			return nil, d.err
+		}
+		m := Need{Ranges: make([]IndexRange, n)}
+		for i := range m.Ranges {
+			m.Ranges[i] = IndexRange{First: d.u64(), Count: d.u32()}
+			if r := m.Ranges[i]; r.Count == 0 || r.First+uint64(r.Count) < r.First {
+				return nil, fmt.Errorf("%w: NEED range %d (%d+%d) is empty or overflows", ErrProtocol, i, r.First, r.Count)
+			}
+		}
+		return m, d.done()
+	case FrameNeedEnd:
+		m := NeedEnd{Total: d.u64()}
+		return m, d.done()
+	case FrameDataOpen:
+		m := DataOpen{Stream: d.u16()}
+		return m, d.done()
+	case FrameChunk:
+		var m Chunk
+		m.Index = d.u64()
+		m.Codec = Codec(d.u8())
+		m.RawLen = d.u32()
+		if d.err != nil {
+			return nil, d.err
+		}
+		if m.Codec > CodecZstd {
+			return nil, fmt.Errorf("%w: CHUNK %d with unknown codec %d", ErrProtocol, m.Index, m.Codec)
+		}
+		if m.RawLen > chunk.MaxChunkSize {
+			return nil, fmt.Errorf("%w: CHUNK %d of %d bytes, above the largest chunk %d", ErrProtocol, m.Index, m.RawLen, chunk.MaxChunkSize)
+		}
+		m.Data = d.b
+		d.b = nil
+		if m.Codec == CodecRaw && uint32(len(m.Data)) != m.RawLen {
+			return nil, fmt.Errorf("%w: raw CHUNK %d has %d bytes, says %d", ErrProtocol, m.Index, len(m.Data), m.RawLen)
+		}
+		return m, nil
+	case FrameResult:
+		var m Result
+		m.Generation = d.u64()
+		m.Root = d.id()
+		for _, p := range []*uint64{&m.Skipped, &m.Copied, &m.Fetched, &m.Zeroed, &m.CopyBytes, &m.FetchBytes} {
+			*p = d.u64()
+		}
+		return m, d.done()
+	}
+	return nil, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, uint8(t))
+}
