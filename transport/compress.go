@@ -39,7 +39,9 @@ func NewCompressor(level CompressionLevel) (*Compressor, error) {
 	default:
 		return nil, fmt.Errorf("unknown compression level %q (want off, fastest, default or better)", level)
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(l), zstd.WithEncoderConcurrency(1),
+	// EncodeAll takes one of the encoder's concurrency slots per call: with
+	// one slot, every data stream would wait for the others' chunks.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(l), zstd.WithEncoderConcurrency(0),
 		zstd.WithWindowSize(1<<20), zstd.WithZeroFrames(true))
 	if err != nil {
 		return nil, fmt.Errorf("zstd encoder: %w", err)

@@ -3,6 +3,7 @@ package transport
 import (
 	"encoding/binary"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/voldelta/voldelta/chunk"
 )
@@ -141,7 +142,24 @@ func (DataOpen) FrameType() FrameType      { return FrameDataOpen }
 func (Chunk) FrameType() FrameType         { return FrameChunk }
 func (Result) FrameType() FrameType        { return FrameResult }
 
+// maxErrorMessage bounds the message of an ERROR frame, in bytes.
+const maxErrorMessage = 4096
+
+// truncate shortens s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// appendStr8 appends s with a one-byte length, truncated to 255 bytes: a
+// longer string would otherwise corrupt the rest of the payload.
 func appendStr8(b []byte, s string) []byte {
+	s = truncate(s, 255)
 	return append(append(b, byte(len(s))), s...)
 }
 
@@ -164,10 +182,7 @@ func (m Welcome) AppendPayload(b []byte) []byte {
 
 func (m ErrorMsg) AppendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(m.Code))
-	msg := m.Message
-	if len(msg) > 4096 {
-		msg = msg[:4096]
-	}
+	msg := truncate(m.Message, maxErrorMessage)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
 	return append(b, msg...)
 }
@@ -325,7 +340,11 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 	case FrameError:
 		var m ErrorMsg
 		m.Code = ErrorCode(d.u16())
-		m.Message = string(d.take(int(d.u16())))
+		n := int(d.u16())
+		if d.err == nil && n > maxErrorMessage {
+			return nil, fmt.Errorf("%w: ERROR message of %d bytes, limit %d", ErrProtocol, n, maxErrorMessage)
+		}
+		m.Message = string(d.take(n))
 		return m, d.done()
 	case FrameManifest:
 		n := d.u32()

@@ -148,10 +148,14 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Session, error) {
 }
 
 // Client opens the agent end of a session over an established connection.
+// With TLS, cfg.TLS.ServerName must name the receiver: there is no address
+// to take it from.
 func Client(ctx context.Context, c net.Conn, cfg Config) (*Session, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
 	return newSession(ctx, c, cfg, true, "")
 }
 

@@ -1,0 +1,501 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"syscall"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/transport"
+	"golang.org/x/sync/errgroup"
+)
+
+// Options configure one sync round.
+type Options struct {
+	// Source is the file or block device to read; it should be a
+	// point-in-time snapshot, or not be written during the sync.
+	Source string
+	// Addr is the receiver's host:port.
+	Addr string
+	// Volume is the name of the volume on the receiver.
+	Volume string
+	// Params are the chunking parameters; zero value: chunk.DefaultParams().
+	Params chunk.Params
+	// Transport configures the session (TLS, streams, bandwidth limit).
+	Transport transport.Config
+	// Compression is the zstd level for chunks; "" is fastest.
+	Compression transport.CompressionLevel
+	// ScanWorkers is the number of segments chunked at once; 0: all cores.
+	ScanWorkers int
+	// Progress, if set, is called as the round advances (from several
+	// goroutines; keep it cheap).
+	Progress func(Progress)
+	// Logger; nil logs nothing.
+	Logger *slog.Logger
+	// Name identifies this agent in the receiver's logs; default host name.
+	Name string
+}
+
+// Progress is a snapshot of a running round.
+type Progress struct {
+	SourceBytes  uint64
+	ScannedBytes uint64
+	NeedBytes    uint64 // bytes of the chunks the receiver asked for so far
+	SentBytes    uint64 // of those, bytes sent
+	ScanDone     bool
+}
+
+// Stats describe a finished round. The JSON names are a stable contract
+// (`voldelta send --stats-json`).
+type Stats struct {
+	Volume            string  `json:"volume"`
+	Source            string  `json:"source"`
+	Receiver          string  `json:"receiver"`
+	SourceBytes       uint64  `json:"source_bytes"`
+	ChunksTotal       uint64  `json:"chunks_total"`
+	ChunksData        uint64  `json:"chunks_data"`
+	ChunksZero        uint64  `json:"chunks_zero"`
+	ManifestEntries   uint64  `json:"manifest_entries"`
+	ChunksSent        uint64  `json:"chunks_sent"`
+	BytesSentRaw      uint64  `json:"bytes_sent_raw"`
+	BytesSentPayload  uint64  `json:"bytes_sent_payload"`
+	ChunksCompressed  uint64  `json:"chunks_compressed"`
+	ManifestBytes     uint64  `json:"manifest_bytes"`
+	WireBytes         int64   `json:"wire_bytes"`
+	WireBytesReceived int64   `json:"wire_bytes_received"`
+	ChunksSkipped     uint64  `json:"chunks_skipped"`
+	ChunksCopied      uint64  `json:"chunks_copied"`
+	ChunksZeroed      uint64  `json:"chunks_zeroed"`
+	BytesCopied       uint64  `json:"bytes_copied"`
+	TargetState       string  `json:"target_state"`
+	PreviousGen       uint64  `json:"previous_generation"`
+	ScanSeconds       float64 `json:"scan_seconds"`
+	DurationSeconds   float64 `json:"duration_seconds"`
+	RootHash          string  `json:"root_hash"`
+	Generation        uint64  `json:"generation"`
+	Params            string  `json:"params"`
+}
+
+// ErrRootMismatch is returned when the receiver committed a root other than
+// the agent's: the target does not hold the source.
+var ErrRootMismatch = errors.New("receiver committed a different root hash")
+
+// OpenSource opens a file or block device for reading and returns its size.
+func OpenSource(path string) (*os.File, uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, fmt.Errorf("open source: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("stat source: %w", err)
+	}
+	switch {
+	case fi.Mode().IsRegular():
+		return f, uint64(fi.Size()), nil
+	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
+		n, err := f.Seek(0, io.SeekEnd)
+		if err != nil {
+			f.Close()
+			return nil, 0, fmt.Errorf("size of source device %s: %w", path, err)
+		}
+		return f, uint64(n), nil
+	}
+	f.Close()
+	return nil, 0, fmt.Errorf("source %s is neither a regular file nor a block device", path)
+}
+
+// Sync runs one round: it chunks the source, streams the manifest to the
+// receiver, sends the chunks the receiver asks for and returns once the
+// receiver committed a generation whose root equals the source's.
+func Sync(ctx context.Context, opt Options) (*Stats, error) {
+	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+		return nil, err
+	}
+	if opt.Params == (chunk.Params{}) {
+		opt.Params = chunk.DefaultParams()
+	}
+	if err := opt.Params.Validate(); err != nil {
+		return nil, err
+	}
+	if err := opt.Transport.Validate(); err != nil {
+		return nil, err
+	}
+	comp, err := transport.NewCompressor(opt.Compression)
+	if err != nil {
+		return nil, err
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Name == "" {
+		h, _ := os.Hostname()
+		opt.Name = "voldelta-agent@" + h
+	}
+	src, size, err := OpenSource(opt.Source)
+	if err != nil {
+		return nil, err
+	}
+	defer src.Close()
+
+	start := time.Now()
+	sess, err := transport.Dial(ctx, opt.Addr, opt.Transport)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	r := &round{opt: opt, src: src, size: size, sess: sess, comp: comp, start: start,
+		stats: Stats{Volume: opt.Volume, Source: opt.Source, Receiver: opt.Addr, SourceBytes: size, Params: opt.Params.String()}}
+	if err := r.run(ctx); err != nil {
+		return nil, err
+	}
+	r.stats.DurationSeconds = time.Since(start).Seconds()
+	r.stats.WireBytes = sess.WireBytesWritten()
+	r.stats.WireBytesReceived = sess.WireBytesRead()
+	return &r.stats, nil
+}
+
+type round struct {
+	opt   Options
+	src   io.ReaderAt
+	size  uint64
+	sess  *transport.Session
+	comp  *transport.Compressor
+	start time.Time
+	stats Stats
+
+	mu      sync.RWMutex
+	entries []chunk.Entry
+
+	queue     workQueue
+	scanned   atomic.Uint64
+	needBytes atomic.Uint64
+	sentBytes atomic.Uint64
+	scanDone  atomic.Bool
+	sent      atomic.Uint64
+	sentRaw   atomic.Uint64
+	sentWire  atomic.Uint64
+	zstd      atomic.Uint64
+}
+
+func (r *round) progress() {
+	if r.opt.Progress != nil {
+		r.opt.Progress(Progress{SourceBytes: r.size, ScannedBytes: r.scanned.Load(), NeedBytes: r.needBytes.Load(),
+			SentBytes: r.sentBytes.Load(), ScanDone: r.scanDone.Load()})
+	}
+}
+
+func (r *round) run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { r.sess.Close() })
+	defer stop()
+	ctrl, err := r.sess.Open(ctx)
+	if err != nil {
+		return err
+	}
+	err = ctrl.Send(transport.Hello{Version: transport.ProtocolVersion, Volume: r.opt.Volume, Size: r.size,
+		Params: r.opt.Params, Streams: uint16(r.opt.Transport.Streams), Agent: r.opt.Name})
+	if err != nil {
+		return err
+	}
+	m, err := recvCtx(ctx, r.sess, ctrl)
+	if err != nil {
+		return fmt.Errorf("receiver %s refused volume %q: %w", r.opt.Addr, r.opt.Volume, err)
+	}
+	w, ok := m.(transport.Welcome)
+	if !ok {
+		return fmt.Errorf("%w: expected WELCOME, got %v", transport.ErrProtocol, m.FrameType())
+	}
+	r.stats.TargetState = w.State.String()
+	r.stats.PreviousGen = w.Generation
+	r.opt.Logger.Info("receiver accepted", "receiver", w.Receiver, "target", w.State, "generation", w.Generation)
+
+	data := make([]*transport.Stream, r.opt.Transport.Streams)
+	for k := range data {
+		if data[k], err = r.sess.Open(ctx); err != nil {
+			return err
+		}
+		if err := data[k].Send(transport.DataOpen{Stream: uint16(k)}); err != nil {
+			return err
+		}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	var root chunk.ID
+	var result transport.Result
+	var ctrlErr error
+	ctrlDone := make(chan struct{})
+	go func() { // the control reader decides how the round ends
+		defer close(ctrlDone)
+		result, ctrlErr = r.readControl(ctrl)
+		r.queue.close()
+	}()
+	g.Go(func() error {
+		var err error
+		root, err = r.sendManifest(gctx, ctrl)
+		return err
+	})
+	for _, st := range data {
+		g.Go(func() error { return r.sendChunks(st) })
+	}
+	sendErr := g.Wait()
+	if sendErr != nil {
+		r.sess.Close() // unblocks the control reader
+	}
+	select {
+	case <-ctrlDone:
+	case <-ctx.Done():
+		r.sess.Close()
+		<-ctrlDone
+		return fmt.Errorf("sync canceled: %w", context.Cause(ctx))
+	}
+	var re *transport.RemoteError
+	switch {
+	case errors.As(ctrlErr, &re):
+		return fmt.Errorf("receiver %s: %w", r.opt.Addr, ctrlErr)
+	case ctx.Err() != nil:
+		return fmt.Errorf("sync canceled: %w", context.Cause(ctx))
+	case sendErr != nil && isConnLost(sendErr) || ctrlErr != nil && isConnLost(ctrlErr):
+		return fmt.Errorf("connection to receiver %s lost before it committed (the next sync resumes): %w", r.opt.Addr, firstErr(ctrlErr, sendErr))
+	case sendErr != nil:
+		return sendErr
+	case ctrlErr != nil:
+		return ctrlErr
+	}
+	if result.Root != root {
+		return fmt.Errorf("%w: source %s, receiver %s", ErrRootMismatch, root, result.Root)
+	}
+	r.stats.RootHash = root.String()
+	r.stats.Generation = result.Generation
+	r.stats.ChunksSkipped = result.Skipped
+	r.stats.ChunksCopied = result.Copied
+	r.stats.ChunksZeroed = result.Zeroed
+	r.stats.BytesCopied = result.CopyBytes
+	r.stats.ChunksSent = r.sent.Load()
+	r.stats.BytesSentRaw = r.sentRaw.Load()
+	r.stats.BytesSentPayload = r.sentWire.Load()
+	r.stats.ChunksCompressed = r.zstd.Load()
+	if result.Fetched != r.stats.ChunksSent {
+		return fmt.Errorf("%w: receiver wrote %d fetched chunks, agent sent %d", transport.ErrProtocol, result.Fetched, r.stats.ChunksSent)
+	}
+	ctrl.CloseWrite()
+	return nil
+}
+
+// isConnLost reports whether err means the session died under us.
+func isConnLost(err error) bool {
+	return errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrConnectionReset)
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// recvCtx receives one message, giving up when ctx ends.
+func recvCtx(ctx context.Context, sess *transport.Session, st *transport.Stream) (transport.Message, error) {
+	stop := context.AfterFunc(ctx, func() { sess.Close() })
+	defer stop()
+	m, err := st.Recv()
+	if err != nil && ctx.Err() != nil {
+		return nil, context.Cause(ctx)
+	}
+	return m, err
+}
+
+// sendManifest scans the source and streams the manifest as it is cut.
+func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk.ID, error) {
+	const batchSize = 2048
+	b := chunk.NewBuilder(r.opt.Params, r.size)
+	batch := make([]chunk.Entry, 0, batchSize)
+	var frameBytes uint64
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		r.mu.Lock()
+		r.entries = append(r.entries, batch...)
+		r.mu.Unlock()
+		frameBytes += transport.HeaderSize + 4 + uint64(len(batch))*chunk.EntrySize
+		err := ctrl.Send(transport.ManifestBatch{Entries: batch})
+		batch = batch[:0]
+		return err
+	}
+	scanStart := time.Now()
+	st, err := chunk.Scan(ctx, r.src, r.size, r.opt.Params, chunk.ScanOptions{
+		Workers: r.opt.ScanWorkers,
+		Progress: func(n uint64) {
+			r.scanned.Store(n)
+			if err := flush(); err != nil {
+				r.opt.Logger.Debug("manifest flush", "err", err)
+			}
+			r.progress()
+		},
+	}, func(e chunk.Entry) error {
+		if err := b.Add(e); err != nil {
+			return err
+		}
+		batch = append(batch, e)
+		if len(batch) == batchSize {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return chunk.ID{}, fmt.Errorf("scan source %s: %w", r.opt.Source, err)
+	}
+	if err := flush(); err != nil {
+		return chunk.ID{}, err
+	}
+	r.stats.ScanSeconds = time.Since(scanStart).Seconds()
+	r.scanDone.Store(true)
+	r.progress()
+	root, err := b.Finish()
+	if err != nil {
+		return chunk.ID{}, err
+	}
+	r.stats.ChunksTotal = st.Chunks()
+	r.stats.ChunksData = st.DataChunks
+	r.stats.ChunksZero = st.ZeroChunks
+	r.stats.ManifestEntries = b.Count()
+	frameBytes += transport.HeaderSize + 8 + 32
+	r.stats.ManifestBytes = frameBytes
+	r.opt.Logger.Info("scan done", "bytes", r.size, "chunks", st.Chunks(), "entries", b.Count(), "root", root.Short(), "seconds", r.stats.ScanSeconds)
+	if err := ctrl.Send(transport.ManifestEnd{Count: b.Count(), Root: root}); err != nil {
+		return chunk.ID{}, err
+	}
+	return root, nil
+}
+
+// readControl handles NEED, NEED_END and RESULT from the receiver.
+func (r *round) readControl(ctrl *transport.Stream) (transport.Result, error) {
+	for {
+		m, err := ctrl.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("receiver %s closed the session before committing: %w", r.opt.Addr, err)
+			}
+			return transport.Result{}, err
+		}
+		switch m := m.(type) {
+		case transport.Need:
+			r.mu.RLock()
+			n := uint64(len(r.entries))
+			for _, rg := range m.Ranges {
+				for i := rg.First; i < rg.First+uint64(rg.Count); i++ {
+					if i >= n || r.entries[i].Zero {
+						r.mu.RUnlock()
+						return transport.Result{}, fmt.Errorf("%w: receiver asked for entry %d, which is not a data chunk sent so far", transport.ErrProtocol, i)
+					}
+					r.needBytes.Add(r.entries[i].Length)
+				}
+			}
+			r.mu.RUnlock()
+			r.queue.push(m.Ranges)
+		case transport.NeedEnd:
+			r.queue.close()
+		case transport.Result:
+			return m, nil
+		default:
+			return transport.Result{}, fmt.Errorf("%w: unexpected %v from the receiver", transport.ErrProtocol, m.FrameType())
+		}
+	}
+}
+
+// sendChunks sends the queued chunks on one data stream.
+func (r *round) sendChunks(st *transport.Stream) error {
+	raw := make([]byte, r.opt.Params.MaxSize)
+	enc := make([]byte, 0, r.opt.Params.MaxSize+r.opt.Params.MaxSize/8+1024)
+	for {
+		i, ok := r.queue.pop()
+		if !ok {
+			return st.CloseWrite()
+		}
+		r.mu.RLock()
+		e := r.entries[i]
+		r.mu.RUnlock()
+		b := raw[:e.Length]
+		if _, err := r.src.ReadAt(b, int64(e.Offset)); err != nil {
+			return fmt.Errorf("read chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
+		}
+		codec, payload := r.comp.Compress(b, enc)
+		if err := st.Send(transport.Chunk{Index: i, Codec: codec, RawLen: uint32(e.Length), Data: payload}); err != nil {
+			return fmt.Errorf("send chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
+		}
+		r.sent.Add(1)
+		r.sentRaw.Add(e.Length)
+		r.sentWire.Add(uint64(len(payload)))
+		if codec == transport.CodecZstd {
+			r.zstd.Add(1)
+		}
+		r.sentBytes.Add(e.Length)
+		r.progress()
+	}
+}
+
+// workQueue hands manifest indexes to the data streams. It never blocks
+// the control reader: an unbounded queue of small ranges.
+type workQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	ranges []transport.IndexRange
+	closed bool
+}
+
+func (q *workQueue) init() {
+	if q.cond == nil {
+		q.cond = sync.NewCond(&q.mu)
+	}
+}
+
+func (q *workQueue) push(rs []transport.IndexRange) {
+	q.mu.Lock()
+	q.init()
+	q.ranges = append(q.ranges, rs...)
+	q.mu.Unlock()
+	q.cond.Broadcast()
+}
+
+func (q *workQueue) close() {
+	q.mu.Lock()
+	q.init()
+	q.closed = true
+	q.mu.Unlock()
+	q.cond.Broadcast()
+}
+
+// pop returns the next index, or false once the queue is closed and empty.
+func (q *workQueue) pop() (uint64, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.init()
+	for len(q.ranges) == 0 && !q.closed {
+		q.cond.Wait()
+	}
+	if len(q.ranges) == 0 {
+		return 0, false
+	}
+	rg := &q.ranges[0]
+	i := rg.First
+	rg.First++
+	rg.Count--
+	if rg.Count == 0 {
+		q.ranges = q.ranges[1:]
+	}
+	return i, true
+}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/voldelta/voldelta/agent"
+	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/internal/pki"
+	"github.com/voldelta/voldelta/receiver"
+)
+
+func newHashCmd() *cobra.Command {
+	var (
+		cf      chunkFlags
+		asJSON  bool
+		workers int
+	)
+	c := &cobra.Command{
+		Use:   "hash PATH",
+		Short: "Print the root hash of a file or block device",
+		Long: `hash chunks PATH exactly as 'send' does and prints its root hash. Two
+volumes with the same root hash (under the same chunk parameters) hold the
+same bytes: compare a source snapshot with its replica without sending it.`,
+		Example: `  voldelta hash /dev/vg0/db-replica
+  voldelta hash --json disk.img`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, args []string) error {
+			p, err := cf.params(c)
+			if err != nil {
+				return err
+			}
+			f, size, err := agent.OpenSource(args[0])
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			start := time.Now()
+			m, st, err := chunk.ScanManifest(c.Context(), f, size, p, chunk.ScanOptions{Workers: workers})
+			if err != nil {
+				return fmt.Errorf("hash %s: %w", args[0], err)
+			}
+			if asJSON {
+				return writeJSON("-", map[string]any{
+					"path": args[0], "root_hash": m.Root.String(), "size": size, "chunks": st.Chunks(),
+					"zero_chunks": st.ZeroChunks, "entries": len(m.Entries), "params": p.String(),
+					"seconds": time.Since(start).Seconds(),
+				})
+			}
+			fmt.Printf("%s  %s\n", m.Root, args[0])
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print a JSON object with the root hash, size and chunk counts")
+	c.Flags().IntVar(&workers, "workers", 0, "segments chunked in parallel (default: all cores)")
+	cf.register(c.Flags())
+	return c
+}
+
+func newStatusCmd() *cobra.Command {
+	var (
+		stateDir string
+		volume   string
+		asJSON   bool
+	)
+	c := &cobra.Command{
+		Use:   "status --state-dir DIR [--volume NAME] [--json]",
+		Short: "Show what a receiver's targets hold: generation, root hash, whether current",
+		Long: `status reads a receiver's state directory. A volume is "current" when its
+target holds the last committed generation; it is "incomplete" while a round
+is being applied or after one was interrupted: do not cut over to it until a
+round commits.`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if stateDir == "" {
+				return usagef(c, "--state-dir is required")
+			}
+			var list []*receiver.VolumeStatus
+			if volume != "" {
+				vs, err := receiver.ReadStatus(stateDir, volume)
+				if errors.Is(err, receiver.ErrNoState) {
+					return fmt.Errorf("volume %q was never synced to %s", volume, stateDir)
+				}
+				if err != nil {
+					return err
+				}
+				list = append(list, vs)
+			} else {
+				var err error
+				if list, err = receiver.ListStatus(stateDir); err != nil {
+					return err
+				}
+			}
+			if asJSON {
+				if volume != "" {
+					return writeJSON("-", list[0])
+				}
+				if list == nil {
+					list = []*receiver.VolumeStatus{}
+				}
+				return writeJSON("-", list)
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "VOLUME\tSTATE\tGENERATION\tROOT\tSIZE\tCOMMITTED\tTARGET")
+			for _, vs := range list {
+				state := "current"
+				if vs.Incomplete {
+					state = "INCOMPLETE"
+				}
+				committed := "-"
+				if vs.CommittedAt != nil {
+					committed = vs.CommittedAt.Local().Format(time.DateTime)
+				}
+				root := vs.Root
+				if len(root) > 16 {
+					root = root[:16]
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", vs.Volume, state, vs.Generation, root, humanBytes(vs.Size), committed, vs.Target)
+			}
+			return w.Flush()
+		},
+	}
+	c.Flags().StringVar(&stateDir, "state-dir", "", "the receiver's --state-dir (required)")
+	c.Flags().StringVar(&volume, "volume", "", "only this volume")
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func newCertsCmd() *cobra.Command {
+	var (
+		dir, hosts, client string
+		days               int
+		force              bool
+	)
+	c := &cobra.Command{
+		Use:   "certs --dir DIR --hosts HOST[,HOST...]",
+		Short: "Create a private CA and certificates for a receiver and an agent",
+		Long: `certs writes ca.pem, receiver.pem/receiver-key.pem (valid for --hosts) and
+agent.pem/agent-key.pem into DIR, for the mutual TLS of send and receive.
+Keys are written with mode 0600. Any CA works; this is the quick way.`,
+		Example: `  voldelta certs --dir ./pki --hosts replica.example,10.0.0.5`,
+		Args:    usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if dir == "" || hosts == "" {
+				return usagef(c, "--dir and --hosts are required")
+			}
+			f, err := pki.WriteDir(dir, strings.Split(hosts, ","), client, time.Duration(days)*24*time.Hour, force)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("CA:       %s\nreceiver: %s %s\nagent:    %s %s\n", f.CA, f.ServerCert, f.ServerKey, f.ClientCert, f.ClientKey)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dir, "dir", "", "directory to write the PEM files to (required)")
+	c.Flags().StringVar(&hosts, "hosts", "", "comma-separated DNS names or IPs the receiver is reached at (required)")
+	c.Flags().StringVar(&client, "client-name", "voldelta-agent", "common name of the agent certificate (its identity at the receiver)")
+	c.Flags().IntVar(&days, "days", 365, "validity in days")
+	c.Flags().BoolVar(&force, "force", false, "overwrite existing files")
+	return c
+}

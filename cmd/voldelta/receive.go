@@ -1,0 +1,107 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/voldelta/voldelta/receiver"
+	"github.com/voldelta/voldelta/transport"
+)
+
+func newReceiveCmd() *cobra.Command {
+	var (
+		listen  string
+		targets []string
+		cfg     receiver.Config
+		tf      tlsFlags
+		lf      logFlags
+		verify  string
+		buffer  string
+	)
+	c := &cobra.Command{
+		Use:   "receive --listen HOST:PORT --target NAME=PATH [--target ...] --state-dir DIR [flags]",
+		Short: "Serve replica volumes: apply agents' deltas in place, verify, commit",
+		Long: `receive accepts sync rounds from agents and writes each volume's changes in
+place into its target (a block device or an image file, created if missing).
+It serves until SIGINT or SIGTERM; on shutdown it stops accepting, ends
+running rounds after making their progress durable, and exits.
+
+For every volume the state directory keeps the manifest of what the target
+holds, so a round never re-reads the whole target. A round is planned as:
+skip what is already in place, copy what is elsewhere in the target, fetch
+the rest; writes are journaled, and a new generation is committed only after
+the target was fsynced and verified against the agent's root hash. Until
+then the volume is reported incomplete ('voldelta status'). An interrupted
+round is resumed by the next one, which sends only what is still missing.
+
+If the state is missing, or a file target was modified outside voldelta
+(its size, mtime or inode changed), the target is re-indexed by reading it
+once; block devices are spot-checked by reading a sample of chunks.`,
+		Example: `  voldelta receive --listen :7300 --state-dir /var/lib/voldelta \
+      --target db=/dev/vg0/db-replica --target web=/srv/web.img \
+      --tls-cert receiver.pem --tls-key receiver-key.pem --tls-ca ca.pem`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if listen == "" {
+				return usagef(c, "--listen is required")
+			}
+			if len(targets) == 0 {
+				return usagef(c, "give at least one --target NAME=PATH")
+			}
+			if cfg.StateDir == "" {
+				return usagef(c, "--state-dir is required")
+			}
+			cfg.Targets = make(map[string]string)
+			for _, t := range targets {
+				name, path, ok := strings.Cut(t, "=")
+				if !ok || path == "" {
+					return usagef(c, "--target %q: want NAME=PATH", t)
+				}
+				if err := transport.ValidateVolumeName(name); err != nil {
+					return usagef(c, "--target: %v", err)
+				}
+				if _, dup := cfg.Targets[name]; dup {
+					return usagef(c, "--target %q given twice", name)
+				}
+				cfg.Targets[name] = path
+			}
+			var err error
+			if cfg.Transport, err = tf.config(c, true); err != nil {
+				return err
+			}
+			cfg.Verify = receiver.VerifyMode(verify)
+			if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
+				return usagef(c, "--verify %q: want written or full", verify)
+			}
+			n, err := parseSize(buffer)
+			if err != nil {
+				return usagef(c, "--apply-buffer: %v", err)
+			}
+			cfg.ApplyBuffer = int64(n)
+			if cfg.Logger, err = lf.logger(c, stderr); err != nil {
+				return err
+			}
+			srv, err := receiver.New(cfg)
+			if err != nil {
+				return usagef(c, "%v", err)
+			}
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w", listen, err)
+			}
+			return srv.Serve(c.Context(), ln)
+		},
+	}
+	fs := c.Flags()
+	fs.StringVar(&listen, "listen", "", "address to listen on, HOST:PORT (required)")
+	fs.StringArrayVar(&targets, "target", nil, "volume NAME=PATH of its block device or image file (repeatable, at least one)")
+	fs.StringVar(&cfg.StateDir, "state-dir", "", "directory for each volume's manifest, journal and state (required)")
+	tf.register(fs, "agents")
+	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (every range written this round) or full (re-hash the whole target)")
+	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written and for breaking copy cycles")
+	fs.IntVar(&cfg.Workers, "workers", 0, "parallelism of target scans and verification (default: all cores)")
+	lf.register(fs, "info")
+	return c
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"github.com/voldelta/voldelta/agent"
+	"github.com/voldelta/voldelta/transport"
+	"golang.org/x/term"
+)
+
+func newSendCmd() *cobra.Command {
+	var (
+		opt       agent.Options
+		tf        tlsFlags
+		cf        chunkFlags
+		lf        logFlags
+		streams   int
+		bwlimit   string
+		statsJSON string
+		compress  string
+		quiet     bool
+		progress  string
+	)
+	c := &cobra.Command{
+		Use:   "send --source PATH --to HOST:PORT --volume NAME [flags]",
+		Short: "Run one sync round: send what the receiver's copy of a volume lacks",
+		Long: `send reads the source (a block device or image file, ideally a snapshot),
+cuts it into content-defined chunks, streams the manifest to the receiver and
+sends only the chunks the receiver asks for. It exits 0 only after the
+receiver verified its target against the source's root hash and committed a
+new generation.
+
+The first round copies everything that is not zero; later rounds send only
+changed chunks. An interrupted round is resumed by the next one.
+
+--stats-json writes one JSON object (to a file, or '-' for stdout) with at
+least: volume, source_bytes, chunks_total, chunks_sent, chunks_zero,
+bytes_sent_raw (uncompressed bytes of chunks sent), wire_bytes (bytes written
+to the TCP connection, TLS and framing included), manifest_bytes,
+scan_seconds, duration_seconds, root_hash, generation.`,
+		Example: `  voldelta send --source /dev/vg0/db-snap --to replica:7300 --volume db \
+      --tls-cert agent.pem --tls-key agent-key.pem --tls-ca ca.pem
+  voldelta send --source disk.img --to 127.0.0.1:7300 --volume demo --insecure \
+      --bwlimit 100Mbit --stats-json stats.json`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			for flag, v := range map[string]string{"--source": opt.Source, "--to": opt.Addr, "--volume": opt.Volume} {
+				if v == "" {
+					return usagef(c, "%s is required", flag)
+				}
+			}
+			if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+				return usagef(c, "%v", err)
+			}
+			cfg, err := tf.config(c, false)
+			if err != nil {
+				return err
+			}
+			cfg.Streams = streams
+			if bwlimit != "" {
+				if cfg.BandwidthLimit, err = transport.ParseRate(bwlimit); err != nil {
+					return usagef(c, "--bwlimit: %v", err)
+				}
+			}
+			if err := cfg.Validate(); err != nil {
+				return usagef(c, "%v", err)
+			}
+			opt.Transport = cfg
+			if opt.Params, err = cf.params(c); err != nil {
+				return err
+			}
+			opt.Compression = transport.CompressionLevel(compress)
+			if _, err := transport.NewCompressor(opt.Compression); err != nil {
+				return usagef(c, "--compress: %v", err)
+			}
+			if opt.Logger, err = lf.logger(c, stderr); err != nil {
+				return err
+			}
+			showBar := progress == "always" || progress == "auto" && !quiet && term.IsTerminal(int(os.Stderr.Fd()))
+			if progress != "auto" && progress != "always" && progress != "never" {
+				return usagef(c, "--progress %q: want auto, always or never", progress)
+			}
+			var pb *sendBar
+			if showBar {
+				pb = newSendBar()
+				opt.Progress = pb.update
+			}
+			stats, err := agent.Sync(c.Context(), opt)
+			if pb != nil {
+				pb.finish()
+			}
+			if err != nil {
+				return err
+			}
+			if statsJSON != "" {
+				if err := writeJSON(statsJSON, stats); err != nil {
+					return fmt.Errorf("write --stats-json: %w", err)
+				}
+			}
+			if !quiet {
+				fmt.Fprintf(stderr, "voldelta: %s generation %d committed (root %s): %d of %d chunks sent, %s of %s raw, %s on the wire, %d copied locally, in %.1fs\n",
+					stats.Volume, stats.Generation, stats.RootHash[:16], stats.ChunksSent, stats.ChunksTotal,
+					humanBytes(stats.BytesSentRaw), humanBytes(stats.SourceBytes), humanBytes(uint64(stats.WireBytes)),
+					stats.ChunksCopied, stats.DurationSeconds)
+			}
+			return nil
+		},
+	}
+	fs := c.Flags()
+	fs.StringVar(&opt.Source, "source", "", "block device or image file to send (required)")
+	fs.StringVar(&opt.Addr, "to", "", "receiver address HOST:PORT (required)")
+	fs.StringVar(&opt.Volume, "volume", "", "volume name on the receiver (required)")
+	tf.register(fs, "receiver")
+	fs.StringVar(&tf.serverName, "tls-server-name", "", "name expected in the receiver's certificate (default: the host of --to)")
+	fs.IntVar(&streams, "streams", transport.DefaultConfig().Streams, "data streams multiplexed on the connection (1-64)")
+	fs.StringVar(&bwlimit, "bwlimit", "", "cap the sending rate, e.g. 100Mbit, 12MiB, 500k (per second; default unlimited)")
+	fs.StringVar(&statsJSON, "stats-json", "", "write the round's statistics as JSON to this file ('-' for stdout)")
+	fs.StringVar(&compress, "compress", string(transport.CompressionFastest), "zstd level for chunks: off, fastest, default or better")
+	fs.IntVar(&opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
+	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line or progress")
+	fs.StringVar(&progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
+	cf.register(fs)
+	lf.register(fs, "warn")
+	return c
+}
+
+// sendBar shows the scan, then the transfer, on one progress bar.
+type sendBar struct {
+	bar     *progressbar.ProgressBar
+	sending bool
+}
+
+func newSendBar() *sendBar {
+	return &sendBar{bar: newBar(-1, "scanning")}
+}
+
+func newBar(max int64, desc string) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(max,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(200*time.Millisecond),
+		progressbar.OptionShowCount(),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetPredictTime(true),
+	)
+}
+
+func (s *sendBar) update(p agent.Progress) {
+	if !p.ScanDone {
+		if s.bar.GetMax64() != int64(p.SourceBytes) {
+			s.bar.ChangeMax64(int64(p.SourceBytes))
+		}
+		s.bar.Describe(fmt.Sprintf("scan (sent %s)", humanBytes(p.SentBytes)))
+		s.bar.Set64(int64(p.ScannedBytes))
+		return
+	}
+	if !s.sending {
+		s.sending = true
+		s.bar.Describe("send")
+		s.bar.Set64(0)
+	}
+	if s.bar.GetMax64() != int64(p.NeedBytes) {
+		s.bar.ChangeMax64(int64(p.NeedBytes))
+	}
+	s.bar.Set64(int64(p.SentBytes))
+}
+
+func (s *sendBar) finish() { s.bar.Finish() }
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if path == "-" {
+		_, err = os.Stdout.Write(b)
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

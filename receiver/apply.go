@@ -1,0 +1,531 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/transport"
+	"golang.org/x/sync/errgroup"
+)
+
+// opKind is what the plan does with one manifest entry.
+type opKind uint8
+
+const (
+	opSkip     opKind = iota // already in place
+	opFetch                  // requested from the agent, not yet written
+	opBuffered               // received early, held in memory until the copies are done
+	opCopy                   // to be copied from elsewhere in the target
+	opZero                   // to be zeroed
+	opDone                   // written this session
+)
+
+// sessionError carries the code to send the agent.
+type sessionError struct {
+	code transport.ErrorCode
+	err  error
+}
+
+func (e *sessionError) Error() string { return e.err.Error() }
+func (e *sessionError) Unwrap() error { return e.err }
+
+func fail(code transport.ErrorCode, format string, a ...any) error {
+	return &sessionError{code: code, err: fmt.Errorf(format, a...)}
+}
+
+// arrived is a verified chunk from a data stream.
+type arrived struct {
+	i   int
+	buf *[]byte
+}
+
+type event struct {
+	batch []chunk.Entry
+	end   *transport.ManifestEnd
+	chunk *arrived
+	err   error
+}
+
+// applier runs one sync session's plan and writes. Only its own goroutine
+// touches the target, the index and the journal; data-stream readers
+// decode and verify chunks in parallel and hand them over as events.
+type applier struct {
+	log    *slog.Logger
+	cfg    *Config
+	t      *target
+	idx    *index
+	j      *journal
+	ctrl   *transport.Stream
+	params chunk.Params
+	size   uint64
+
+	mu      sync.RWMutex
+	entries []chunk.Entry // the agent's manifest so far; read by data readers
+
+	kind      []opKind
+	buffered  map[int]*[]byte
+	bufBytes  int64
+	builder   *chunk.Builder
+	needQueue []int
+	needTotal uint64
+	pending   int  // fetches requested and not yet written
+	ordered   bool // writes wait for the copy plan
+	planned   bool // copies done: every write may go straight to the target
+	endSeen   bool
+
+	sinceCheckpoint []int
+	ckptBytes       uint64
+	written         []int // every entry written this session, for verification
+	result          transport.Result
+}
+
+// entry returns manifest entry i for a data reader.
+func (a *applier) entry(i uint64) (chunk.Entry, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if i >= uint64(len(a.entries)) {
+		return chunk.Entry{}, false
+	}
+	return a.entries[i], true
+}
+
+const checkpointBytes = 256 << 20
+
+func (a *applier) run(ctx context.Context, events <-chan event) error {
+	a.ordered = a.idx.hasData()
+	a.builder = chunk.NewBuilder(a.params, a.size)
+	a.buffered = make(map[int]*[]byte)
+	defer func() {
+		for _, b := range a.buffered {
+			chunk.PutBuffer(b)
+		}
+	}()
+	for !(a.endSeen && a.planned && a.pending == 0) {
+		var ev event
+		select {
+		case ev = <-events:
+		case <-ctx.Done():
+			if errors.Is(context.Cause(ctx), errAgentGone) {
+				return fail(transport.ErrCodeCanceled, "apply interrupted: %w", context.Cause(ctx))
+			}
+			return fail(transport.ErrCodeShutdown, "receiver is shutting down: %w", context.Cause(ctx))
+		}
+		var err error
+		switch {
+		case ev.err != nil:
+			err = ev.err
+		case ev.batch != nil:
+			err = a.onBatch(ev.batch)
+		case ev.end != nil:
+			err = a.onEnd(*ev.end)
+		case ev.chunk != nil:
+			err = a.onChunk(ev.chunk)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *applier) onBatch(batch []chunk.Entry) error {
+	if a.endSeen {
+		return fail(transport.ErrCodeProtocol, "MANIFEST after MANIFEST_END")
+	}
+	for _, e := range batch {
+		if err := a.builder.Add(e); err != nil {
+			return fail(transport.ErrCodeProtocol, "manifest entry %d: %w", a.builder.Count(), err)
+		}
+	}
+	a.mu.Lock()
+	base := len(a.entries)
+	a.entries = append(a.entries, batch...)
+	a.mu.Unlock()
+	for k, e := range batch {
+		i := base + k
+		switch {
+		case a.idx.inPlace(e):
+			a.kind = append(a.kind, opSkip)
+			a.result.Skipped++
+		case e.Zero:
+			a.kind = append(a.kind, opZero)
+		case a.ordered && hasSource(a.idx, e):
+			a.kind = append(a.kind, opCopy)
+		default:
+			a.kind = append(a.kind, opFetch)
+			a.needQueue = append(a.needQueue, i)
+		}
+	}
+	return a.sendNeeds()
+}
+
+func hasSource(x *index, e chunk.Entry) bool { _, ok := x.source(e); return ok }
+
+// sendNeeds journals an intent for every queued fetch, then asks for them.
+func (a *applier) sendNeeds() error {
+	if len(a.needQueue) == 0 {
+		return nil
+	}
+	for _, i := range a.needQueue {
+		a.j.add(recIntent, a.entries[i])
+	}
+	if err := a.j.flush(); err != nil {
+		return fail(transport.ErrCodeApply, "%w", err)
+	}
+	var ranges []transport.IndexRange
+	for _, i := range a.needQueue {
+		if n := len(ranges); n > 0 && ranges[n-1].First+uint64(ranges[n-1].Count) == uint64(i) && ranges[n-1].Count < 1<<30 {
+			ranges[n-1].Count++
+		} else {
+			ranges = append(ranges, transport.IndexRange{First: uint64(i), Count: 1})
+		}
+	}
+	const perFrame = 64 << 10
+	for len(ranges) > 0 {
+		n := min(len(ranges), perFrame)
+		if err := a.ctrl.Send(transport.Need{Ranges: ranges[:n]}); err != nil {
+			return err
+		}
+		ranges = ranges[n:]
+	}
+	a.pending += len(a.needQueue)
+	a.needTotal += uint64(len(a.needQueue))
+	a.needQueue = a.needQueue[:0]
+	return nil
+}
+
+func (a *applier) onChunk(c *arrived) error {
+	if c.i >= len(a.kind) || a.kind[c.i] != opFetch {
+		chunk.PutBuffer(c.buf)
+		return fail(transport.ErrCodeProtocol, "chunk %d was not asked for (or sent twice)", c.i)
+	}
+	e := a.entries[c.i]
+	if a.ordered && !a.planned && a.bufBytes+int64(e.Length) <= a.cfg.ApplyBuffer {
+		// Hold it: writing now could overwrite a region a later copy reads.
+		a.kind[c.i] = opBuffered
+		a.buffered[c.i] = c.buf
+		a.bufBytes += int64(e.Length)
+		return nil
+	}
+	defer chunk.PutBuffer(c.buf)
+	return a.writeFetched(c.i, *c.buf)
+}
+
+// writeFetched writes a fetched chunk in place. Before the copy plan ran,
+// that forgets what the index knew about the region, so a copy that would
+// have read it is fetched instead.
+func (a *applier) writeFetched(i int, data []byte) error {
+	e := a.entries[i]
+	if _, err := a.t.WriteAt(data, int64(e.Offset)); err != nil {
+		return fail(transport.ErrCodeApply, "apply chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
+	}
+	a.idx.clobber(e.Offset, e.Length)
+	a.pending--
+	a.result.Fetched++
+	a.result.FetchBytes += e.Length
+	return a.markWritten(i)
+}
+
+func (a *applier) markWritten(i int) error {
+	a.kind[i] = opDone
+	a.written = append(a.written, i)
+	a.sinceCheckpoint = append(a.sinceCheckpoint, i)
+	a.ckptBytes += a.entries[i].Length
+	if a.ckptBytes >= checkpointBytes {
+		return a.checkpoint()
+	}
+	return nil
+}
+
+// checkpoint makes the writes since the last one durable and records them
+// as done, so an interrupted apply need not re-read them.
+func (a *applier) checkpoint() error {
+	if len(a.sinceCheckpoint) == 0 {
+		return nil
+	}
+	if err := a.t.sync(); err != nil {
+		return fail(transport.ErrCodeApply, "%w", err)
+	}
+	for _, i := range a.sinceCheckpoint {
+		a.j.add(recDone, a.entries[i])
+	}
+	if err := a.j.flush(); err != nil {
+		return fail(transport.ErrCodeApply, "%w", err)
+	}
+	a.sinceCheckpoint = a.sinceCheckpoint[:0]
+	a.ckptBytes = 0
+	return nil
+}
+
+func (a *applier) onEnd(end transport.ManifestEnd) error {
+	if a.endSeen {
+		return fail(transport.ErrCodeProtocol, "second MANIFEST_END")
+	}
+	a.endSeen = true
+	root, err := a.builder.Finish()
+	if err != nil {
+		return fail(transport.ErrCodeProtocol, "manifest: %w", err)
+	}
+	if end.Count != a.builder.Count() || end.Root != root {
+		return fail(transport.ErrCodeProtocol, "manifest damaged in transit: %d entries with root %s, agent says %d with root %s",
+			a.builder.Count(), root.Short(), end.Count, end.Root.Short())
+	}
+	return a.plan()
+}
+
+type copyOp struct {
+	i        int
+	src, dst uint64
+	n        uint64
+	id       chunk.ID
+	data     *[]byte // preloaded source bytes, when a cycle was broken
+	out      []int   // ops that overwrite this op's source
+	indeg    int
+	gone     bool // executed or turned into a fetch
+}
+
+// plan runs once the whole manifest is known: it journals every write
+// still to come, performs the local copies in an order that never
+// overwrites a source before it was read, writes what was held back, and
+// asks for what could not be copied.
+func (a *applier) plan() error {
+	var ops []*copyOp
+	for i, k := range a.kind {
+		if k != opCopy {
+			continue
+		}
+		e := a.entries[i]
+		if src, ok := a.idx.source(e); ok {
+			ops = append(ops, &copyOp{i: i, src: src, dst: e.Offset, n: e.Length, id: e.ID})
+		} else { // its source was overwritten by an early fetch
+			a.kind[i] = opFetch
+			a.needQueue = append(a.needQueue, i)
+		}
+	}
+	for i, k := range a.kind {
+		if k == opCopy || k == opZero {
+			a.j.add(recIntent, a.entries[i])
+		}
+	}
+	if err := a.j.flush(); err != nil {
+		return fail(transport.ErrCodeApply, "%w", err)
+	}
+	if err := a.runCopies(ops); err != nil {
+		return err
+	}
+	a.planned = true
+	// Held-back chunks, in offset order, then zero runs.
+	held := make([]int, 0, len(a.buffered))
+	for i := range a.buffered {
+		held = append(held, i)
+	}
+	sort.Ints(held)
+	for _, i := range held {
+		buf := a.buffered[i]
+		delete(a.buffered, i)
+		a.bufBytes -= int64(len(*buf))
+		err := a.writeFetched(i, *buf)
+		chunk.PutBuffer(buf)
+		if err != nil {
+			return err
+		}
+	}
+	for i, k := range a.kind {
+		if k != opZero {
+			continue
+		}
+		e := a.entries[i]
+		if err := a.t.zero(e.Offset, e.Length); err != nil {
+			return fail(transport.ErrCodeApply, "%w", err)
+		}
+		a.result.Zeroed++
+		if err := a.markWritten(i); err != nil {
+			return err
+		}
+	}
+	if err := a.sendNeeds(); err != nil {
+		return err
+	}
+	return a.ctrl.Send(transport.NeedEnd{Total: a.needTotal})
+}
+
+// runCopies performs ops in dependency order (Kahn's algorithm): an op
+// that writes over another op's source waits until that source was read.
+// A cycle is broken by reading one source into memory (within the apply
+// buffer) or, past the buffer, by fetching that chunk instead.
+func (a *applier) runCopies(ops []*copyOp) error {
+	if len(ops) == 0 {
+		return nil
+	}
+	// ops are in destination order; destinations do not overlap.
+	for _, o := range ops {
+		end := o.src + o.n
+		k := sort.Search(len(ops), func(k int) bool { return ops[k].dst+ops[k].n > o.src })
+		for ; k < len(ops) && ops[k].dst < end; k++ {
+			if ops[k] != o {
+				o.out = append(o.out, k)
+				ops[k].indeg++
+			}
+		}
+	}
+	var ready []int
+	for k, o := range ops {
+		if o.indeg == 0 {
+			ready = append(ready, k)
+		}
+	}
+	release := func(o *copyOp) {
+		for _, k := range o.out {
+			ops[k].indeg--
+			if ops[k].indeg == 0 && !ops[k].gone {
+				ready = append(ready, k)
+			}
+		}
+		o.out = nil
+	}
+	var preloaded int64
+	left := len(ops)
+	next := 0 // scan position for cycle breaking
+	for left > 0 {
+		if len(ready) == 0 {
+			for next < len(ops) && (ops[next].gone || ops[next].data != nil) {
+				next++
+			}
+			if next == len(ops) {
+				return fmt.Errorf("copy plan stuck with %d ops left", left) // cannot happen: every cycle has an op left to preload
+			}
+			o := ops[next]
+			if preloaded+int64(o.n) <= a.cfg.ApplyBuffer {
+				buf, ok, err := a.readSource(o)
+				if err != nil {
+					return err
+				}
+				if ok {
+					o.data = buf
+					preloaded += int64(o.n)
+				} else {
+					a.copyToFetch(o)
+					left--
+				}
+			} else {
+				a.copyToFetch(o)
+				left--
+			}
+			release(o)
+			continue
+		}
+		k := ready[len(ready)-1]
+		ready = ready[:len(ready)-1]
+		o := ops[k]
+		if o.gone {
+			continue
+		}
+		buf := o.data
+		if buf == nil {
+			var ok bool
+			var err error
+			if buf, ok, err = a.readSource(o); err != nil {
+				return err
+			}
+			if !ok {
+				a.copyToFetch(o)
+				left--
+				release(o)
+				continue
+			}
+		} else {
+			preloaded -= int64(o.n)
+		}
+		_, err := a.t.WriteAt(*buf, int64(o.dst))
+		chunk.PutBuffer(buf)
+		if err != nil {
+			return fail(transport.ErrCodeApply, "copy chunk %s from %d to %d: %w", o.id.Short(), o.src, o.dst, err)
+		}
+		o.gone = true
+		left--
+		a.result.Copied++
+		a.result.CopyBytes += o.n
+		if err := a.markWritten(o.i); err != nil {
+			return err
+		}
+		release(o)
+	}
+	return nil
+}
+
+// readSource reads a copy's source and checks it still hashes to the
+// chunk ID; ok is false if it does not (the chunk is then fetched).
+func (a *applier) readSource(o *copyOp) (*[]byte, bool, error) {
+	buf := chunk.GetBuffer(int(o.n))
+	if _, err := a.t.ReadAt(*buf, int64(o.src)); err != nil {
+		chunk.PutBuffer(buf)
+		return nil, false, fail(transport.ErrCodeApply, "read chunk %s at %d for a local copy: %w", o.id.Short(), o.src, err)
+	}
+	if chunk.Sum(*buf) != o.id {
+		chunk.PutBuffer(buf)
+		a.log.Warn("local copy source does not match its index entry; fetching instead", "chunk", o.id.Short(), "offset", o.src)
+		return nil, false, nil
+	}
+	return buf, true, nil
+}
+
+func (a *applier) copyToFetch(o *copyOp) {
+	if o.data != nil {
+		chunk.PutBuffer(o.data)
+		o.data = nil
+	}
+	o.gone = true
+	a.kind[o.i] = opFetch
+	a.needQueue = append(a.needQueue, o.i)
+}
+
+// verifyWritten reads back every entry written this session and checks it.
+func (a *applier) verifyWritten(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(1, a.cfg.Workers))
+	for _, i := range a.written {
+		e := a.entries[i]
+		g.Go(func() error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return verifyEntry(a.t, e)
+		})
+	}
+	return g.Wait()
+}
+
+var errMismatch = errors.New("target does not hold the expected bytes")
+
+// verifyEntry checks that the target holds e.
+func verifyEntry(t *target, e chunk.Entry) error {
+	step := uint64(chunk.MaxChunkSize)
+	if !e.Zero {
+		step = e.Length
+	}
+	buf := chunk.GetBuffer(int(min(step, e.Length)))
+	defer chunk.PutBuffer(buf)
+	for off := e.Offset; off < e.End(); off += step {
+		b := (*buf)[:min(step, e.End()-off)]
+		if _, err := t.ReadAt(b, int64(off)); err != nil {
+			return fmt.Errorf("verify %v: %w", e, err)
+		}
+		if e.Zero && !chunk.IsZero(b) || !e.Zero && chunk.Sum(b) != e.ID {
+			return fmt.Errorf("verify %v: %w", e, errMismatch)
+		}
+	}
+	return nil
+}
+
+// defaultWorkers is the parallelism of scans and verification.
+func defaultWorkers() int { return runtime.GOMAXPROCS(0) }
+
+// elapsed formats a duration for logs.
+func elapsed(since time.Time) string { return time.Since(since).Round(time.Millisecond).String() }

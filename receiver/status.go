@@ -1,0 +1,78 @@
+package receiver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/voldelta/voldelta/transport"
+)
+
+// VolumeStatus is what a receiver's state directory says of one volume.
+// Current is true only when the target holds a committed generation and no
+// apply has started since: a partly written target is never current.
+type VolumeStatus struct {
+	Volume        string      `json:"volume"`
+	Target        string      `json:"target"`
+	Current       bool        `json:"current"`
+	Incomplete    bool        `json:"incomplete"`
+	Generation    uint64      `json:"generation"`
+	Root          string      `json:"root_hash,omitempty"`
+	Size          uint64      `json:"size"`
+	CommittedAt   *time.Time  `json:"committed_at,omitempty"`
+	ApplyingSince *time.Time  `json:"applying_since,omitempty"`
+	History       []Committed `json:"history,omitempty"`
+}
+
+// ReadStatus returns the status of volume in stateDir; ErrNoState if it
+// was never synced.
+func ReadStatus(stateDir, volume string) (*VolumeStatus, error) {
+	if err := transport.ValidateVolumeName(volume); err != nil {
+		return nil, err
+	}
+	st, err := volumeDir{dir: filepath.Join(stateDir, volume)}.loadState()
+	if err != nil {
+		return nil, fmt.Errorf("volume %q: %w", volume, err)
+	}
+	vs := &VolumeStatus{
+		Volume: st.Volume, Target: st.Target, Generation: st.Generation, Root: st.Root, Size: st.Size,
+		Incomplete: st.Phase == PhaseApplying, History: st.History,
+	}
+	vs.Current = st.Phase == PhaseCommitted && st.Generation > 0
+	if !st.CommittedAt.IsZero() {
+		t := st.CommittedAt
+		vs.CommittedAt = &t
+	}
+	if st.Applying != nil {
+		t := st.Applying.StartedAt
+		vs.ApplyingSince = &t
+	}
+	return vs, nil
+}
+
+// ListStatus returns the status of every volume in stateDir.
+func ListStatus(stateDir string) ([]*VolumeStatus, error) {
+	ents, err := os.ReadDir(stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("read state directory: %w", err)
+	}
+	var out []*VolumeStatus
+	for _, e := range ents {
+		if !e.IsDir() || transport.ValidateVolumeName(e.Name()) != nil {
+			continue
+		}
+		vs, err := ReadStatus(stateDir, e.Name())
+		if errors.Is(err, ErrNoState) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, vs)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Volume < out[j].Volume })
+	return out, nil
+}

@@ -1,0 +1,38 @@
+// Package transport carries voldelta's sync protocol between an agent and a
+// receiver over one TCP connection, secured with TLS 1.3 (both ends present
+// certificates from the same CA; plain TCP only with an explicit --insecure)
+// and multiplexed into streams with hashicorp/yamux. It knows frames,
+// messages, codecs and sessions; what the messages mean to a volume is the
+// business of the agent and receiver packages. The wire format is specified
+// byte by byte in spec.md.
+//
+// A session has one control stream, the first stream the agent opens, and
+// Config.Streams data streams opened after it:
+//
+//	control stream (agent ⇄ receiver):
+//	    agent → HELLO (magic, version, volume, size, chunk params, streams)
+//	    receiver → WELCOME (last generation, root, target state)
+//	              or ERROR (e.g. code 2 naming both versions) and the end
+//	    concurrently:
+//	        agent → MANIFEST batches of entries, in order, then MANIFEST_END
+//	        receiver → NEED index ranges as it classifies entries, then NEED_END
+//	    receiver → RESULT once the target is written and verified,
+//	               or ERROR from either end at any point
+//
+//	data stream i (agent → receiver):
+//	    agent → DATA_OPEN(i), then CHUNK frames for needed indexes,
+//	            then closes its write side
+//
+// Nothing is acknowledged per chunk: the agent streams chunks as NEED
+// ranges arrive and yamux's per-stream windows (Config.StreamWindow,
+// 16 MiB by default) are the only back-pressure, so a data stream moves at
+// most window/RTT bytes per second and several streams fill a long path.
+//
+// Every frame is a 6-byte header (type, flags, length) and a payload whose
+// length is checked against Config.MaxFrameSize before anything is
+// allocated (FrameReader). Messages are plain values converted at this
+// boundary (Message, Decode); a CHUNK carries zstd only when that saves
+// more than 1/32 of the bytes (Compressor). Writes can be paced to a
+// bandwidth limit (Config.BandwidthLimit, ParseRate), and each Session
+// counts the bytes it put on and took off the wire, TLS and yamux included.
+package transport

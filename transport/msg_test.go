@@ -1,0 +1,303 @@
+package transport
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/voldelta/voldelta/chunk"
+)
+
+// unhex decodes hex written in groups separated by spaces and "|", as in
+// spec.md's tables.
+func unhex(t testing.TB, s string) []byte {
+	t.Helper()
+	s = strings.NewReplacer(" ", "", "|", "", "\n", "", "\t", "").Replace(s)
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatalf("bad golden hex: %v", err)
+	}
+	return b
+}
+
+// TestGoldenEncodings pins the byte layout of every message, field by field
+// as spec.md describes it. A failure here is a wire format change.
+func TestGoldenEncodings(t *testing.T) {
+	ids := func(b string) string { return strings.Repeat(b, 32) }
+	cases := []struct {
+		name string
+		msg  Message
+		hex  string
+	}{
+		{"HELLO", Hello{Version: 1, Volume: "pvc-1", Size: 1 << 30, Params: chunk.DefaultParams(), Streams: 4, Agent: "agent/1"},
+			`56444c54 | 0001 | 05 7076632d31 | 0000000040000000 |
+			 13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
+			 0004 | 07 6167656e742f31`},
+		{"WELCOME", Welcome{Generation: 2, Root: idOf(0xaa), State: TargetCommitted, Receiver: "recv/1"},
+			`0000000000000002 | ` + ids("aa") + ` | 01 | 06 726563762f31`},
+		{"ERROR", ErrorMsg{Code: ErrCodeApply, Message: "disk full"},
+			`0007 | 0009 | 6469736b2066756c6c`},
+		{"MANIFEST", ManifestBatch{Entries: []chunk.Entry{
+			{Offset: 0x1000, Length: 0x2000, ID: idOf(0xbb)},
+			{Offset: 0x3000, Length: 0x10000, Zero: true},
+		}}, `00000002 |
+			 0000000000001000 | 0000000000002000 | 00 | ` + ids("bb") + ` |
+			 0000000000003000 | 0000000000010000 | 01 | ` + ids("00")},
+		{"MANIFEST empty", ManifestBatch{}, `00000000`},
+		{"MANIFEST_END", ManifestEnd{Count: 2, Root: idOf(0xcc)},
+			`0000000000000002 | ` + ids("cc")},
+		{"NEED", Need{Ranges: []IndexRange{{First: 1, Count: 2}, {First: 1 << 32, Count: 0xffffffff}}},
+			`00000002 | 0000000000000001 00000002 | 0000000100000000 ffffffff`},
+		{"NEED_END", NeedEnd{Total: 0x0102030405060708}, `0102030405060708`},
+		{"DATA_OPEN", DataOpen{Stream: 0x0102}, `0102`},
+		{"CHUNK raw", Chunk{Index: 9, Codec: CodecRaw, RawLen: 3, Data: []byte("abc")},
+			`0000000000000009 | 00 | 00000003 | 616263`},
+		{"CHUNK zstd", Chunk{Index: 10, Codec: CodecZstd, RawLen: chunk.MaxChunkSize, Data: []byte{0x28, 0xb5, 0x2f, 0xfd}},
+			`000000000000000a | 01 | 00800000 | 28b52ffd`},
+		{"RESULT", Result{Generation: 3, Root: idOf(0xdd), Skipped: 1, Copied: 2, Fetched: 3, Zeroed: 4, CopyBytes: 5, FetchBytes: 6},
+			`0000000000000003 | ` + ids("dd") + ` |
+			 0000000000000001 | 0000000000000002 | 0000000000000003 | 0000000000000004 | 0000000000000005 | 0000000000000006`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			want := unhex(t, tc.hex)
+			got := encode(tc.msg)
+			if !bytes.Equal(got, want) {
+				t.Fatalf("encoding differs\n got %x\nwant %x", got, want)
+			}
+			m, err := Decode(tc.msg.FrameType(), want)
+			if err != nil {
+				t.Fatalf("decode golden: %v", err)
+			}
+			if !equalMsg(m, tc.msg) {
+				t.Fatalf("decoded %#v, want %#v", m, tc.msg)
+			}
+		})
+	}
+}
+
+func TestGoldenFrameHeader(t *testing.T) {
+	got := AppendFrameHeader([]byte{0xee}, FrameChunk, 0x010203)
+	if want := unhex(t, "ee | 09 | 00 | 00010203"); !bytes.Equal(got, want) {
+		t.Fatalf("header %x, want %x", got, want)
+	}
+	if HeaderSize != 6 || ChunkHeaderSize != 13 || chunk.EntrySize != 49 {
+		t.Fatalf("sizes changed: header %d, chunk header %d, entry %d", HeaderSize, ChunkHeaderSize, chunk.EntrySize)
+	}
+	// HELLO's size is 47 + volume + algorithm + agent (spec.md).
+	h := Hello{Version: 1, Volume: "v", Params: chunk.DefaultParams(), Agent: "ag"}
+	if n, want := len(encode(h)), 47+1+len(chunk.Algorithm)+2; n != want {
+		t.Fatalf("HELLO is %d bytes, spec says %d", n, want)
+	}
+	if n := len(encode(Result{})); n != 88 {
+		t.Fatalf("RESULT is %d bytes, spec says 88", n)
+	}
+}
+
+func TestRoundTripEveryMessage(t *testing.T) {
+	seen := map[FrameType]bool{}
+	for _, m := range sampleMessages() {
+		t.Run(m.FrameType().String(), func(t *testing.T) {
+			seen[m.FrameType()] = true
+			payload := encode(m)
+			got, err := Decode(m.FrameType(), payload)
+			if err != nil {
+				t.Fatalf("decode %#v: %v", m, err)
+			}
+			if got.FrameType() != m.FrameType() {
+				t.Fatalf("decoded a %v from a %v payload", got.FrameType(), m.FrameType())
+			}
+			if !equalMsg(got, m) {
+				t.Fatalf("round trip\n got %#v\nwant %#v", got, m)
+			}
+			// Appending keeps what dst held.
+			if b := m.AppendPayload([]byte("prefix")); !bytes.Equal(b, append([]byte("prefix"), payload...)) {
+				t.Fatalf("AppendPayload does not append")
+			}
+		})
+	}
+	for ft := FrameHello; ft <= FrameResult; ft++ {
+		if !seen[ft] {
+			t.Errorf("no sample of %v", ft)
+		}
+	}
+}
+
+func TestDecodeRejectsTruncated(t *testing.T) {
+	for _, m := range sampleMessages() {
+		payload := encode(m)
+		min := 0
+		if c, ok := m.(Chunk); ok && c.Codec == CodecZstd {
+			min = ChunkHeaderSize // zstd data is opaque to Decode: any tail is a payload
+			if len(payload) < min {
+				continue
+			}
+			payload = payload[:min]
+			min = 0
+		}
+		for n := min; n < len(payload); n++ {
+			if got, err := Decode(m.FrameType(), payload[:n]); err == nil {
+				t.Errorf("%v cut to %d of %d bytes decoded as %#v", m.FrameType(), n, len(payload), got)
+			} else if !errors.Is(err, ErrProtocol) {
+				t.Errorf("%v cut to %d bytes: %v does not wrap ErrProtocol", m.FrameType(), n, err)
+			}
+		}
+	}
+}
+
+func TestDecodeRejectsStrayBytes(t *testing.T) {
+	for _, m := range sampleMessages() {
+		if c, ok := m.(Chunk); ok && c.Codec == CodecZstd {
+			continue // data runs to the end of the payload
+		}
+		for _, tail := range [][]byte{{0}, []byte("xyz"), make([]byte, 49)} {
+			payload := append(encode(m), tail...)
+			if got, err := Decode(m.FrameType(), payload); err == nil {
+				t.Errorf("%v with %d stray bytes decoded as %#v", m.FrameType(), len(tail), got)
+			} else if !errors.Is(err, ErrProtocol) {
+				t.Errorf("%v with stray bytes: %v does not wrap ErrProtocol", m.FrameType(), err)
+			}
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	entry := func(e chunk.Entry, flags byte) []byte {
+		b := chunk.AppendEntry(nil, e)
+		b[16] = flags
+		return b
+	}
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	bigRaw := make([]byte, chunk.MaxChunkSize+1)
+	cases := []struct {
+		name    string
+		t       FrameType
+		payload []byte
+		want    string // in the error message
+	}{
+		{"unknown type 0", 0, nil, "unknown frame type 0"},
+		{"unknown type 11", 11, []byte{1, 2}, "unknown frame type 11"},
+		{"unknown type 255", 255, nil, "unknown frame type 255"},
+		{"HELLO bad magic", FrameHello, cat([]byte("HTTP"), encode(sampleMessages()[0])[4:]), "not a voldelta agent"},
+		{"HELLO GET request", FrameHello, []byte("GET / HTTP/1.1\r\n"), "not a voldelta agent"},
+		{"HELLO lowercase magic", FrameHello, cat([]byte("vdlt"), []byte{0, 1}), "not a voldelta agent"},
+		{"HELLO short magic", FrameHello, []byte("VD"), "truncated"},
+		{"HELLO params truncated", FrameHello, cat([]byte("VDLT"), []byte{0, 1, 1, 'v'}, make([]byte, 8), []byte{5, 'a'}), "HELLO"},
+		{"WELCOME state 3", FrameWelcome, encode(Welcome{State: 3}), "unknown target state 3"},
+		{"ERROR message too long", FrameError, cat([]byte{0, 1, 0x10, 0x01}, make([]byte, 4097)), "limit 4096"},
+		{"MANIFEST count too high", FrameManifest, cat([]byte{0, 0, 0, 2}, make([]byte, 49)), "2 entries in 49 bytes"},
+		{"MANIFEST count huge", FrameManifest, cat([]byte{0xff, 0xff, 0xff, 0xff}, make([]byte, 49)), "entries in 49 bytes"},
+		{"MANIFEST entry flags", FrameManifest, cat([]byte{0, 0, 0, 1}, entry(chunk.Entry{Length: 1}, 2)), "entry 0"},
+		{"MANIFEST zero run with id", FrameManifest, cat([]byte{0, 0, 0, 1}, entry(chunk.Entry{Length: 1, ID: idOf(1)}, 1)), "zero run with an id"},
+		{"NEED zero-count range", FrameNeed, encode(Need{Ranges: []IndexRange{{First: 1, Count: 1}, {First: 5, Count: 0}}}), "range 1 (5+0) is empty"},
+		{"NEED overflowing range", FrameNeed, encode(Need{Ranges: []IndexRange{{First: 1<<64 - 1, Count: 2}}}), "overflows"},
+		{"NEED count huge", FrameNeed, cat([]byte{0xff, 0xff, 0xff, 0xff}, make([]byte, 12)), "ranges in 12 bytes"},
+		{"CHUNK raw above max", FrameChunk, encode(Chunk{Index: 1, RawLen: chunk.MaxChunkSize + 1, Data: bigRaw}), "above the largest chunk"},
+		{"CHUNK zstd above max", FrameChunk, encode(Chunk{Index: 1, Codec: CodecZstd, RawLen: chunk.MaxChunkSize + 1, Data: []byte{1}}), "above the largest chunk"},
+		{"CHUNK zstd rawlen max u32", FrameChunk, encode(Chunk{Index: 1, Codec: CodecZstd, RawLen: 1<<32 - 1, Data: []byte{1}}), "above the largest chunk"},
+		{"CHUNK raw short", FrameChunk, encode(Chunk{Index: 2, RawLen: 10, Data: make([]byte, 9)}), "has 9 bytes, says 10"},
+		{"CHUNK raw long", FrameChunk, encode(Chunk{Index: 2, RawLen: 10, Data: make([]byte, 11)}), "has 11 bytes, says 10"},
+		{"CHUNK unknown codec", FrameChunk, encode(Chunk{Index: 3, Codec: 2, RawLen: 1, Data: []byte{1}}), "unknown codec 2"},
+		{"CHUNK header truncated", FrameChunk, make([]byte, ChunkHeaderSize-1), "truncated"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Decode(tc.t, tc.payload)
+			if err == nil {
+				t.Fatalf("decoded as %#v", m)
+			}
+			if !errors.Is(err, ErrProtocol) {
+				t.Errorf("%v does not wrap ErrProtocol", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// An agent of another version is told apart from a stray client, and its
+// version is decoded whatever follows it, so the receiver can name it.
+func TestDecodeHelloOtherVersion(t *testing.T) {
+	cases := []struct {
+		name    string
+		payload []byte
+		version uint16
+	}{
+		{"v2, v1 layout", encode(Hello{Version: 2, Volume: "pvc-1", Params: chunk.DefaultParams()}), 2},
+		{"v2, unknown layout", append([]byte("VDLT\x00\x02"), []byte("\xff\xfe anything at all")...), 2},
+		{"v0, nothing after", []byte("VDLT\x00\x00"), 0},
+		{"v65535", []byte("VDLT\xff\xff\x01"), 65535},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := Decode(FrameHello, tc.payload)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			h, ok := m.(Hello)
+			if !ok {
+				t.Fatalf("decoded a %T", m)
+			}
+			if h.Version != tc.version {
+				t.Fatalf("version %d, want %d", h.Version, tc.version)
+			}
+		})
+	}
+}
+
+// Strings too long for their length field are cut, never allowed to
+// corrupt the fields after them.
+func TestEncodeTruncatesLongStrings(t *testing.T) {
+	long := strings.Repeat("é", 200) // 400 bytes, two per rune
+	h := Hello{Version: ProtocolVersion, Volume: "pvc-1", Size: 42, Params: chunk.DefaultParams(), Streams: 3, Agent: long}
+	m, err := Decode(FrameHello, encode(h))
+	if err != nil {
+		t.Fatalf("decode: %v", err)
+	}
+	got := m.(Hello)
+	if got.Size != 42 || got.Streams != 3 || got.Params != h.Params {
+		t.Fatalf("fields after a long string were corrupted: %#v", got)
+	}
+	if len(got.Agent) != 254 || !strings.HasPrefix(long, got.Agent) || !utf8.ValidString(got.Agent) {
+		t.Fatalf("agent cut to %d bytes (valid UTF-8: %v), want the first 254 bytes of it", len(got.Agent), utf8.ValidString(got.Agent))
+	}
+
+	w := Welcome{State: TargetNew, Receiver: strings.Repeat("r", 300)}
+	m, err = Decode(FrameWelcome, encode(w))
+	if err != nil {
+		t.Fatalf("decode WELCOME: %v", err)
+	}
+	if r := m.(Welcome).Receiver; r != strings.Repeat("r", 255) {
+		t.Fatalf("receiver cut to %d bytes, want 255", len(r))
+	}
+
+	e := ErrorMsg{Code: ErrCodeApply, Message: strings.Repeat("x", 4095) + "€€"}
+	m, err = Decode(FrameError, encode(e))
+	if err != nil {
+		t.Fatalf("decode ERROR: %v", err)
+	}
+	if msg := m.(ErrorMsg).Message; msg != strings.Repeat("x", 4095) {
+		t.Fatalf("message cut to %d bytes, want 4095 (no split rune)", len(msg))
+	}
+}
+
+func TestFrameTypeString(t *testing.T) {
+	want := []string{"HELLO", "WELCOME", "ERROR", "MANIFEST", "MANIFEST_END", "NEED", "NEED_END", "DATA_OPEN", "CHUNK", "RESULT"}
+	for i, w := range want {
+		if s := FrameType(i + 1).String(); s != w {
+			t.Errorf("FrameType(%d) = %q, want %q", i+1, s, w)
+		}
+	}
+	if s := FrameType(42).String(); s != "FrameType(42)" {
+		t.Errorf("unknown type prints %q", s)
+	}
+	for s, want := range map[TargetState]string{TargetNew: "new", TargetCommitted: "committed", TargetIncomplete: "incomplete", 9: "TargetState(9)"} {
+		if s.String() != want {
+			t.Errorf("TargetState(%d) = %q, want %q", uint8(s), s.String(), want)
+		}
+	}
+}
