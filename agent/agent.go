@@ -7,10 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"syscall"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"

@@ -179,8 +179,8 @@ func TestCLIContract(t *testing.T) {
 	}
 	// Usage errors: exit 2.
 	for _, args := range [][]string{
-		{"send", "--to", addr, "--volume", "demo", "--insecure"},              // no --source
-		{"send", "--source", src, "--to", addr, "--volume", "demo"},           // neither TLS nor --insecure
+		{"send", "--to", addr, "--volume", "demo", "--insecure"},                 // no --source
+		{"send", "--source", src, "--to", addr, "--volume", "demo"},              // neither TLS nor --insecure
 		{"send", "--source", src, "--to", addr, "--volume", "a/b", "--insecure"}, // bad name
 		{"send", "--source", src, "--to", addr, "--volume", "demo", "--insecure", "--bwlimit", "fast"},
 		{"send", "--source", src, "--to", addr, "--volume", "demo", "--insecure", "--chunk-avg", "300KiB"},

@@ -47,15 +47,15 @@ type State struct {
 	Volume      string       `json:"volume"`
 	Target      string       `json:"target"`
 	Phase       Phase        `json:"phase"`
-	Generation  uint64       `json:"generation"`             // last committed generation (0: none)
-	Root        string       `json:"root,omitempty"`         // root hash of the last committed generation
-	Size        uint64       `json:"size"`                   // volume size of the last committed generation
-	CommittedAt time.Time    `json:"committed_at,omitzero"`  // when it was committed
-	Params      chunk.Params `json:"params"`                 // chunk parameters of the extents file
-	Extents     string       `json:"extents"`                // file name of the known extents, in the volume's directory
-	Fingerprint Fingerprint  `json:"fingerprint,omitzero"`   // of the target at commit
-	Applying    *Applying    `json:"applying,omitempty"`     // set while PhaseApplying
-	History     []Committed  `json:"history,omitempty"`      // recent commits, newest last
+	Generation  uint64       `json:"generation"`            // last committed generation (0: none)
+	Root        string       `json:"root,omitempty"`        // root hash of the last committed generation
+	Size        uint64       `json:"size"`                  // volume size of the last committed generation
+	CommittedAt time.Time    `json:"committed_at,omitzero"` // when it was committed
+	Params      chunk.Params `json:"params"`                // chunk parameters of the extents file
+	Extents     string       `json:"extents"`               // file name of the known extents, in the volume's directory
+	Fingerprint Fingerprint  `json:"fingerprint,omitzero"`  // of the target at commit
+	Applying    *Applying    `json:"applying,omitempty"`    // set while PhaseApplying
+	History     []Committed  `json:"history,omitempty"`     // recent commits, newest last
 	Updated     time.Time    `json:"updated"`
 }
 
