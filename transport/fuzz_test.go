@@ -1,0 +1,115 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/voldelta/voldelta/chunk"
+)
+
+// FuzzDecode feeds arbitrary payloads to Decode. It must never panic; it
+// must only fail with ErrProtocol; and whatever it accepts must be the
+// canonical encoding of what it decoded (a HELLO of another version aside,
+// which is decoded no further than its version), so that re-encoding and
+// decoding again gives the same message.
+func FuzzDecode(f *testing.F) {
+	for _, m := range sampleMessages() {
+		f.Add(byte(m.FrameType()), encode(m))
+	}
+	c, err := NewCompressor(CompressionFastest)
+	if err != nil {
+		f.Fatal(err)
+	}
+	raw := compressible(1, 4096)
+	codec, z := c.Compress(raw, nil)
+	f.Add(byte(FrameChunk), encode(Chunk{Index: 1, Codec: codec, RawLen: uint32(len(raw)), Data: z}))
+	f.Add(byte(FrameHello), []byte("VDLT\x00\x02future"))
+	f.Add(byte(FrameHello), []byte("GET / HTTP/1.1\r\n"))
+	f.Add(byte(FrameError), append([]byte{0, 1, 0x10, 0}, make([]byte, 4096)...))
+	f.Add(byte(FrameNeed), encode(Need{Ranges: []IndexRange{{First: 1<<64 - 2, Count: 1}}}))
+	f.Add(byte(FrameManifest), encode(ManifestBatch{Entries: []chunk.Entry{{Length: 1, Zero: true}}}))
+	f.Add(byte(0), []byte{})
+	f.Add(byte(11), []byte{1})
+
+	f.Fuzz(func(t *testing.T, typ byte, payload []byte) {
+		ft := FrameType(typ)
+		m, err := Decode(ft, payload)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error %v does not wrap ErrProtocol", err)
+			}
+			return
+		}
+		if m.FrameType() != ft {
+			t.Fatalf("a %v payload decoded as %v", ft, m.FrameType())
+		}
+		enc := m.AppendPayload(nil)
+		if h, ok := m.(Hello); !ok || h.Version == ProtocolVersion {
+			if !bytes.Equal(enc, payload) {
+				t.Fatalf("%v accepted a non-canonical payload of %d bytes, re-encoded as %d bytes\n got %.64x\nre-encoded %.64x", ft, len(payload), len(enc), payload, enc)
+			}
+		}
+		m2, err := Decode(ft, enc)
+		if err != nil {
+			t.Fatalf("re-encoded %v does not decode: %v", ft, err)
+		}
+		// A Chunk's Data aliases the payload it came from, so compare
+		// contents; the two payloads are distinct buffers.
+		if !equalMsg(m, m2) {
+			t.Fatalf("round trip changed the message\n got %#v\nwant %#v", m2, m)
+		}
+	})
+}
+
+// FuzzFrameReader feeds arbitrary streams to a FrameReader with a small
+// limit. It must never panic, never hold a payload (or a buffer) above the
+// limit, say io.EOF exactly when the stream ends between frames, and only
+// fail with the errors its contract names.
+func FuzzFrameReader(f *testing.F) {
+	const limit = 64
+	f.Add([]byte{})
+	f.Add(frames(DataOpen{Stream: 1}, NeedEnd{Total: 7}, ManifestEnd{Count: 1, Root: idOf(1)}))
+	f.Add(frames(ErrorMsg{Code: ErrCodeBusy, Message: "busy"}, Chunk{Index: 1, RawLen: 3, Data: []byte("abc")}))
+	f.Add(frames(Chunk{Index: 1, RawLen: 100, Data: make([]byte, 100)})) // over the limit
+	f.Add([]byte{9, 0, 0xff, 0xff, 0xff, 0xff})                          // 4 GiB announced
+	f.Add([]byte{9, 1, 0, 0, 0, 0})                                      // flags set
+	f.Add([]byte{9, 0, 0, 0, 0, 10, 1, 2})                               // cut in the body
+	f.Add([]byte{9, 0, 0})                                               // cut in the header
+
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr := NewFrameReader(bytes.NewReader(data), limit)
+		consumed := 0
+		for {
+			ft, p, err := fr.Next()
+			if cap(fr.buf) > limit {
+				t.Fatalf("buffer of %d bytes, limit %d", cap(fr.buf), limit)
+			}
+			if err != nil {
+				switch {
+				case err == io.EOF:
+					if consumed != len(data) {
+						t.Fatalf("io.EOF with %d of %d bytes consumed", consumed, len(data))
+					}
+				case errors.Is(err, io.ErrUnexpectedEOF):
+					if consumed == len(data) {
+						t.Fatalf("unexpected EOF at a frame boundary")
+					}
+				case errors.Is(err, ErrFrameTooLarge), errors.Is(err, ErrProtocol):
+				default:
+					t.Fatalf("unexpected error %v", err)
+				}
+				return
+			}
+			if len(p) > limit {
+				t.Fatalf("payload of %d bytes, limit %d", len(p), limit)
+			}
+			consumed += HeaderSize + len(p)
+			if !bytes.Equal(p, data[consumed-len(p):consumed]) {
+				t.Fatalf("payload does not match the stream")
+			}
+			_, _ = Decode(ft, p) // must not panic either
+		}
+	})
+}
