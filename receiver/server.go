@@ -155,7 +155,11 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	log := s.log.With("peer", c.RemoteAddr().String())
 	sess, err := transport.Server(ctx, c, s.cfg.Transport)
 	if err != nil {
-		log.Warn("session setup failed", "err", err)
+		lvl := slog.LevelWarn
+		if errors.Is(err, io.EOF) {
+			lvl = slog.LevelDebug // a TCP health check: connected and hung up
+		}
+		log.Log(ctx, lvl, "session setup failed", "err", err)
 		c.Close()
 		return
 	}
@@ -344,7 +348,9 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	log.Info("sync committed", "generation", r.Generation, "root", r.Root.Short(), "skipped", r.Skipped, "copied", r.Copied,
 		"fetched", r.Fetched, "zeroed", r.Zeroed, "fetched_bytes", r.FetchBytes, "duration", elapsed(started))
 	if err := ctrl.Send(r); err != nil {
-		return err
+		// Committed all the same; the agent learns it in its next round.
+		log.Info("generation committed; the result could not be sent (the agent hung up)", "err", err)
+		return nil
 	}
 	// Wait for the agent to hang up, so the RESULT is not lost in a reset.
 	select {

@@ -1,5 +1,3 @@
-// Command voldelta replicates block volumes between datacenters: see
-// `voldelta --help`.
 package main
 
 import (
