@@ -6,14 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
@@ -264,7 +261,7 @@ func (r *round) run(ctx context.Context) error {
 		return fmt.Errorf("receiver %s: %w", r.opt.Addr, ctrlErr)
 	case ctx.Err() != nil:
 		return fmt.Errorf("sync canceled: %w", context.Cause(ctx))
-	case sendErr != nil && isConnLost(sendErr) || ctrlErr != nil && isConnLost(ctrlErr):
+	case sendErr != nil && transport.IsConnLost(sendErr) || ctrlErr != nil && transport.IsConnLost(ctrlErr):
 		return fmt.Errorf("connection to receiver %s lost before it committed (the next sync resumes): %w", r.opt.Addr, firstErr(ctrlErr, sendErr))
 	case sendErr != nil:
 		return sendErr
@@ -289,13 +286,6 @@ func (r *round) run(ctx context.Context) error {
 	}
 	ctrl.CloseWrite()
 	return nil
-}
-
-// isConnLost reports whether err means the session died under us.
-func isConnLost(err error) bool {
-	return errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, yamux.ErrStreamClosed) || errors.Is(err, yamux.ErrConnectionReset)
 }
 
 func firstErr(errs ...error) error {

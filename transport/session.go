@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -351,4 +352,15 @@ func NewTLS(cert tls.Certificate, ca *x509.CertPool, server bool) *tls.Config {
 		c.RootCAs = ca
 	}
 	return c
+}
+
+// IsConnLost reports whether err means the connection or session died
+// (the peer went away, the network failed, or the session was closed),
+// as opposed to an error the peer reported or a protocol violation.
+func IsConnLost(err error) bool {
+	return errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamClosed) ||
+		errors.Is(err, yamux.ErrConnectionReset) ||
+		errors.Is(err, yamux.ErrConnectionWriteTimeout) || errors.Is(err, yamux.ErrKeepAliveTimeout) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
