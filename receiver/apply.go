@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
-	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -27,47 +26,63 @@ const (
 	opDone                   // written this session
 )
 
-// sessionError carries the code to send the agent.
-type sessionError struct {
-	code transport.ErrorCode
-	err  error
-}
-
-func (e *sessionError) Error() string { return e.err.Error() }
-func (e *sessionError) Unwrap() error { return e.err }
-
-func fail(code transport.ErrorCode, format string, a ...any) error {
-	return &sessionError{code: code, err: fmt.Errorf(format, a...)}
-}
-
-// arrived is a verified chunk from a data stream.
+// arrived is a verified chunk from the sender.
 type arrived struct {
 	i   int
 	buf *[]byte
 }
 
+type manifestEnd struct {
+	count uint64
+	root  chunk.ID
+}
+
 type event struct {
 	batch []chunk.Entry
-	end   *transport.ManifestEnd
+	end   *manifestEnd
 	chunk *arrived
 	err   error
 }
 
-// applier runs one sync session's plan and writes. Only its own goroutine
-// touches the target, the index and the journal; data-stream readers
-// decode and verify chunks in parallel and hand them over as events.
+// Requester is how an apply asks its sender for chunks. Calls come from
+// the goroutine running Apply.Run; they must not wait for chunks to be
+// delivered (deliveries are only taken in while Run is not inside a call).
+type Requester interface {
+	// Need asks for the chunks of these manifest entries (indexes in
+	// manifest order). Their intents are durable before it is called.
+	Need(indexes []int) error
+	// NeedEnd says no more Need calls follow; total counts every index
+	// asked for in this apply.
+	NeedEnd(total uint64) error
+}
+
+// Result describes a committed apply.
+type Result struct {
+	Generation uint64
+	Root       chunk.ID
+	Skipped    uint64 // entries already in place
+	Copied     uint64 // chunks copied from elsewhere in the target
+	Fetched    uint64 // chunks received from the sender
+	Zeroed     uint64 // zero runs written
+	CopyBytes  uint64
+	FetchBytes uint64
+}
+
+// applier runs one apply's plan and writes. Only the goroutine in run
+// touches the target, the index and the journal; deliveries are decoded
+// and verified by the senders' goroutines and handed over as events.
 type applier struct {
 	log    *slog.Logger
-	cfg    *Config
+	opt    *Options
 	t      *target
 	idx    *index
 	j      *journal
-	ctrl   *transport.Stream
+	req    Requester
 	params chunk.Params
 	size   uint64
 
 	mu      sync.RWMutex
-	entries []chunk.Entry // the agent's manifest so far; read by data readers
+	entries []chunk.Entry // the sender's manifest so far; read by deliverers
 
 	kind      []opKind
 	buffered  map[int]*[]byte
@@ -83,10 +98,10 @@ type applier struct {
 	sinceCheckpoint []int
 	ckptBytes       uint64
 	written         []int // every entry written this session, for verification
-	result          transport.Result
+	result          Result
 }
 
-// entry returns manifest entry i for a data reader.
+// entry returns manifest entry i for a deliverer.
 func (a *applier) entry(i uint64) (chunk.Entry, bool) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
@@ -106,16 +121,17 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 		for _, b := range a.buffered {
 			chunk.PutBuffer(b)
 		}
+		a.buffered = nil
 	}()
 	for !(a.endSeen && a.planned && a.pending == 0) {
 		var ev event
 		select {
 		case ev = <-events:
 		case <-ctx.Done():
-			if errors.Is(context.Cause(ctx), errAgentGone) {
-				return fail(transport.ErrCodeCanceled, "apply interrupted: %w", context.Cause(ctx))
+			if errors.Is(context.Cause(ctx), ErrInterrupted) {
+				return context.Cause(ctx)
 			}
-			return fail(transport.ErrCodeShutdown, "receiver is shutting down: %w", context.Cause(ctx))
+			return failf(ErrShutdown, "apply stopped: %w", context.Cause(ctx))
 		}
 		var err error
 		switch {
@@ -137,11 +153,11 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 
 func (a *applier) onBatch(batch []chunk.Entry) error {
 	if a.endSeen {
-		return fail(transport.ErrCodeProtocol, "MANIFEST after MANIFEST_END")
+		return failf(ErrBadInput, "MANIFEST after MANIFEST_END")
 	}
 	for _, e := range batch {
 		if err := a.builder.Add(e); err != nil {
-			return fail(transport.ErrCodeProtocol, "manifest entry %d: %w", a.builder.Count(), err)
+			return failf(ErrBadInput, "manifest entry %d: %w", a.builder.Count(), err)
 		}
 	}
 	a.mu.Lock()
@@ -177,23 +193,10 @@ func (a *applier) sendNeeds() error {
 		a.j.add(recIntent, a.entries[i])
 	}
 	if err := a.j.flush(); err != nil {
-		return fail(transport.ErrCodeApply, "%w", err)
+		return err
 	}
-	var ranges []transport.IndexRange
-	for _, i := range a.needQueue {
-		if n := len(ranges); n > 0 && ranges[n-1].First+uint64(ranges[n-1].Count) == uint64(i) && ranges[n-1].Count < 1<<30 {
-			ranges[n-1].Count++
-		} else {
-			ranges = append(ranges, transport.IndexRange{First: uint64(i), Count: 1})
-		}
-	}
-	const perFrame = 64 << 10
-	for len(ranges) > 0 {
-		n := min(len(ranges), perFrame)
-		if err := a.ctrl.Send(transport.Need{Ranges: ranges[:n]}); err != nil {
-			return err
-		}
-		ranges = ranges[n:]
+	if err := a.req.Need(a.needQueue); err != nil {
+		return err
 	}
 	a.pending += len(a.needQueue)
 	a.needTotal += uint64(len(a.needQueue))
@@ -204,10 +207,10 @@ func (a *applier) sendNeeds() error {
 func (a *applier) onChunk(c *arrived) error {
 	if c.i >= len(a.kind) || a.kind[c.i] != opFetch {
 		chunk.PutBuffer(c.buf)
-		return fail(transport.ErrCodeProtocol, "chunk %d was not asked for (or sent twice)", c.i)
+		return failf(ErrBadInput, "chunk %d was not asked for (or sent twice)", c.i)
 	}
 	e := a.entries[c.i]
-	if a.ordered && !a.planned && a.bufBytes+int64(e.Length) <= a.cfg.ApplyBuffer {
+	if a.ordered && !a.planned && a.bufBytes+int64(e.Length) <= a.opt.ApplyBuffer {
 		// Hold it: writing now could overwrite a region a later copy reads.
 		a.kind[c.i] = opBuffered
 		a.buffered[c.i] = c.buf
@@ -224,7 +227,7 @@ func (a *applier) onChunk(c *arrived) error {
 func (a *applier) writeFetched(i int, data []byte) error {
 	e := a.entries[i]
 	if _, err := a.t.WriteAt(data, int64(e.Offset)); err != nil {
-		return fail(transport.ErrCodeApply, "apply chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
+		return fmt.Errorf("apply chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
 	}
 	a.idx.clobber(e.Offset, e.Length)
 	a.pending--
@@ -251,31 +254,31 @@ func (a *applier) checkpoint() error {
 		return nil
 	}
 	if err := a.t.sync(); err != nil {
-		return fail(transport.ErrCodeApply, "%w", err)
+		return err
 	}
 	for _, i := range a.sinceCheckpoint {
 		a.j.add(recDone, a.entries[i])
 	}
 	if err := a.j.flush(); err != nil {
-		return fail(transport.ErrCodeApply, "%w", err)
+		return err
 	}
 	a.sinceCheckpoint = a.sinceCheckpoint[:0]
 	a.ckptBytes = 0
 	return nil
 }
 
-func (a *applier) onEnd(end transport.ManifestEnd) error {
+func (a *applier) onEnd(end manifestEnd) error {
 	if a.endSeen {
-		return fail(transport.ErrCodeProtocol, "second MANIFEST_END")
+		return failf(ErrBadInput, "second MANIFEST_END")
 	}
 	a.endSeen = true
 	root, err := a.builder.Finish()
 	if err != nil {
-		return fail(transport.ErrCodeProtocol, "manifest: %w", err)
+		return failf(ErrBadInput, "manifest: %w", err)
 	}
-	if end.Count != a.builder.Count() || end.Root != root {
-		return fail(transport.ErrCodeProtocol, "manifest damaged in transit: %d entries with root %s, agent says %d with root %s",
-			a.builder.Count(), root.Short(), end.Count, end.Root.Short())
+	if end.count != a.builder.Count() || end.root != root {
+		return failf(ErrBadInput, "manifest damaged in transit: %d entries with root %s, agent says %d with root %s",
+			a.builder.Count(), root.Short(), end.count, end.root.Short())
 	}
 	return a.plan()
 }
@@ -315,7 +318,7 @@ func (a *applier) plan() error {
 		}
 	}
 	if err := a.j.flush(); err != nil {
-		return fail(transport.ErrCodeApply, "%w", err)
+		return err
 	}
 	if err := a.runCopies(ops); err != nil {
 		return err
@@ -343,7 +346,7 @@ func (a *applier) plan() error {
 		}
 		e := a.entries[i]
 		if err := a.t.zero(e.Offset, e.Length); err != nil {
-			return fail(transport.ErrCodeApply, "%w", err)
+			return err
 		}
 		a.result.Zeroed++
 		if err := a.markWritten(i); err != nil {
@@ -353,7 +356,7 @@ func (a *applier) plan() error {
 	if err := a.sendNeeds(); err != nil {
 		return err
 	}
-	return a.ctrl.Send(transport.NeedEnd{Total: a.needTotal})
+	return a.req.NeedEnd(a.needTotal)
 }
 
 // runCopies performs ops in dependency order (Kahn's algorithm): an op
@@ -402,7 +405,7 @@ func (a *applier) runCopies(ops []*copyOp) error {
 				return fmt.Errorf("copy plan stuck with %d ops left", left) // cannot happen: every cycle has an op left to preload
 			}
 			o := ops[next]
-			if preloaded+int64(o.n) <= a.cfg.ApplyBuffer {
+			if preloaded+int64(o.n) <= a.opt.ApplyBuffer {
 				buf, ok, err := a.readSource(o)
 				if err != nil {
 					return err
@@ -446,7 +449,7 @@ func (a *applier) runCopies(ops []*copyOp) error {
 		_, err := a.t.WriteAt(*buf, int64(o.dst))
 		chunk.PutBuffer(buf)
 		if err != nil {
-			return fail(transport.ErrCodeApply, "copy chunk %s from %d to %d: %w", o.id.Short(), o.src, o.dst, err)
+			return fmt.Errorf("copy chunk %s from %d to %d: %w", o.id.Short(), o.src, o.dst, err)
 		}
 		o.gone = true
 		left--
@@ -466,7 +469,7 @@ func (a *applier) readSource(o *copyOp) (*[]byte, bool, error) {
 	buf := chunk.GetBuffer(int(o.n))
 	if _, err := a.t.ReadAt(*buf, int64(o.src)); err != nil {
 		chunk.PutBuffer(buf)
-		return nil, false, fail(transport.ErrCodeApply, "read chunk %s at %d for a local copy: %w", o.id.Short(), o.src, err)
+		return nil, false, fmt.Errorf("read chunk %s at %d for a local copy: %w", o.id.Short(), o.src, err)
 	}
 	if chunk.Sum(*buf) != o.id {
 		chunk.PutBuffer(buf)
@@ -489,7 +492,7 @@ func (a *applier) copyToFetch(o *copyOp) {
 // verifyWritten reads back every entry written this session and checks it.
 func (a *applier) verifyWritten(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(max(1, a.cfg.Workers))
+	g.SetLimit(max(1, a.opt.Workers))
 	for _, i := range a.written {
 		e := a.entries[i]
 		g.Go(func() error {

@@ -2,92 +2,17 @@ package receiver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
-	"github.com/voldelta/voldelta/transport"
 )
-
-// prepared is what a session knows of its target before the first write.
-type prepared struct {
-	st            *State
-	exts          []chunk.Entry // extents known to be intact
-	how           string        // where they came from, for logs
-	welcome       transport.TargetState
-	committedRoot chunk.ID
-}
-
-// prepare loads (or rebuilds) the index of the target and records durably
-// that an apply is starting: from here on the target is incomplete until
-// a commit.
-func (s *Server) prepare(ctx context.Context, log *slog.Logger, vd volumeDir, t *target, tsize uint64, hello transport.Hello, path string, p *prepared) error {
-	st, err := vd.loadState()
-	switch {
-	case errors.Is(err, ErrNoState):
-		st = &State{Volume: hello.Volume}
-	case err != nil:
-		log.Warn("state unreadable; rescanning the target", "err", err)
-		st = &State{Volume: hello.Volume}
-	}
-	p.st = st
-	switch {
-	case st.Phase == PhaseApplying:
-		p.welcome = transport.TargetIncomplete
-	case st.Generation > 0:
-		p.welcome = transport.TargetCommitted
-		p.committedRoot, _ = chunk.ParseID(st.Root)
-	}
-
-	// scanSize is the part of the target worth indexing: all of a file
-	// (data past the new end may still be copied), the source's size of a
-	// device.
-	scanSize := tsize
-	if t.block {
-		scanSize = min(tsize, hello.Size)
-	}
-	exts, how, err := s.loadIndex(ctx, log, vd, t, tsize, st, hello.Params, path)
-	if err != nil {
-		return err
-	}
-	if exts == nil {
-		if scanSize == 0 {
-			how = "empty target"
-		} else {
-			log.Info("indexing the target by scanning it", "reason", how, "bytes", scanSize)
-			start := time.Now()
-			m, _, err := chunk.ScanManifest(ctx, t, scanSize, hello.Params, chunk.ScanOptions{Workers: s.cfg.Workers})
-			if err != nil {
-				return fail(transport.ErrCodeApply, "scan target %s: %w", path, err)
-			}
-			exts = m.Entries
-			how = fmt.Sprintf("rescanned (%s) in %s", how, elapsed(start))
-		}
-	}
-	p.exts, p.how = exts, how
-
-	name, err := vd.writeExtents(hello.Params, exts)
-	if err != nil {
-		return fail(transport.ErrCodeApply, "%w", err)
-	}
-	st.Target = path
-	st.Params = hello.Params
-	st.Extents = name
-	st.Phase = PhaseApplying
-	st.Applying = &Applying{Size: hello.Size, StartedAt: time.Now().UTC(), Peer: hello.Agent}
-	if err := vd.saveState(st); err != nil {
-		return fail(transport.ErrCodeApply, "%w", err)
-	}
-	return nil
-}
 
 // loadIndex returns the extents the state proves, or nil and the reason
 // why the target must be rescanned.
-func (s *Server) loadIndex(ctx context.Context, log *slog.Logger, vd volumeDir, t *target, tsize uint64, st *State, params chunk.Params, path string) ([]chunk.Entry, string, error) {
+func loadIndex(ctx context.Context, log *slog.Logger, vd volumeDir, t *target, tsize uint64, st *State, params chunk.Params, path string) ([]chunk.Entry, string, error) {
 	if st.Extents == "" {
 		return nil, "no state", nil
 	}
@@ -109,7 +34,7 @@ func (s *Server) loadIndex(ctx context.Context, log *slog.Logger, vd volumeDir, 
 	case PhaseCommitted:
 		fp, err := t.fingerprint()
 		if err != nil {
-			return nil, "", fail(transport.ErrCodeApply, "%v", err)
+			return nil, "", err
 		}
 		if !t.block && fp != st.Fingerprint {
 			return nil, "target changed outside voldelta (size, mtime or inode differ)", nil
@@ -127,7 +52,7 @@ func (s *Server) loadIndex(ctx context.Context, log *slog.Logger, vd volumeDir, 
 	case PhaseApplying:
 		intents, done, err := vd.readJournal()
 		if err != nil {
-			return nil, "", fail(transport.ErrCodeApply, "%v", err)
+			return nil, "", err
 		}
 		start := time.Now()
 		exts, verified, err := recoverExtents(ctx, t, tsize, exts, intents, done)
@@ -201,61 +126,3 @@ func spotCheck(t *target, exts []chunk.Entry, n int) error {
 	return nil
 }
 
-// commit makes the applied generation durable and current: shrink a file
-// target, fsync it, verify, then write the new extents and state.
-func (s *Server) commit(ctx context.Context, log *slog.Logger, vd volumeDir, t *target, a *applier, st *State, hello transport.Hello, path string, sess *transport.Session) error {
-	if !t.block {
-		if err := t.resize(hello.Size); err != nil {
-			return fail(transport.ErrCodeApply, "%v", err)
-		}
-	}
-	if err := t.sync(); err != nil {
-		return fail(transport.ErrCodeApply, "%v", err)
-	}
-	root, _ := a.builder.Finish()
-	start := time.Now()
-	switch s.cfg.Verify {
-	case VerifyFull:
-		m, _, err := chunk.ScanManifest(ctx, t, hello.Size, hello.Params, chunk.ScanOptions{Workers: s.cfg.Workers})
-		if err != nil {
-			return fail(transport.ErrCodeApply, "verify: scan target: %w", err)
-		}
-		if m.Root != root {
-			return fail(transport.ErrCodeVerify, "target %s hashes to %s after the apply, the agent's root is %s", path, m.Root.Short(), root.Short())
-		}
-	default:
-		if err := a.verifyWritten(ctx); err != nil {
-			return fail(transport.ErrCodeVerify, "target %s after the apply: %w", path, err)
-		}
-	}
-	log.Debug("verified", "mode", s.cfg.Verify, "took", elapsed(start))
-	name, err := vd.writeExtents(hello.Params, a.entries)
-	if err != nil {
-		return fail(transport.ErrCodeApply, "%v", err)
-	}
-	fp, err := t.fingerprint()
-	if err != nil {
-		return fail(transport.ErrCodeApply, "%v", err)
-	}
-	now := time.Now().UTC()
-	st.Phase = PhaseCommitted
-	st.Generation++
-	st.Root = root.String()
-	st.Size = hello.Size
-	st.CommittedAt = now
-	st.Extents = name
-	st.Fingerprint = fp
-	st.Applying = nil
-	st.History = append(st.History, Committed{Generation: st.Generation, Root: st.Root, Size: st.Size, At: now})
-	if len(st.History) > historyLen {
-		st.History = st.History[len(st.History)-historyLen:]
-	}
-	if err := vd.saveState(st); err != nil { // the commit point
-		return fail(transport.ErrCodeApply, "%v", err)
-	}
-	vd.removeStaleExtents(name)
-	os.Remove(vd.path(journalName))
-	a.result.Generation = st.Generation
-	a.result.Root = root
-	return nil
-}

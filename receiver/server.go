@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/transport"
-	"golang.org/x/sys/unix"
 )
 
 // VerifyMode says how much of the target is read back before a commit.
@@ -58,11 +56,10 @@ type Config struct {
 
 // Server accepts sync sessions and applies them to its targets.
 type Server struct {
-	cfg  Config
-	log  *slog.Logger
-	mu   sync.Mutex
-	busy map[string]bool
-	wg   sync.WaitGroup
+	cfg Config
+	opt Options
+	log *slog.Logger
+	wg  sync.WaitGroup
 }
 
 // New checks cfg and prepares the state directory.
@@ -84,33 +81,17 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Transport.Validate(); err != nil {
 		return nil, err
 	}
-	switch cfg.Verify {
-	case "":
-		cfg.Verify = VerifyWritten
-	case VerifyWritten, VerifyFull:
-	default:
-		return nil, fmt.Errorf("verify mode %q: want %q or %q", cfg.Verify, VerifyWritten, VerifyFull)
-	}
-	if cfg.ApplyBuffer == 0 {
-		cfg.ApplyBuffer = 64 << 20
-	}
-	if cfg.ApplyBuffer < chunk.MaxChunkSize {
-		return nil, fmt.Errorf("apply buffer %d is below the largest chunk (%d)", cfg.ApplyBuffer, chunk.MaxChunkSize)
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = defaultWorkers()
+	opt := Options{Verify: cfg.Verify, ApplyBuffer: cfg.ApplyBuffer, Workers: cfg.Workers, Logger: cfg.Logger}
+	if err := opt.defaults(); err != nil {
+		return nil, err
 	}
 	if cfg.Name == "" {
 		cfg.Name, _ = os.Hostname()
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	return &Server{cfg: cfg, log: log, busy: make(map[string]bool)}, nil
+	return &Server{cfg: cfg, opt: opt, log: opt.Logger}, nil
 }
 
 // Serve accepts connections on ln until ctx is done, then stops accepting,
@@ -180,22 +161,13 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	if err := s.sync(ctx, srvCtx, log, sess, ctrl); err != nil {
-		code := transport.ErrCodeApply
-		var se *sessionError
 		var re *transport.RemoteError
-		switch {
-		case errors.As(err, &se):
-			code = se.code
-		case errors.As(err, &re):
+		if errors.As(err, &re) {
 			log.Warn("agent ended the session", "err", err)
 			return
-		case errors.Is(err, transport.ErrProtocol) || errors.Is(err, transport.ErrFrameTooLarge):
-			code = transport.ErrCodeProtocol
-		case ctx.Err() != nil:
-			code = transport.ErrCodeShutdown
 		}
 		log.Error("sync failed", "err", err)
-		ctrl.SendError(code, "%v", err)
+		ctrl.SendError(errorCode(ctx, err), "%v", err)
 		// Give the agent a moment to read the error before the session closes.
 		waitCtx, stop := context.WithTimeout(context.Background(), 2*time.Second)
 		defer stop()
@@ -206,39 +178,50 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}
 }
 
-var errAgentGone = errors.New("connection to the agent lost")
-
-// lockVolume claims a volume for one session, in this process and, through
-// flock(2) on its lock file, against other receivers sharing the state dir.
-func (s *Server) lockVolume(vd volumeDir, name string) (func(), error) {
-	s.mu.Lock()
-	if s.busy[name] {
-		s.mu.Unlock()
-		return nil, fail(transport.ErrCodeBusy, "volume %q is being synced by another session", name)
-	}
-	s.busy[name] = true
-	s.mu.Unlock()
-	unbusy := func() { s.mu.Lock(); delete(s.busy, name); s.mu.Unlock() }
-	if err := os.MkdirAll(vd.dir, 0o755); err != nil {
-		unbusy()
-		return nil, fail(transport.ErrCodeApply, "create state dir: %w", err)
-	}
-	f, err := os.OpenFile(vd.path("lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		unbusy()
-		return nil, fail(transport.ErrCodeApply, "open lock: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		unbusy()
-		return nil, fail(transport.ErrCodeBusy, "volume %q is locked by another receiver process (%s)", name, vd.path("lock"))
-	}
-	return func() { f.Close(); unbusy() }, nil
+// sessionError carries a protocol error code decided by the server itself.
+type sessionError struct {
+	code transport.ErrorCode
+	err  error
 }
 
-func (s *Server) volumeDir(name string) volumeDir {
-	return volumeDir{dir: filepath.Join(s.cfg.StateDir, name)}
+func (e *sessionError) Error() string { return e.err.Error() }
+func (e *sessionError) Unwrap() error { return e.err }
+
+func fail(code transport.ErrorCode, format string, a ...any) error {
+	return &sessionError{code: code, err: fmt.Errorf(format, a...)}
 }
+
+// errorCode maps an apply's error to the code sent to the agent.
+func errorCode(ctx context.Context, err error) transport.ErrorCode {
+	var se *sessionError
+	switch {
+	case errors.As(err, &se):
+		return se.code
+	case errors.Is(err, ErrUnknownVolume):
+		return transport.ErrCodeUnknown
+	case errors.Is(err, ErrBusy):
+		return transport.ErrCodeBusy
+	case errors.Is(err, ErrTooSmall):
+		return transport.ErrCodeTooSmall
+	case errors.Is(err, ErrSourceChanged):
+		return transport.ErrCodeSourceChange
+	case errors.Is(err, ErrVerify):
+		return transport.ErrCodeVerify
+	case errors.Is(err, ErrInterrupted):
+		return transport.ErrCodeCanceled
+	case errors.Is(err, ErrShutdown):
+		return transport.ErrCodeShutdown
+	case errors.Is(err, chunk.ErrParams):
+		return transport.ErrCodeParams
+	case errors.Is(err, ErrBadInput), errors.Is(err, transport.ErrProtocol), errors.Is(err, transport.ErrFrameTooLarge):
+		return transport.ErrCodeProtocol
+	case ctx.Err() != nil:
+		return transport.ErrCodeShutdown
+	}
+	return transport.ErrCodeApply
+}
+
+var errAgentGone = failf(ErrInterrupted, "connection to the agent lost")
 
 // sync runs one session on an accepted control stream. ctx ends with the
 // session; srvCtx only with the server, so that a round whose data all
@@ -250,104 +233,69 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	}
 	hello, ok := m.(transport.Hello)
 	if !ok {
-		return fail(transport.ErrCodeProtocol, "expected HELLO, got %v", m.FrameType())
+		return failf(ErrBadInput, "expected HELLO, got %v", m.FrameType())
 	}
 	if hello.Version != transport.ProtocolVersion {
 		return fail(transport.ErrCodeVersion, "protocol version mismatch: agent speaks %d, receiver speaks %d; run the same voldelta release on both ends",
 			hello.Version, transport.ProtocolVersion)
 	}
 	if err := transport.ValidateVolumeName(hello.Volume); err != nil {
-		return fail(transport.ErrCodeUnknown, "%v", err)
+		return failf(ErrUnknownVolume, "%v", err)
 	}
 	path, ok := s.cfg.Targets[hello.Volume]
 	if !ok {
-		return fail(transport.ErrCodeUnknown, "no target for volume %q on this receiver (it has: %s)", hello.Volume, strings.Join(s.targetNames(), ", "))
+		return failf(ErrUnknownVolume, "no target for volume %q on this receiver (it has: %s)", hello.Volume, strings.Join(s.targetNames(), ", "))
 	}
 	if err := hello.Params.Validate(); err != nil {
 		return fail(transport.ErrCodeParams, "%v", err)
 	}
 	if hello.Streams < 1 || hello.Streams > 64 {
-		return fail(transport.ErrCodeProtocol, "agent announces %d data streams, want 1..64", hello.Streams)
+		return failf(ErrBadInput, "agent announces %d data streams, want 1..64", hello.Streams)
 	}
 	if s.cfg.Authorize != nil {
 		if err := s.cfg.Authorize(hello.Volume, sess.Peer()); err != nil {
 			return fail(transport.ErrCodeForbidden, "%v", err)
 		}
 	}
-	log = log.With("volume", hello.Volume, "agent", hello.Agent)
-	vd := s.volumeDir(hello.Volume)
-	unlock, err := s.lockVolume(vd, hello.Volume)
+	opt := s.opt
+	opt.Logger = log.With("agent", hello.Agent)
+	ap, err := Begin(ctx, Volume{Name: hello.Volume, Path: path, StateDir: s.cfg.StateDir}, opt,
+		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent})
 	if err != nil {
 		return err
 	}
-	defer unlock()
-
-	t, err := openTarget(path)
-	if err != nil {
-		return fail(transport.ErrCodeApply, "%v", err)
+	defer ap.Close()
+	prev := ap.Previous()
+	state := transport.TargetNew
+	switch {
+	case prev.Incomplete:
+		state = transport.TargetIncomplete
+	case prev.Generation > 0:
+		state = transport.TargetCommitted
 	}
-	defer t.Close()
-	tsize, err := t.size()
-	if err != nil {
-		return fail(transport.ErrCodeApply, "%v", err)
-	}
-	if t.block && tsize < hello.Size {
-		return fail(transport.ErrCodeTooSmall, "block device %s holds %d bytes, the source %d: give the target at least the source's size", path, tsize, hello.Size)
-	}
-
-	started := time.Now()
-	p := &prepared{}
-	if err := s.prepare(ctx, log, vd, t, tsize, hello, path, p); err != nil {
+	if err := ctrl.Send(transport.Welcome{Generation: prev.Generation, Root: prev.Root, State: state, Receiver: s.cfg.Name}); err != nil {
 		return err
 	}
-	if err := ctrl.Send(transport.Welcome{Generation: p.st.Generation, Root: p.committedRoot, State: p.welcome, Receiver: s.cfg.Name}); err != nil {
-		return err
-	}
-	log.Info("sync started", "size", hello.Size, "state", p.welcome, "index", p.how, "known_extents", len(p.exts))
 
-	// Grow a file target now; shrink it only after the copies, which may
-	// read past the new end.
-	idx := newIndex(p.exts)
-	if !t.block && tsize < hello.Size {
-		if err := t.resize(hello.Size); err != nil {
-			return fail(transport.ErrCodeApply, "%v", err)
-		}
-		idx = newIndex(withZeroTail(idx.live(), tsize, hello.Size))
-	}
-	j, err := vd.createJournal()
-	if err != nil {
-		return fail(transport.ErrCodeApply, "%v", err)
-	}
-	defer j.close()
-
-	a := &applier{log: log, cfg: &s.cfg, t: t, idx: idx, j: j, ctrl: ctrl, params: hello.Params, size: hello.Size}
-	events := make(chan event, 4*int(hello.Streams)+4)
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	dec, err := transport.NewDecompressor()
 	if err != nil {
 		return err
 	}
 	defer dec.Close()
-	go readControl(sctx, ctrl, events)
-	go acceptData(sctx, sess, int(hello.Streams), a, dec, events)
-
-	runErr := a.run(sctx, events)
-	if runErr != nil {
-		// Keep what was written: make it durable and record it, so the
-		// next session resumes instead of starting over.
-		if err := a.checkpoint(); err != nil {
-			log.Warn("checkpoint after failure", "err", err)
-		}
-		return runErr
-	}
-	if err := s.commit(srvCtx, log, vd, t, a, p.st, hello, path, sess); err != nil {
+	go readControl(sctx, ctrl, ap)
+	go acceptData(sctx, sess, int(hello.Streams), ap, dec)
+	if err := ap.Run(sctx, netRequester{ctrl}); err != nil {
 		return err
 	}
-	r := a.result
-	log.Info("sync committed", "generation", r.Generation, "root", r.Root.Short(), "skipped", r.Skipped, "copied", r.Copied,
-		"fetched", r.Fetched, "zeroed", r.Zeroed, "fetched_bytes", r.FetchBytes, "duration", elapsed(started))
-	if err := ctrl.Send(r); err != nil {
+	r, err := ap.Commit(srvCtx)
+	if err != nil {
+		return err
+	}
+	msg := transport.Result{Generation: r.Generation, Root: r.Root, Skipped: r.Skipped, Copied: r.Copied, Fetched: r.Fetched,
+		Zeroed: r.Zeroed, CopyBytes: r.CopyBytes, FetchBytes: r.FetchBytes}
+	if err := ctrl.Send(msg); err != nil {
 		// Committed all the same; the agent learns it in its next round.
 		log.Info("generation committed; the result could not be sent (the agent hung up)", "err", err)
 		return nil
@@ -361,75 +309,87 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	return nil
 }
 
-// readControl forwards the agent's manifest to the applier.
-func readControl(ctx context.Context, ctrl *transport.Stream, events chan<- event) {
-	send := func(ev event) bool {
-		select {
-		case events <- ev:
-			return true
-		case <-ctx.Done():
-			return false
+// netRequester asks the agent for chunks with NEED frames.
+type netRequester struct{ ctrl *transport.Stream }
+
+func (r netRequester) Need(indexes []int) error {
+	var ranges []transport.IndexRange
+	for _, i := range indexes {
+		if n := len(ranges); n > 0 && ranges[n-1].First+uint64(ranges[n-1].Count) == uint64(i) && ranges[n-1].Count < 1<<30 {
+			ranges[n-1].Count++
+		} else {
+			ranges = append(ranges, transport.IndexRange{First: uint64(i), Count: 1})
 		}
 	}
+	const perFrame = 64 << 10
+	for len(ranges) > 0 {
+		n := min(len(ranges), perFrame)
+		if err := r.ctrl.Send(transport.Need{Ranges: ranges[:n]}); err != nil {
+			return err
+		}
+		ranges = ranges[n:]
+	}
+	return nil
+}
+
+func (r netRequester) NeedEnd(total uint64) error {
+	return r.ctrl.Send(transport.NeedEnd{Total: total})
+}
+
+// readControl forwards the agent's manifest to the apply.
+func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply) {
 	for {
 		m, err := ctrl.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				err = fail(transport.ErrCodeCanceled, "agent closed the control stream before the sync committed")
+				err = failf(ErrInterrupted, "agent closed the control stream before the sync committed")
 			} else if ctx.Err() == nil {
 				err = fmt.Errorf("control stream: %w", err)
 			}
-			send(event{err: err})
+			ap.Fail(ctx, err)
 			return
 		}
 		switch m := m.(type) {
 		case transport.ManifestBatch:
-			if !send(event{batch: m.Entries}) {
-				return
-			}
+			err = ap.AddManifest(ctx, m.Entries)
 		case transport.ManifestEnd:
-			if !send(event{end: &m}) {
-				return
-			}
+			err = ap.EndManifest(ctx, m.Count, m.Root)
 		default:
-			send(event{err: fail(transport.ErrCodeProtocol, "unexpected %v on the control stream", m.FrameType())})
+			ap.Fail(ctx, failf(ErrBadInput, "unexpected %v on the control stream", m.FrameType()))
+			return
+		}
+		if err != nil {
 			return
 		}
 	}
 }
 
 // acceptData accepts the agent's data streams and reads chunks from each.
-func acceptData(ctx context.Context, sess *transport.Session, n int, a *applier, dec *transport.Decompressor, events chan<- event) {
+func acceptData(ctx context.Context, sess *transport.Session, n int, ap *Apply, dec *transport.Decompressor) {
 	for k := 0; k < n; k++ {
 		st, err := sess.Accept(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				select {
-				case events <- event{err: fmt.Errorf("accept data stream: %w", err)}:
-				case <-ctx.Done():
-				}
+				ap.Fail(ctx, fmt.Errorf("accept data stream: %w", err))
 			}
 			return
 		}
 		go func() {
-			if err := readData(ctx, st, a, dec, events); err != nil && ctx.Err() == nil {
-				select {
-				case events <- event{err: err}:
-				case <-ctx.Done():
-				}
+			if err := readData(ctx, st, ap, dec); err != nil && ctx.Err() == nil {
+				ap.Fail(ctx, err)
 			}
 		}()
 	}
 }
 
-func readData(ctx context.Context, st *transport.Stream, a *applier, dec *transport.Decompressor, events chan<- event) error {
+func readData(ctx context.Context, st *transport.Stream, ap *Apply, dec *transport.Decompressor) error {
 	defer st.Close()
 	m, err := st.Recv()
 	if err != nil {
 		return fmt.Errorf("data stream: %w", err)
 	}
 	if _, ok := m.(transport.DataOpen); !ok {
-		return fail(transport.ErrCodeProtocol, "data stream starts with %v, want DATA_OPEN", m.FrameType())
+		return failf(ErrBadInput, "data stream starts with %v, want DATA_OPEN", m.FrameType())
 	}
 	for {
 		m, err := st.Recv()
@@ -441,33 +401,27 @@ func readData(ctx context.Context, st *transport.Stream, a *applier, dec *transp
 		}
 		c, ok := m.(transport.Chunk)
 		if !ok {
-			return fail(transport.ErrCodeProtocol, "unexpected %v on a data stream", m.FrameType())
+			return failf(ErrBadInput, "unexpected %v on a data stream", m.FrameType())
 		}
-		e, ok := a.entry(c.Index)
+		e, ok := ap.Entry(c.Index)
 		if !ok || e.Zero {
-			return fail(transport.ErrCodeProtocol, "chunk %d is not a data entry of the manifest", c.Index)
+			return failf(ErrBadInput, "chunk %d is not a data entry of the manifest", c.Index)
 		}
 		if uint64(c.RawLen) != e.Length {
-			return fail(transport.ErrCodeProtocol, "chunk %d is %d bytes, the manifest says %d", c.Index, c.RawLen, e.Length)
+			return failf(ErrBadInput, "chunk %d is %d bytes, the manifest says %d", c.Index, c.RawLen, e.Length)
 		}
+		// Decode straight into the buffer the apply will own.
 		buf := chunk.GetBuffer(int(e.Length))
 		raw, err := dec.Decode(c, *buf)
 		if err != nil {
 			chunk.PutBuffer(buf)
-			return fail(transport.ErrCodeProtocol, "%v", err)
+			return failf(ErrBadInput, "%v", err)
 		}
 		if c.Codec == transport.CodecRaw {
 			copy(*buf, raw)
 		}
-		if chunk.Sum(*buf) != e.ID {
-			chunk.PutBuffer(buf)
-			return fail(transport.ErrCodeSourceChange, "chunk %d at offset %d does not hash to %s: the source changed while it was read (sync from a snapshot)", c.Index, e.Offset, e.ID.Short())
-		}
-		select {
-		case events <- event{chunk: &arrived{i: int(c.Index), buf: buf}}:
-		case <-ctx.Done():
-			chunk.PutBuffer(buf)
-			return nil
+		if err := ap.deliver(ctx, c.Index, e, buf); err != nil {
+			return err
 		}
 	}
 }
