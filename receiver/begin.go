@@ -27,7 +27,10 @@ type Options struct {
 	// Verify is the check before commit; default VerifyWritten.
 	Verify VerifyMode
 	// ApplyBuffer bounds the memory for chunks that arrive before they may
-	// be written, and for sources read ahead to break copy cycles.
+	// be written, and for sources read ahead to break copy cycles; 0 means
+	// 64 MiB. A chunk that does not fit is written at once (and a copy
+	// whose source it overwrites is fetched instead), a cycle that cannot
+	// be buffered is broken by fetching.
 	ApplyBuffer int64
 	// Workers is the parallelism of scans and verification.
 	Workers int
@@ -46,8 +49,8 @@ func (o *Options) defaults() error {
 	if o.ApplyBuffer == 0 {
 		o.ApplyBuffer = 64 << 20
 	}
-	if o.ApplyBuffer < chunk.MaxChunkSize {
-		return fmt.Errorf("apply buffer %d is below the largest chunk (%d)", o.ApplyBuffer, chunk.MaxChunkSize)
+	if o.ApplyBuffer < 0 {
+		return fmt.Errorf("apply buffer %d: want >= 0", o.ApplyBuffer)
 	}
 	if o.Workers <= 0 {
 		o.Workers = defaultWorkers()
