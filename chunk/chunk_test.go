@@ -386,3 +386,5 @@ var errDisk = &diskErr{}
 type diskErr struct{}
 
 func (*diskErr) Error() string { return "disk on fire" }
+
+func newBytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

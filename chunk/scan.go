@@ -243,16 +243,41 @@ func ScanManifest(ctx context.Context, r io.ReaderAt, size uint64, p Params, opt
 	return m, st, nil
 }
 
-// pool of scratch buffers for callers that read whole chunks.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, MaxChunkSize); return &b }}
+// Scratch buffers for callers that read whole chunks, pooled by size class
+// (powers of two from 4 KiB to MaxChunkSize) so a 256 KiB chunk does not pin
+// an 8 MiB buffer.
+const minClass = 12
 
-// GetBuffer returns a scratch buffer of at least n bytes (n <= MaxChunkSize);
-// give it back with PutBuffer.
+var bufPools [24 - minClass]sync.Pool
+
+func sizeClass(n int) int {
+	c := minClass
+	for 1<<c < n {
+		c++
+	}
+	return c - minClass
+}
+
+// GetBuffer returns a scratch buffer of n bytes (n <= MaxChunkSize); give
+// it back with PutBuffer.
 func GetBuffer(n int) *[]byte {
-	bp := bufPool.Get().(*[]byte)
-	*bp = (*bp)[:n]
-	return bp
+	if n > MaxChunkSize {
+		panic("chunk: GetBuffer above MaxChunkSize")
+	}
+	c := sizeClass(n)
+	if bp, ok := bufPools[c].Get().(*[]byte); ok {
+		*bp = (*bp)[:n]
+		return bp
+	}
+	b := make([]byte, n, 1<<(c+minClass))
+	return &b
 }
 
 // PutBuffer returns a buffer taken with GetBuffer.
-func PutBuffer(bp *[]byte) { bufPool.Put(bp) }
+func PutBuffer(bp *[]byte) {
+	c := sizeClass(cap(*bp))
+	if 1<<(c+minClass) != cap(*bp) {
+		return // not one of ours
+	}
+	bufPools[c].Put(bp)
+}
