@@ -154,7 +154,7 @@ func Begin(ctx context.Context, vol Volume, opt Options, h Header) (_ *Apply, er
 		return nil, err
 	}
 	p.a = &applier{log: p.log, opt: &p.opt, t: p.t, idx: idx, j: p.j, params: h.Params, size: h.Size}
-	p.events = make(chan event, 64)
+	p.events = make(chan event, 16)
 	return p, nil
 }
 

@@ -25,7 +25,7 @@
 //
 // Nothing is acknowledged per chunk: the agent streams chunks as NEED
 // ranges arrive and yamux's per-stream windows (Config.StreamWindow,
-// 16 MiB by default) are the only back-pressure, so a data stream moves at
+// 4 MiB by default) are the only back-pressure, so a data stream moves at
 // most window/RTT bytes per second and several streams fill a long path.
 //
 // Every frame is a 6-byte header (type, flags, length) and a payload whose

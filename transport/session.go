@@ -45,13 +45,13 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns the defaults: 4 data streams, 16 MiB stream
+// DefaultConfig returns the defaults: 4 data streams, 4 MiB stream
 // windows, 9 MiB frames, 30 s handshake, 5 min write timeout.
 func DefaultConfig() Config {
 	return Config{
 		Streams:          4,
 		MaxFrameSize:     DefaultMaxFrameSize,
-		StreamWindow:     16 << 20,
+		StreamWindow:     4 << 20,
 		HandshakeTimeout: 30 * time.Second,
 		WriteTimeout:     5 * time.Minute,
 		KeepAlive:        30 * time.Second,
