@@ -19,8 +19,12 @@ import (
 // Options configure one sync round.
 type Options struct {
 	// Source is the file or block device to read; it should be a
-	// point-in-time snapshot, or not be written during the sync.
+	// point-in-time snapshot, or not be written during the sync. With
+	// Image set it only names the source in logs and stats.
 	Source string
+	// Image, if set, is read instead of opening Source: e.g. a snapshot
+	// assembled from a storage system's snapshot chain.
+	Image Image
 	// Addr is the receiver's host:port.
 	Addr string
 	// Volume is the name of the volume on the receiver.
@@ -49,6 +53,13 @@ type Progress struct {
 	NeedBytes    uint64 // bytes of the chunks the receiver asked for so far
 	SentBytes    uint64 // of those, bytes sent
 	ScanDone     bool
+}
+
+// Image is a point-in-time volume image.
+type Image interface {
+	io.ReaderAt
+	// Size is the image's size in bytes.
+	Size() uint64
 }
 
 // Stats describe a finished round. The JSON names are a stable contract
@@ -139,11 +150,18 @@ func Sync(ctx context.Context, opt Options) (*Stats, error) {
 		h, _ := os.Hostname()
 		opt.Name = "voldelta-agent@" + h
 	}
-	src, size, err := OpenSource(opt.Source)
-	if err != nil {
-		return nil, err
+	var src io.ReaderAt
+	var size uint64
+	if opt.Image != nil {
+		src, size = opt.Image, opt.Image.Size()
+	} else {
+		f, n, err := OpenSource(opt.Source)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		src, size = f, n
 	}
-	defer src.Close()
 
 	start := time.Now()
 	sess, err := transport.Dial(ctx, opt.Addr, opt.Transport)

@@ -46,6 +46,11 @@ type Config struct {
 	ApplyBuffer int64
 	// Workers is the parallelism of rescans and verification; 0: all cores.
 	Workers int
+	// Resolve, if set, maps a volume name to its target path at the start
+	// of every session (e.g. from Kubernetes objects); Targets is then
+	// optional. Return an error wrapping ErrUnknownVolume for names it
+	// does not serve.
+	Resolve func(ctx context.Context, volume string) (string, error)
 	// Authorize, if set, decides whether a peer may write a volume.
 	Authorize func(volume string, peer transport.Identity) error
 	// Logger; nil logs nothing.
@@ -64,7 +69,7 @@ type Server struct {
 
 // New checks cfg and prepares the state directory.
 func New(cfg Config) (*Server, error) {
-	if len(cfg.Targets) == 0 {
+	if len(cfg.Targets) == 0 && cfg.Resolve == nil {
 		return nil, errors.New("no targets: give at least one --target NAME=PATH")
 	}
 	for name, path := range cfg.Targets {
@@ -243,6 +248,13 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 		return failf(ErrUnknownVolume, "%v", err)
 	}
 	path, ok := s.cfg.Targets[hello.Volume]
+	if !ok && s.cfg.Resolve != nil {
+		var err error
+		if path, err = s.cfg.Resolve(ctx, hello.Volume); err != nil {
+			return err
+		}
+		ok = path != ""
+	}
 	if !ok {
 		return failf(ErrUnknownVolume, "no target for volume %q on this receiver (it has: %s)", hello.Volume, strings.Join(s.targetNames(), ", "))
 	}
