@@ -7,7 +7,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 CACHE     ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/voldelta
 export CACHE
 
-.PHONY: all build demo test test-short vet fmt-check fuzz bench-go clean
+.PHONY: all build demo test test-short vet fmt-check fuzz bench-go clean tools
 
 all: build
 
@@ -20,8 +20,12 @@ $(BIN): $(shell find . -name '*.go' -not -path './tools/*' -not -name '*_test.go
 demo: $(BIN)
 	VOLDELTA=$(BIN) ./scripts/demo.sh
 
+## tools: build the pinned MinIO server the object-store tests run against (once, cached)
+tools:
+	GO=$(GO) ./scripts/ensure-minio.sh >/dev/null
+
 ## test: vet, formatting and every test with the race detector
-test: vet fmt-check
+test: vet fmt-check tools
 	$(GO) test -race -timeout 60m ./...
 
 ## test-short: the tests without the race detector (faster)
