@@ -1,0 +1,82 @@
+// Package objstore keeps voldelta chunks and manifests in an S3-compatible
+// object store, content-addressed and deduplicated, so that a target can be
+// hydrated in place from the store when no direct connection exists.
+//
+// # Layout
+//
+// Under s3://BUCKET/PREFIX:
+//
+//	chunks/<2 hex>/<64 hex>          one object per distinct chunk, named by its BLAKE3 ID;
+//	                                 1 header byte (0 raw, 1 zstd) then the bytes
+//	manifests/<volume>/<20 digits>   chunk.Manifest.MarshalBinary of one generation
+//	trash/manifests/<volume>/<gen>   manifests gc removed, kept for the grace period
+//	gc/started                       written by gc to read the server's clock
+//
+// A chunk object is the same for every volume and generation that holds the
+// chunk, so it is stored once. All-zero chunks are never stored. A manifest
+// is written last: a generation is visible only when all its chunks are.
+//
+// # Push
+//
+//	t0 = now
+//	bases = the latest manifest of this volume and of every other volume
+//	known = the chunk IDs the bases reference (never a listing of chunks/)
+//	scan the source into a manifest m
+//	upload every distinct chunk of m not in known (re-hashed after reading),
+//	    zstd-compressed when that pays, Parallel at a time, retried on transient errors
+//	if now - t0 > Grace/2: refresh (re-read the bases, t0 = now, and "touch"
+//	    every chunk of m they do not reference with a server-side self-copy,
+//	    re-uploading any that is gone)
+//	confirm: HEAD every base manifest; chunks reused from a base that is gone,
+//	    and not referenced by a surviving base, are confirmed with HEAD requests
+//	    in batches (and uploaded if missing); ConfirmAll HEADs every reused chunk
+//	write manifests/<volume>/<latest+1> with If-None-Match: * (a concurrent
+//	    push of the same volume that took the number makes this one take the next),
+//	    refusing to write it after Grace since t0
+//
+// "Known" chunks are therefore never checked one by one on the hot path: a
+// chunk is trusted because a manifest that was complete when read references
+// it, and the gc rule below keeps it. The confirmation costs one request per
+// base manifest unless a base disappeared.
+//
+// # Garbage collection and why it is safe against a concurrent push
+//
+//	T0 = LastModified of gc/started, written now (the server's clock, no skew)
+//	for each volume: move manifests beyond the newest Keep to trash/ (copy, delete)
+//	referenced = chunks of every manifest in manifests/ (listed after the moves)
+//	           + chunks of every manifest in trash/ younger than T0 - Grace
+//	delete chunks/ objects not in referenced and last modified before T0 - Grace
+//	delete trash/ objects older than T0 - Grace
+//
+// The rule: gc deletes a chunk only when no manifest references it, no
+// manifest that was removed less than Grace ago references it, and the
+// chunk object itself is older than Grace; a push writes its manifest within
+// Grace of reading its bases (it refreshes, or refuses, otherwise). Then
+// every chunk a pushed manifest references survives: a chunk the push
+// uploaded is younger than Grace until the manifest exists; a chunk it
+// reused is referenced by a base that either still exists or was removed
+// after the push read it, so less than Grace before the manifest was written,
+// and gc counts it until the manifest itself references the chunk. A push
+// never relies on a chunk object merely existing (an orphan of an
+// interrupted push may be deleted at any time). Keep is at least 1, so the
+// latest generation of a volume is never removed. Concurrent gc runs are
+// safe: one that notices another stops before removing any chunk.
+//
+// # Pull
+//
+// Pull reads a manifest (the latest generation, or a given one) and calls
+// receiver.ApplyManifest, which plans exactly like a network round (skip what
+// is in place, copy what is elsewhere in the target, fetch the rest),
+// journals, verifies the root and commits; an interrupted pull is resumed by
+// the next one, which fetches only what is still missing. Each fetch GETs a
+// chunk object, checks its size before allocating, decompresses it with a
+// bounded decoder and checks its hash.
+//
+// # Errors
+//
+// Transient failures (HTTP 5xx, 429, timeouts, connection resets, truncated
+// bodies) are retried with exponential backoff and jitter (Retry). Permanent
+// ones fail at once with a sentinel: ErrBadCredentials (AccessDenied,
+// InvalidAccessKeyId, SignatureDoesNotMatch, or no credentials at all),
+// ErrNoBucket, ErrNotFound.
+package objstore

@@ -1,0 +1,200 @@
+package objstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+
+	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/receiver"
+	"github.com/voldelta/voldelta/transport"
+)
+
+// PullOptions tune a pull.
+type PullOptions struct {
+	Volume     string // the volume in the store, and in StateDir
+	Generation uint64 // 0: the latest
+	Target     string // file (created if missing) or block device
+	StateDir   string // the receiver's state lives in StateDir/Volume
+	// Parallel is the number of concurrent downloads; 0 means 8.
+	Parallel int
+	// Receiver tunes the apply (verify mode, buffer, workers, logger).
+	Receiver receiver.Options
+
+	// fetched, if set, runs before each chunk is fetched (tests).
+	fetched func(i int, e chunk.Entry) error
+}
+
+// PullStats describes a pull; the JSON names are those of --stats-json.
+type PullStats struct {
+	Store              string  `json:"store"`
+	Volume             string  `json:"volume"`
+	Generation         uint64  `json:"generation"`       // the store's generation applied
+	LocalGeneration    uint64  `json:"local_generation"` // the receiver's generation committed
+	PreviousGeneration uint64  `json:"previous_local_generation"`
+	Resumed            bool    `json:"resumed"` // an interrupted pull was resumed
+	RootHash           string  `json:"root_hash"`
+	SourceBytes        uint64  `json:"source_bytes"`
+	ChunksTotal        uint64  `json:"chunks_total"`
+	ChunksSkipped      uint64  `json:"chunks_skipped"`
+	ChunksCopied       uint64  `json:"chunks_copied"`
+	ChunksFetched      uint64  `json:"chunks_fetched"`
+	ZeroRuns           uint64  `json:"chunks_zeroed"`
+	BytesFetchedRaw    uint64  `json:"bytes_fetched_raw"` // chunk bytes after decompression
+	BytesDownloaded    uint64  `json:"bytes_downloaded"`  // objects as stored: chunks and the manifest
+	ManifestBytes      uint64  `json:"manifest_bytes"`
+	Retries            uint64  `json:"retries"`
+	DurationSeconds    float64 `json:"duration_seconds"`
+}
+
+// PulledState is what StateDir/Volume/store.json records about the last
+// completed pull.
+type PulledState struct {
+	Store      string    `json:"store"`
+	Volume     string    `json:"volume"`
+	Generation uint64    `json:"generation"`
+	Root       string    `json:"root"`
+	LocalGen   uint64    `json:"local_generation"`
+	At         time.Time `json:"at"`
+}
+
+// PulledStateFile is the name of the file Pull writes in StateDir/Volume.
+const PulledStateFile = "store.json"
+
+// Pull applies a generation of a volume to a target in place, fetching
+// only the chunks the target lacks, and commits it. An interrupted pull
+// is resumed by the next one (of any generation). On failure the stats
+// say what was downloaded so far.
+func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
+	start := time.Now()
+	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+		return nil, err
+	}
+	if opt.Target == "" || opt.StateDir == "" {
+		return nil, fmt.Errorf("pull needs a target and a state directory")
+	}
+	if opt.Parallel <= 0 {
+		opt.Parallel = 8
+	}
+	retries0 := s.Retries()
+	st := &PullStats{Store: s.String(), Volume: opt.Volume}
+	gen := opt.Generation
+	if gen == 0 {
+		var err error
+		if gen, err = s.latestGeneration(ctx, opt.Volume); err != nil {
+			return st, err
+		}
+		if gen == 0 {
+			return st, fmt.Errorf("%w: volume %q has no generation in %s", ErrNotFound, opt.Volume, s)
+		}
+	}
+	m, n, err := s.ReadManifest(ctx, opt.Volume, gen)
+	if err != nil {
+		return st, err
+	}
+	st.Generation, st.RootHash, st.SourceBytes = gen, m.Root.String(), m.Size
+	st.ManifestBytes = uint64(n)
+	var downloaded, fetchedRaw atomic.Uint64
+	downloaded.Add(uint64(n))
+	dec, err := newDecoder()
+	if err != nil {
+		return st, err
+	}
+	defer dec.close()
+	fetch := func(ctx context.Context, i int, e chunk.Entry) ([]byte, error) {
+		if opt.fetched != nil {
+			if err := opt.fetched(i, e); err != nil {
+				return nil, err
+			}
+		}
+		data, objLen, err := s.getChunk(ctx, dec, e)
+		downloaded.Add(uint64(objLen))
+		if err == nil {
+			fetchedRaw.Add(e.Length)
+		}
+		return data, err
+	}
+	vol := receiver.Volume{Name: opt.Volume, Path: opt.Target, StateDir: opt.StateDir}
+	r, prev, err := receiver.ApplyManifest(ctx, vol, opt.Receiver, m, "s3://"+s.bucket+"/"+s.prefix, opt.Parallel, fetch)
+	st.BytesDownloaded, st.BytesFetchedRaw = downloaded.Load(), fetchedRaw.Load()
+	st.Retries = s.Retries() - retries0
+	st.PreviousGeneration, st.Resumed = prev.Generation, prev.Incomplete
+	st.DurationSeconds = time.Since(start).Seconds()
+	if err != nil {
+		return st, err
+	}
+	st.LocalGeneration = r.Generation
+	st.ChunksSkipped, st.ChunksCopied, st.ChunksFetched, st.ZeroRuns = r.Skipped, r.Copied, r.Fetched, r.Zeroed
+	for _, e := range m.Entries {
+		if !e.Zero {
+			st.ChunksTotal++
+		}
+	}
+	rec := PulledState{Store: s.String(), Volume: opt.Volume, Generation: gen, Root: st.RootHash, LocalGen: r.Generation, At: time.Now().UTC()}
+	if err := writeJSONAtomic(filepath.Join(opt.StateDir, opt.Volume, PulledStateFile), rec); err != nil {
+		return st, fmt.Errorf("generation committed, but recording it: %w", err)
+	}
+	return st, nil
+}
+
+// getChunk downloads, decodes and checks the chunk of entry e; it returns
+// the bytes and the object's size.
+func (s *Store) getChunk(ctx context.Context, dec *decoder, e chunk.Entry) ([]byte, int, error) {
+	obj, err := s.get(ctx, "fetch chunk "+e.ID.Short(), s.chunkKey(e.ID), maxChunkObject)
+	if err != nil {
+		return nil, 0, err
+	}
+	data, err := dec.decode(obj, e.Length)
+	if err != nil {
+		return nil, len(obj), fmt.Errorf("chunk object %s: %w", e.ID, err)
+	}
+	if chunk.Sum(data) != e.ID {
+		return nil, len(obj), fmt.Errorf("%w: chunk object %s does not hash to its name", ErrCorrupt, e.ID)
+	}
+	return data, len(obj), nil
+}
+
+// ReadPulledState reads what the last completed pull into stateDir/volume
+// recorded.
+func ReadPulledState(stateDir, volume string) (*PulledState, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, volume, PulledStateFile))
+	if err != nil {
+		return nil, err
+	}
+	var p PulledState
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("%s: %w", PulledStateFile, err)
+	}
+	return &p, nil
+}
+
+func writeJSONAtomic(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}

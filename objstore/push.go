@@ -1,0 +1,482 @@
+package objstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/transport"
+	"golang.org/x/sync/errgroup"
+)
+
+// PushOptions tune a push.
+type PushOptions struct {
+	Volume string       // validated with transport.ValidateVolumeName
+	Params chunk.Params // zero: chunk.DefaultParams()
+	// Parallel is the number of concurrent requests; 0 means 8.
+	Parallel int
+	// Compression of chunk objects; "" means fastest.
+	Compression transport.CompressionLevel
+	// ScanWorkers chunk segments in parallel; 0 means all cores.
+	ScanWorkers int
+	// OwnVolumeOnly deduplicates only against this volume's latest
+	// generation, not against the latest generation of every volume.
+	OwnVolumeOnly bool
+	// ConfirmAll checks with a HEAD request (in concurrent batches) that
+	// every reused chunk exists, and uploads any that does not: for a store
+	// whose objects may have been deleted by hand.
+	ConfirmAll bool
+	// Grace: see DefaultGrace; it must not exceed gc's.
+	Grace time.Duration
+
+	// beforeManifest, if set, runs after the chunks were uploaded and
+	// before the manifest is written (tests).
+	beforeManifest func(ctx context.Context) error
+}
+
+// PushStats describes a push; the JSON names are those of --stats-json.
+type PushStats struct {
+	Store            string  `json:"store"`
+	Volume           string  `json:"volume"`
+	Generation       uint64  `json:"generation"`
+	RootHash         string  `json:"root_hash"`
+	BaseGeneration   uint64  `json:"base_generation"` // this volume's latest before the push, 0 if none
+	BaseManifests    int     `json:"base_manifests"`  // manifests deduplicated against
+	SourceBytes      uint64  `json:"source_bytes"`
+	ChunksTotal      uint64  `json:"chunks_total"`    // data entries of the manifest
+	ChunksDistinct   uint64  `json:"chunks_distinct"` // distinct chunk IDs among them
+	ZeroRuns         uint64  `json:"zero_runs"`
+	ZeroBytes        uint64  `json:"zero_bytes"`
+	ChunksReused     uint64  `json:"chunks_reused"` // distinct chunks the store already held
+	ChunksUploaded   uint64  `json:"chunks_uploaded"`
+	ChunksConfirmed  uint64  `json:"chunks_confirmed"` // HEAD requests for reused chunks
+	ChunksRefreshed  uint64  `json:"chunks_refreshed"` // touched because the push took long
+	BytesUploadedRaw uint64  `json:"bytes_uploaded_raw"`
+	BytesUploaded    uint64  `json:"bytes_uploaded"` // chunk objects and the manifest as stored
+	ManifestBytes    uint64  `json:"manifest_bytes"`
+	Retries          uint64  `json:"retries"`
+	ScanSeconds      float64 `json:"scan_seconds"`
+	DurationSeconds  float64 `json:"duration_seconds"`
+}
+
+// base is a manifest a push deduplicates against.
+type base struct {
+	volume string
+	gen    uint64
+	ids    map[chunk.ID]struct{}
+}
+
+// Push stores src (size bytes) as the next generation of opt.Volume:
+// it uploads the chunks the store lacks and then the manifest.
+func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt PushOptions) (*PushStats, error) {
+	start := time.Now()
+	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+		return nil, err
+	}
+	if opt.Params == (chunk.Params{}) {
+		opt.Params = chunk.DefaultParams()
+	}
+	if err := opt.Params.Validate(); err != nil {
+		return nil, err
+	}
+	if opt.Parallel <= 0 {
+		opt.Parallel = 8
+	}
+	if opt.Compression == "" {
+		opt.Compression = transport.CompressionFastest
+	}
+	if opt.Grace <= 0 {
+		opt.Grace = DefaultGrace
+	}
+	comp, err := transport.NewCompressor(opt.Compression)
+	if err != nil {
+		return nil, err
+	}
+	retries0 := s.Retries()
+	st := &PushStats{Store: s.String(), Volume: opt.Volume, SourceBytes: size}
+	log := s.log.With("volume", opt.Volume)
+
+	// The bases are read before the scan: the push's clock (see the
+	// package doc) starts here.
+	t0 := time.Now()
+	bases, latest, err := s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel)
+	if err != nil {
+		return nil, err
+	}
+	st.BaseGeneration, st.BaseManifests = latest, len(bases)
+	known := unionIDs(bases)
+	log.Info("bases read", "manifests", len(bases), "known_chunks", len(known), "latest", latest)
+
+	scanStart := time.Now()
+	m, _, err := chunk.ScanManifest(ctx, src, size, opt.Params, chunk.ScanOptions{Workers: opt.ScanWorkers})
+	if err != nil {
+		return nil, fmt.Errorf("scan source: %w", err)
+	}
+	st.ScanSeconds = time.Since(scanStart).Seconds()
+	st.RootHash = m.Root.String()
+
+	// One entry per distinct chunk, to read it from.
+	first := make(map[chunk.ID]chunk.Entry)
+	var upload, reused []chunk.Entry
+	for _, e := range m.Entries {
+		if e.Zero {
+			st.ZeroRuns++
+			st.ZeroBytes += e.Length
+			continue
+		}
+		st.ChunksTotal++
+		if _, dup := first[e.ID]; dup {
+			continue
+		}
+		first[e.ID] = e
+		if _, ok := known[e.ID]; ok {
+			reused = append(reused, e)
+		} else {
+			upload = append(upload, e)
+		}
+	}
+	st.ChunksDistinct = uint64(len(first))
+	st.ChunksReused = uint64(len(reused))
+	up := &uploader{s: s, src: src, comp: comp, parallel: opt.Parallel}
+	if err := up.upload(ctx, upload); err != nil {
+		return nil, err
+	}
+	log.Info("chunks uploaded", "chunks", len(upload), "reused", len(reused), "bytes", up.objBytes.Load())
+
+	if opt.beforeManifest != nil {
+		if err := opt.beforeManifest(ctx); err != nil {
+			return nil, err
+		}
+	}
+
+	// Too slow for the gc grace period: start the clock again.
+	for round := 0; time.Since(t0) > opt.Grace/2; round++ {
+		if round == 3 {
+			return nil, fmt.Errorf("push could not write its manifest within the gc grace period (%s): refreshing its chunks takes too long", opt.Grace)
+		}
+		log.Warn("push took more than half the gc grace period: refreshing its chunks", "elapsed", time.Since(t0).Round(time.Second))
+		t0 = time.Now()
+		if bases, latest, err = s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel); err != nil {
+			return nil, err
+		}
+		st.BaseGeneration, st.BaseManifests = latest, len(bases)
+		known = unionIDs(bases)
+		var touch []chunk.Entry
+		reused = reused[:0]
+		for _, e := range first {
+			if _, ok := known[e.ID]; ok {
+				reused = append(reused, e)
+			} else {
+				touch = append(touch, e)
+			}
+		}
+		st.ChunksReused = uint64(len(reused))
+		n, err := up.refresh(ctx, touch)
+		if err != nil {
+			return nil, err
+		}
+		st.ChunksRefreshed += n
+	}
+
+	n, err := s.confirm(ctx, bases, reused, opt.ConfirmAll, up)
+	if err != nil {
+		return nil, err
+	}
+	st.ChunksConfirmed = n
+	st.ChunksUploaded = up.chunks.Load()
+	st.BytesUploadedRaw = up.rawBytes.Load()
+
+	body, err := m.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	gen := latest + 1
+	for {
+		if time.Since(t0) >= opt.Grace {
+			return nil, fmt.Errorf("push did not write its manifest within the gc grace period (%s); its chunks may be collected: push again", opt.Grace)
+		}
+		err := s.put(ctx, "write manifest", s.manifestKey(opt.Volume, gen), body, true)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errExists) {
+			return nil, err
+		}
+		// A concurrent push of this volume took the number.
+		log.Warn("generation taken by a concurrent push; taking the next", "generation", gen)
+		if gen, err = s.latestGeneration(ctx, opt.Volume); err != nil {
+			return nil, err
+		}
+		gen++
+	}
+	st.Generation = gen
+	st.ManifestBytes = uint64(len(body))
+	st.BytesUploaded = up.objBytes.Load() + st.ManifestBytes
+	st.Retries = s.Retries() - retries0
+	st.DurationSeconds = time.Since(start).Seconds()
+	log.Info("generation stored", "generation", gen, "root", m.Root.Short(), "uploaded", st.ChunksUploaded, "reused", st.ChunksReused)
+	return st, nil
+}
+
+func unionIDs(bases []base) map[chunk.ID]struct{} {
+	n := 0
+	for _, b := range bases {
+		n = max(n, len(b.ids))
+	}
+	known := make(map[chunk.ID]struct{}, n)
+	for _, b := range bases {
+		for id := range b.ids {
+			known[id] = struct{}{}
+		}
+	}
+	return known
+}
+
+// generations lists the generations of every volume (or of one) in the
+// store, ascending.
+func (s *Store) generations(ctx context.Context, volume string) (map[string][]uint64, error) {
+	prefix := s.manifestsPrefix()
+	if volume != "" {
+		prefix += volume + "/"
+	}
+	gens := make(map[string][]uint64)
+	err := s.list(ctx, "list manifests", prefix, func(o minio.ObjectInfo) error {
+		if v, g, ok := parseManifestKey(s.manifestsPrefix(), o.Key); ok {
+			gens[v] = append(gens[v], g)
+		}
+		return nil
+	})
+	for _, g := range gens {
+		sort.Slice(g, func(i, j int) bool { return g[i] < g[j] })
+	}
+	return gens, err
+}
+
+// Generations returns volume's generations in the store, ascending.
+func (s *Store) Generations(ctx context.Context, volume string) ([]uint64, error) {
+	if err := transport.ValidateVolumeName(volume); err != nil {
+		return nil, err
+	}
+	gens, err := s.generations(ctx, volume)
+	return gens[volume], err
+}
+
+// latestGeneration returns volume's newest generation, 0 if none.
+func (s *Store) latestGeneration(ctx context.Context, volume string) (uint64, error) {
+	gens, err := s.generations(ctx, volume)
+	if err != nil {
+		return 0, err
+	}
+	if g := gens[volume]; len(g) > 0 {
+		return g[len(g)-1], nil
+	}
+	return 0, nil
+}
+
+// maxManifestObject bounds a manifest object (~20 M entries).
+const maxManifestObject = 1 << 30
+
+// ReadManifest reads and validates generation gen of volume.
+func (s *Store) ReadManifest(ctx context.Context, volume string, gen uint64) (*chunk.Manifest, int, error) {
+	body, err := s.get(ctx, fmt.Sprintf("read generation %d of %s", gen, volume), s.manifestKey(volume, gen), maxManifestObject)
+	if err != nil {
+		return nil, 0, err
+	}
+	var m chunk.Manifest
+	if err := m.UnmarshalBinary(body); err != nil {
+		return nil, 0, fmt.Errorf("%w: generation %d of %s: %w", ErrCorrupt, gen, volume, err)
+	}
+	return &m, len(body), nil
+}
+
+// readBases reads the latest manifest of volume and, unless ownOnly, of
+// every other volume; it returns them and volume's latest generation.
+func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, parallel int) ([]base, uint64, error) {
+	v := ""
+	if ownOnly {
+		v = volume
+	}
+	gens, err := s.generations(ctx, v)
+	if err != nil {
+		return nil, 0, err
+	}
+	var latest uint64
+	var bases []base
+	for vol, g := range gens {
+		bases = append(bases, base{volume: vol, gen: g[len(g)-1]})
+		if vol == volume {
+			latest = g[len(g)-1]
+		}
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
+	for i := range bases {
+		b := &bases[i]
+		g.Go(func() error {
+			m, _, err := s.ReadManifest(gctx, b.volume, b.gen)
+			if errors.Is(err, ErrNotFound) {
+				return nil // removed by gc meanwhile: not a base
+			}
+			if err != nil {
+				return err
+			}
+			b.ids = make(map[chunk.ID]struct{}, len(m.Entries))
+			for _, e := range m.Entries {
+				if !e.Zero {
+					b.ids[e.ID] = struct{}{}
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, 0, err
+	}
+	out := bases[:0]
+	for _, b := range bases {
+		if b.ids != nil {
+			out = append(out, b)
+		}
+	}
+	return out, latest, nil
+}
+
+// confirm checks that the bases still exist; the reused chunks that only
+// vanished bases referenced (all reused chunks with all) are confirmed with
+// HEAD requests and uploaded if missing. It returns the HEADs made.
+func (s *Store) confirm(ctx context.Context, bases []base, reused []chunk.Entry, all bool, up *uploader) (uint64, error) {
+	gone := make([]bool, len(bases))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(up.parallel)
+	for i, b := range bases {
+		g.Go(func() error {
+			_, err := s.stat(gctx, "confirm base manifest", s.manifestKey(b.volume, b.gen))
+			if errors.Is(err, ErrNotFound) {
+				gone[i] = true
+				return nil
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	check := reused
+	if !all {
+		var alive []base
+		for i, b := range bases {
+			if gone[i] {
+				s.log.Warn("a base manifest disappeared during the push; confirming its chunks", "volume", b.volume, "generation", b.gen)
+			} else {
+				alive = append(alive, b)
+			}
+		}
+		if len(alive) == len(bases) {
+			return 0, nil
+		}
+		still := unionIDs(alive)
+		check = nil
+		for _, e := range reused {
+			if _, ok := still[e.ID]; !ok {
+				check = append(check, e)
+			}
+		}
+	}
+	var missing []chunk.Entry
+	var mu sync.Mutex
+	const batch = 1000
+	for k := 0; k < len(check); k += batch {
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(up.parallel)
+		for _, e := range check[k:min(k+batch, len(check))] {
+			g.Go(func() error {
+				_, err := s.stat(gctx, "confirm chunk", s.chunkKey(e.ID))
+				if errors.Is(err, ErrNotFound) {
+					mu.Lock()
+					missing = append(missing, e)
+					mu.Unlock()
+					return nil
+				}
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return 0, err
+		}
+	}
+	if len(missing) > 0 {
+		s.log.Warn("chunks referenced by a manifest are missing from the store; uploading them", "chunks", len(missing))
+	}
+	return uint64(len(check)), up.upload(ctx, missing)
+}
+
+// uploader reads chunks from the source and stores them.
+type uploader struct {
+	s        *Store
+	src      io.ReaderAt
+	comp     *transport.Compressor
+	parallel int
+	chunks   atomic.Uint64
+	rawBytes atomic.Uint64
+	objBytes atomic.Uint64
+}
+
+func (u *uploader) upload(ctx context.Context, entries []chunk.Entry) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(u.parallel)
+	for _, e := range entries {
+		g.Go(func() error { return u.one(ctx, e) })
+	}
+	return g.Wait()
+}
+
+func (u *uploader) one(ctx context.Context, e chunk.Entry) error {
+	buf := chunk.GetBuffer(int(e.Length))
+	defer chunk.PutBuffer(buf)
+	raw := (*buf)[:e.Length]
+	if _, err := u.src.ReadAt(raw, int64(e.Offset)); err != nil {
+		return fmt.Errorf("read source at %d: %w", e.Offset, err)
+	}
+	if chunk.Sum(raw) != e.ID {
+		return fmt.Errorf("%w: chunk at offset %d no longer hashes to %s (push from a snapshot)", ErrSourceChanged, e.Offset, e.ID.Short())
+	}
+	scratch := chunk.GetBuffer(int(e.Length))
+	defer chunk.PutBuffer(scratch)
+	obj := encodeChunk(u.comp, raw, (*scratch)[:0])
+	if err := u.s.put(ctx, "upload chunk "+e.ID.Short(), u.s.chunkKey(e.ID), obj, false); err != nil {
+		return err
+	}
+	u.chunks.Add(1)
+	u.rawBytes.Add(e.Length)
+	u.objBytes.Add(uint64(len(obj)))
+	return nil
+}
+
+// refresh renews the modification time of the chunk objects of entries
+// (server-side copies onto themselves), uploading any that is gone.
+func (u *uploader) refresh(ctx context.Context, entries []chunk.Entry) (uint64, error) {
+	var n atomic.Uint64
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(u.parallel)
+	for _, e := range entries {
+		g.Go(func() error {
+			key := u.s.chunkKey(e.ID)
+			err := u.s.copy(gctx, "refresh chunk "+e.ID.Short(), key, key)
+			if errors.Is(err, ErrNotFound) {
+				return u.one(gctx, e)
+			}
+			if err == nil {
+				n.Add(1)
+			}
+			return err
+		})
+	}
+	return n.Load(), g.Wait()
+}
