@@ -84,16 +84,18 @@ type applier struct {
 	mu      sync.RWMutex
 	entries []chunk.Entry // the sender's manifest so far; read by deliverers
 
-	kind      []opKind
-	buffered  map[int]*[]byte
-	bufBytes  int64
-	builder   *chunk.Builder
-	needQueue []int
-	needTotal uint64
-	pending   int  // fetches requested and not yet written
-	ordered   bool // writes wait for the copy plan
-	planned   bool // copies done: every write may go straight to the target
-	endSeen   bool
+	kind        []opKind
+	buffered    map[int]*[]byte
+	bufBytes    int64
+	staged      []*arrived // fetched, waiting for their intents to be journaled
+	stagedBytes uint64
+	builder     *chunk.Builder
+	needQueue   []int
+	needTotal   uint64
+	pending     int  // fetches requested and not yet written
+	ordered     bool // writes wait for the copy plan
+	planned     bool // copies done: every write may go straight to the target
+	endSeen     bool
 
 	sinceCheckpoint []int
 	ckptBytes       uint64
@@ -122,6 +124,10 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 			chunk.PutBuffer(b)
 		}
 		a.buffered = nil
+		for _, c := range a.staged {
+			chunk.PutBuffer(c.buf)
+		}
+		a.staged = nil
 	}()
 	for !(a.endSeen && a.planned && a.pending == 0) {
 		var ev event
@@ -146,6 +152,11 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 		}
 		if err != nil {
 			return err
+		}
+		if len(events) == 0 { // idle: write what is staged
+			if err := a.flushStaged(); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -184,16 +195,10 @@ func (a *applier) onBatch(batch []chunk.Entry) error {
 
 func hasSource(x *index, e chunk.Entry) bool { _, ok := x.source(e); return ok }
 
-// sendNeeds journals an intent for every queued fetch, then asks for them.
+// sendNeeds asks the sender for every queued fetch.
 func (a *applier) sendNeeds() error {
 	if len(a.needQueue) == 0 {
 		return nil
-	}
-	for _, i := range a.needQueue {
-		a.j.add(recIntent, a.entries[i])
-	}
-	if err := a.j.flush(); err != nil {
-		return err
 	}
 	if err := a.req.Need(a.needQueue); err != nil {
 		return err
@@ -217,8 +222,44 @@ func (a *applier) onChunk(c *arrived) error {
 		a.bufBytes += int64(e.Length)
 		return nil
 	}
-	defer chunk.PutBuffer(c.buf)
-	return a.writeFetched(c.i, *c.buf)
+	a.staged = append(a.staged, c)
+	a.stagedBytes += e.Length
+	if a.stagedBytes >= stageBytes {
+		return a.flushStaged()
+	}
+	return nil
+}
+
+// stageBytes is how much fetched data is collected before its intents are
+// journaled (one fsync) and it is written.
+const stageBytes = 8 << 20
+
+// flushStaged journals intents for the staged chunks, then writes them.
+// Intents are durable before any byte of their range changes, so a crash
+// leaves the journal naming every range that may hold new data.
+func (a *applier) flushStaged() error {
+	if len(a.staged) == 0 {
+		return nil
+	}
+	for _, c := range a.staged {
+		a.j.add(recIntent, a.entries[c.i])
+	}
+	if err := a.j.flush(); err != nil {
+		return err
+	}
+	staged := a.staged
+	a.staged, a.stagedBytes = nil, 0
+	for k, c := range staged {
+		err := a.writeFetched(c.i, *c.buf)
+		chunk.PutBuffer(c.buf)
+		if err != nil {
+			for _, rest := range staged[k+1:] {
+				chunk.PutBuffer(rest.buf)
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // writeFetched writes a fetched chunk in place. Before the copy plan ran,
@@ -299,6 +340,10 @@ type copyOp struct {
 // overwrites a source before it was read, writes what was held back, and
 // asks for what could not be copied.
 func (a *applier) plan() error {
+	// Early fetches land first: the copy sources are chosen among what they left intact.
+	if err := a.flushStaged(); err != nil {
+		return err
+	}
 	var ops []*copyOp
 	for i, k := range a.kind {
 		if k != opCopy {
@@ -313,7 +358,7 @@ func (a *applier) plan() error {
 		}
 	}
 	for i, k := range a.kind {
-		if k == opCopy || k == opZero {
+		if k == opCopy || k == opZero || k == opBuffered {
 			a.j.add(recIntent, a.entries[i])
 		}
 	}

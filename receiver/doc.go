@@ -17,9 +17,10 @@
 //	    e in place per index            → skip
 //	    e zero run                      → zero later
 //	    e's chunk intact elsewhere      → copy later
-//	    otherwise                       → journal intent, ask the agent (NEED), no round trip per chunk
+//	    otherwise                       → ask the agent (NEED), no round trip per chunk
 //	fetched chunk arrives (hash checked against e.ID):
-//	    before the plan ran and the index has data → hold it in memory (bounded), else write in place
+//	    before the plan ran and the index has data → hold it in memory (bounded)
+//	    else stage it; every 8 MiB, or when idle: journal intents (one fsync), write in place
 //	manifest end (root checked):
 //	    journal intents for copies and zero runs
 //	    copies in dependency order: a copy whose destination overlaps another's
