@@ -37,6 +37,12 @@ type Options struct {
 	Compression transport.CompressionLevel
 	// ScanWorkers is the number of segments chunked at once; 0: all cores.
 	ScanWorkers int
+	// Previous and Changed skip reading unchanged segments: Previous is the
+	// manifest of an earlier image of this volume (Stats.Manifest of its
+	// round), Changed every extent that may differ since, as the storage's
+	// changed-block tracking reports it. See chunk.ScanOptions.
+	Previous *chunk.Manifest
+	Changed  []chunk.Extent
 	// Progress, if set, is called as the round advances (from several
 	// goroutines; keep it cheap).
 	Progress func(Progress)
@@ -91,6 +97,10 @@ type Stats struct {
 	RootHash          string  `json:"root_hash"`
 	Generation        uint64  `json:"generation"`
 	Params            string  `json:"params"`
+	ReusedBytes       uint64  `json:"reused_bytes"`
+	// Manifest is the manifest the receiver committed; pass it as
+	// Options.Previous to the next round together with changed extents.
+	Manifest *chunk.Manifest `json:"-"`
 }
 
 // ErrRootMismatch is returned when the receiver committed a root other than
@@ -291,6 +301,9 @@ func (r *round) run(ctx context.Context) error {
 	}
 	r.stats.RootHash = root.String()
 	r.stats.Generation = result.Generation
+	r.mu.RLock()
+	r.stats.Manifest = &chunk.Manifest{Params: r.opt.Params, Size: r.size, Entries: r.entries, Root: root}
+	r.mu.RUnlock()
 	r.stats.ChunksSkipped = result.Skipped
 	r.stats.ChunksCopied = result.Copied
 	r.stats.ChunksZeroed = result.Zeroed
@@ -346,7 +359,9 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 	}
 	scanStart := time.Now()
 	st, err := chunk.Scan(ctx, r.src, r.size, r.opt.Params, chunk.ScanOptions{
-		Workers: r.opt.ScanWorkers,
+		Workers:  r.opt.ScanWorkers,
+		Previous: r.opt.Previous,
+		Changed:  r.opt.Changed,
 		Progress: func(n uint64) {
 			r.scanned.Store(n)
 			if err := flush(); err != nil {
@@ -380,6 +395,7 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 	r.stats.ChunksTotal = st.Chunks()
 	r.stats.ChunksData = st.DataChunks
 	r.stats.ChunksZero = st.ZeroChunks
+	r.stats.ReusedBytes = st.ReusedBytes
 	r.stats.ManifestEntries = b.Count()
 	frameBytes += transport.HeaderSize + 8 + 32
 	r.stats.ManifestBytes = frameBytes

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"sort"
 	"sync"
 
 	"github.com/restic/chunker"
@@ -19,6 +20,21 @@ type ScanOptions struct {
 	// Progress, if set, is called with the number of bytes scanned so far,
 	// in order, from the goroutine that calls emit.
 	Progress func(scanned uint64)
+	// Previous and Changed let a scan skip segments that did not change:
+	// a segment that no Changed extent touches, and that Previous (a
+	// manifest with the same Params) covers the same way, reuses
+	// Previous's entries instead of being read. Changed must include every
+	// byte that may differ from the volume Previous was made from — as
+	// storage with changed-block tracking reports it (Longhorn's snapshot
+	// chain); a missing extent would go unnoticed. A nil Changed reads
+	// every segment.
+	Previous *Manifest
+	Changed  []Extent
+}
+
+// Extent is a byte range of a volume.
+type Extent struct {
+	Offset, Length uint64
 }
 
 // ScanStats counts what a scan found. Zero chunks are counted before they
@@ -26,8 +42,12 @@ type ScanOptions struct {
 type ScanStats struct {
 	DataChunks uint64
 	DataBytes  uint64
-	ZeroChunks uint64
+	ZeroChunks uint64 // in reused segments: zero bytes / MinSize, rounded up per run
 	ZeroBytes  uint64
+	// ReusedSegments and ReusedBytes count what was taken from
+	// ScanOptions.Previous instead of being read.
+	ReusedSegments uint64
+	ReusedBytes    uint64
 }
 
 // Chunks returns the number of chunks cut, data and zero.
@@ -83,12 +103,17 @@ func Scan(ctx context.Context, r io.ReaderAt, size uint64, p Params, opt ScanOpt
 		}
 		return nil
 	})
+	reuse := newReuser(p, size, opt.Previous, opt.Changed)
 	for w := 0; w < workers; w++ {
 		g.Go(func() error {
 			sc := newSegmentScanner(p)
 			for i := range jobs {
 				off := i * p.SegmentSize
 				n := min(p.SegmentSize, size-off)
+				if entries, st, ok := reuse.segment(i); ok {
+					results[i] <- segResult{entries: entries, stats: st}
+					continue
+				}
 				entries, st, err := sc.scan(gctx, io.NewSectionReader(r, int64(off), int64(n)), off)
 				results[i] <- segResult{entries, st, err}
 			}
@@ -122,6 +147,8 @@ func Scan(ctx context.Context, r io.ReaderAt, size uint64, p Params, opt ScanOpt
 			total.DataBytes += res.stats.DataBytes
 			total.ZeroChunks += res.stats.ZeroChunks
 			total.ZeroBytes += res.stats.ZeroBytes
+			total.ReusedSegments += res.stats.ReusedSegments
+			total.ReusedBytes += res.stats.ReusedBytes
 			for _, e := range res.entries {
 				if e.Zero && pending != nil {
 					pending.Length += e.Length
@@ -155,6 +182,58 @@ func Scan(ctx context.Context, r io.ReaderAt, size uint64, p Params, opt ScanOpt
 		}
 	}
 	return total, emitErr
+}
+
+// reuser finds the segments a scan may take from a previous manifest.
+type reuser struct {
+	p       Params
+	size    uint64
+	prev    *Manifest
+	changed []Extent // sorted by offset
+}
+
+func newReuser(p Params, size uint64, prev *Manifest, changed []Extent) *reuser {
+	if prev == nil || changed == nil || prev.Params != p {
+		return nil
+	}
+	c := append([]Extent(nil), changed...)
+	sort.Slice(c, func(i, j int) bool { return c[i].Offset < c[j].Offset })
+	return &reuser{p: p, size: size, prev: prev, changed: c}
+}
+
+// segment returns segment i's entries from the previous manifest, zero
+// runs cut at the segment's edges, if the segment may be reused.
+func (u *reuser) segment(i uint64) ([]Entry, ScanStats, bool) {
+	if u == nil {
+		return nil, ScanStats{}, false
+	}
+	start := i * u.p.SegmentSize
+	end := min(u.size, start+u.p.SegmentSize)
+	if prevEnd := min(u.prev.Size, start+u.p.SegmentSize); prevEnd != end || start >= u.prev.Size {
+		return nil, ScanStats{}, false // the segment's extent changed with the volume size
+	}
+	k := sort.Search(len(u.changed), func(k int) bool { return u.changed[k].Offset+u.changed[k].Length > start })
+	if k < len(u.changed) && u.changed[k].Offset < end && u.changed[k].Length > 0 {
+		return nil, ScanStats{}, false
+	}
+	prev := u.prev.Entries
+	j := sort.Search(len(prev), func(j int) bool { return prev[j].End() > start })
+	var out []Entry
+	st := ScanStats{ReusedSegments: 1, ReusedBytes: end - start}
+	for ; j < len(prev) && prev[j].Offset < end; j++ {
+		e := prev[j]
+		if e.Zero {
+			lo, hi := max(e.Offset, start), min(e.End(), end)
+			e.Offset, e.Length = lo, hi-lo
+			st.ZeroBytes += e.Length
+			st.ZeroChunks += (e.Length + uint64(u.p.MinSize) - 1) / uint64(u.p.MinSize)
+		} else {
+			st.DataChunks++
+			st.DataBytes += e.Length
+		}
+		out = append(out, e)
+	}
+	return out, st, true
 }
 
 // segmentScanner chunks one segment at a time, reusing its buffers.

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/voldelta/voldelta/agent"
+	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/receiver"
 	"github.com/voldelta/voldelta/transport"
 )
@@ -271,5 +272,29 @@ func TestMultipleTargets(t *testing.T) {
 	}
 	for i := 0; i < 3; i++ {
 		assertSame(t, targets[fmt.Sprintf("v%d", i)], datas[i])
+	}
+}
+
+// TestChangedExtentHints: a round given the previous manifest and the
+// changed extents reads only the touched segments and still converges.
+func TestChangedExtentHints(t *testing.T) {
+	p := newPair(t, pairOpts{})
+	src := filepath.Join(p.dir, "source.img")
+	data := randBytes(50, 200*MiB)
+	writeFile(t, src, data)
+	first := p.sync(src, "vol")
+	copy(data[130*MiB:], randBytes(51, 2*MiB))
+	writeFile(t, src, data)
+	opt := p.options(src, "vol")
+	opt.Previous = first.Manifest
+	opt.Changed = []chunk.Extent{{Offset: 130 * MiB, Length: 2 * MiB}}
+	st, err := agent.Sync(context.Background(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	assertSame(t, p.targets["vol"], data)
+	t.Logf("hinted round: reused %d of %d bytes, sent %d chunks", st.ReusedBytes, st.SourceBytes, st.ChunksSent)
+	if st.ReusedBytes != 200*MiB-64*MiB || st.ChunksSent == 0 {
+		t.Fatalf("reused %d bytes, sent %d chunks", st.ReusedBytes, st.ChunksSent)
 	}
 }
