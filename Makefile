@@ -7,7 +7,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 CACHE     ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/voldelta
 export CACHE
 
-.PHONY: all build demo test test-short vet fmt-check fuzz bench-go clean tools
+.PHONY: all build demo test test-short vet fmt-check fuzz bench-go clean tools generate
 
 all: build
 
@@ -21,8 +21,17 @@ demo: $(BIN)
 	VOLDELTA=$(BIN) ./scripts/demo.sh
 
 ## tools: build the pinned MinIO server the object-store tests run against (once, cached)
+## Kubernetes tests: kube-apiserver (built once, 10-20 min) and controller-gen;
+## etcd comes from Debian (apt-get install etcd-server).
 tools:
 	GO=$(GO) ./scripts/ensure-minio.sh >/dev/null
+	GO=$(GO) ./scripts/ensure-kube-apiserver.sh >/dev/null
+	GO=$(GO) ./scripts/ensure-controller-gen.sh >/dev/null
+	./scripts/ensure-etcd.sh >/dev/null
+
+## generate: deepcopy methods of api/v1alpha1 and the CRDs in deploy/crds (controller-gen)
+generate:
+	GO=$(GO) ./scripts/generate.sh
 
 ## test: vet, formatting and every test with the race detector
 test: vet fmt-check tools

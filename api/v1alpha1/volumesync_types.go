@@ -1,0 +1,236 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// VolumeSyncSpec is what an orchestrator asks for: keep a replica of a PVC
+// on a receiver, one crash-consistent snapshot per round.
+type VolumeSyncSpec struct {
+	// SourcePVC is the name of the PersistentVolumeClaim to replicate, in
+	// the VolumeSync's namespace.
+	// +kubebuilder:validation:MinLength=1
+	SourcePVC string `json:"sourcePVC"`
+
+	// Destination is the receiver and the volume name it knows the replica by.
+	Destination Destination `json:"destination"`
+
+	// Trigger says when rounds run.
+	// +optional
+	Trigger Trigger `json:"trigger,omitempty"`
+
+	// VolumeSnapshotClassName is the VolumeSnapshotClass of the per-round
+	// snapshots (for Longhorn, a class with parameters.type: snap). Empty:
+	// the cluster's default class for the volume's driver.
+	// +optional
+	VolumeSnapshotClassName string `json:"volumeSnapshotClassName,omitempty"`
+
+	// BandwidthLimit caps the round's wire rate per second: "100Mbit",
+	// "12MiB", "500k" (the units of `voldelta send --bwlimit`). Empty or
+	// "0": unlimited.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	BandwidthLimit string `json:"bandwidthLimit,omitempty"`
+
+	// Paused stops new rounds from starting; a running round finishes.
+	// +optional
+	Paused bool `json:"paused,omitempty"`
+}
+
+// Destination names the receiver of a VolumeSync.
+type Destination struct {
+	// Address is the receiver's host:port.
+	// +kubebuilder:validation:MinLength=1
+	Address string `json:"address"`
+
+	// TLSSecretName names a Secret in the VolumeSync's namespace with the
+	// agent's client certificate for mutual TLS: ca.crt (the CA that signed
+	// the receiver's certificate), tls.crt and tls.key.
+	// +kubebuilder:validation:MinLength=1
+	TLSSecretName string `json:"tlsSecretName"`
+
+	// ServerName, if set, is the name the receiver's certificate must
+	// carry; default the host part of Address.
+	// +optional
+	ServerName string `json:"serverName,omitempty"`
+
+	// VolumeName is the volume's name on the receiver (a VolumeTarget's
+	// spec.remoteVolume there). Default: <namespace>-<sourcePVC>.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
+	VolumeName string `json:"volumeName,omitempty"`
+}
+
+// Trigger says when a VolumeSync's rounds run: every Interval after the
+// last successful round, and once more whenever Manual changes.
+type Trigger struct {
+	// Interval between the end of a successful round and the start of the
+	// next, e.g. "15m". Empty: rounds run only on manual triggers (and once
+	// after creation).
+	// +optional
+	Interval *metav1.Duration `json:"interval,omitempty"`
+
+	// Manual starts one round whenever it differs from
+	// status.lastManualTrigger: an orchestrator bumps it (a counter or a
+	// timestamp) and waits until status.lastManualTrigger equals it with
+	// Ready true, e.g. for the final round before a cutover.
+	// +optional
+	Manual string `json:"manual,omitempty"`
+}
+
+// Phase is a one-word summary of a VolumeSync or a VolumeTarget.
+type Phase string
+
+// Phases of a VolumeSync.
+const (
+	PhasePending  Phase = "Pending"  // no round has committed yet
+	PhaseSyncing  Phase = "Syncing"  // a round runs
+	PhaseIdle     Phase = "Idle"     // the last round committed; waiting for the next
+	PhasePaused   Phase = "Paused"   // spec.paused
+	PhaseDegraded Phase = "Degraded" // the last round failed; retrying
+)
+
+// Condition types of a VolumeSync.
+const (
+	// ConditionReady is true when the last round committed and nothing
+	// failed since.
+	ConditionReady = "Ready"
+	// ConditionSyncing is true while a round runs (snapshot, send, commit).
+	ConditionSyncing = "Syncing"
+	// ConditionDegraded is true when the last attempt failed; its reason
+	// says where.
+	ConditionDegraded = "Degraded"
+)
+
+// Condition reasons.
+const (
+	ReasonSynced            = "Synced"             // a round committed
+	ReasonNeverSynced       = "NeverSynced"        // no round committed yet
+	ReasonWaitingSnapshot   = "WaitingForSnapshot" // the snapshot is not ready yet
+	ReasonSending           = "Sending"            // reading the snapshot and sending
+	ReasonIdle              = "Idle"               // no round runs
+	ReasonPaused            = "Paused"             // spec.paused
+	ReasonSourceNotFound    = "SourceNotFound"     // PVC, PV or device missing
+	ReasonSnapshotFailed    = "SnapshotFailed"     // the VolumeSnapshot failed
+	ReasonSecretInvalid     = "TLSSecretInvalid"   // the TLS Secret is missing or malformed
+	ReasonSyncFailed        = "SyncFailed"         // the round itself failed
+	ReasonInvalidSpec       = "InvalidSpec"        // the spec cannot be acted on
+	ReasonRootMismatch      = "RootMismatch"       // the receiver committed another root
+	ReasonReceiverRefused   = "ReceiverRefused"    // the receiver refused the round
+	ReasonNoProblem         = "AsExpected"         // Degraded false
+	ReasonTargetIncomplete  = "Incomplete"         // VolumeTarget: an apply did not finish
+	ReasonTargetCommitted   = "Committed"          // VolumeTarget: a generation is committed
+	ReasonTargetUnavailable = "TargetUnavailable"  // VolumeTarget: its volume cannot be resolved
+)
+
+// VolumeSyncStatus is what the agent reports.
+type VolumeSyncStatus struct {
+	// Phase summarises the conditions.
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+
+	// Conditions: Ready, Syncing, Degraded.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// ObservedGeneration is the metadata.generation last acted on.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Node is the node whose agent handles this VolumeSync (where the
+	// source volume is attached).
+	// +optional
+	Node string `json:"node,omitempty"`
+
+	// LastSyncStartTime is when the current or last round started.
+	// +optional
+	LastSyncStartTime *metav1.Time `json:"lastSyncStartTime,omitempty"`
+	// LastSyncTime is when the last successful round committed.
+	// +optional
+	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
+	// LastSyncDuration is how long the last successful round took,
+	// snapshot included.
+	// +optional
+	LastSyncDuration *metav1.Duration `json:"lastSyncDuration,omitempty"`
+	// NextSyncTime is when the next scheduled round is due.
+	// +optional
+	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`
+
+	// LastGeneration is the receiver's generation committed by the last
+	// successful round.
+	// +optional
+	LastGeneration int64 `json:"lastGeneration,omitempty"`
+	// LastRootHash is the root hash (BLAKE3 over the manifest, hex) both
+	// ends hold after the last successful round.
+	// +optional
+	LastRootHash string `json:"lastRootHash,omitempty"`
+	// LastSourceBytes is the size of the volume in the last round.
+	// +optional
+	LastSourceBytes int64 `json:"lastSourceBytes,omitempty"`
+	// LastBytesSent is the uncompressed size of the chunks the last round
+	// sent.
+	// +optional
+	LastBytesSent int64 `json:"lastBytesSent,omitempty"`
+	// LastWireBytes is what the last round wrote to the network (TLS,
+	// framing and manifest included).
+	// +optional
+	LastWireBytes int64 `json:"lastWireBytes,omitempty"`
+
+	// LastManualTrigger is spec.trigger.manual as of the last successful
+	// round.
+	// +optional
+	LastManualTrigger string `json:"lastManualTrigger,omitempty"`
+
+	// BaseSnapshot is the VolumeSnapshot of the last successful round; it
+	// is kept until the next round commits.
+	// +optional
+	BaseSnapshot string `json:"baseSnapshot,omitempty"`
+	// PendingSnapshot is the VolumeSnapshot of the round in progress (or
+	// being retried).
+	// +optional
+	PendingSnapshot string `json:"pendingSnapshot,omitempty"`
+
+	// Rounds counts the successful rounds.
+	// +optional
+	Rounds int64 `json:"rounds,omitempty"`
+	// ConsecutiveFailures counts failed attempts since the last success.
+	// +optional
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+}
+
+// VolumeSync replicates a PersistentVolumeClaim to a voldelta receiver: the
+// agent on the node where the volume is attached takes a VolumeSnapshot per
+// round, sends what the receiver lacks, and reports here.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=vsync,categories=voldelta
+// +kubebuilder:printcolumn:name="Source",type=string,JSONPath=`.spec.sourcePVC`
+// +kubebuilder:printcolumn:name="Destination",type=string,JSONPath=`.spec.destination.address`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Gen",type=integer,JSONPath=`.status.lastGeneration`
+// +kubebuilder:printcolumn:name="Last sync",type=date,JSONPath=`.status.lastSyncTime`
+// +kubebuilder:printcolumn:name="Sent",type=integer,JSONPath=`.status.lastBytesSent`,priority=1
+// +kubebuilder:printcolumn:name="Duration",type=string,JSONPath=`.status.lastSyncDuration`,priority=1
+// +kubebuilder:printcolumn:name="Next",type=date,JSONPath=`.status.nextSyncTime`,priority=1
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.node`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type VolumeSync struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   VolumeSyncSpec   `json:"spec"`
+	Status VolumeSyncStatus `json:"status,omitempty"`
+}
+
+// VolumeSyncList is a list of VolumeSyncs.
+//
+// +kubebuilder:object:root=true
+type VolumeSyncList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []VolumeSync `json:"items"`
+}

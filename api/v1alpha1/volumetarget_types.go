@@ -1,0 +1,108 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// VolumeTargetSpec says which local volume receives a remote volume, and
+// who may write it.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.pvc) != has(self.longhornVolume)",message="set exactly one of pvc and longhornVolume"
+type VolumeTargetSpec struct {
+	// RemoteVolume is the volume name agents send under (a VolumeSync's
+	// spec.destination.volumeName). Unique among the VolumeTargets a
+	// receiver serves.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
+	RemoteVolume string `json:"remoteVolume"`
+
+	// PVC is the PersistentVolumeClaim, in the VolumeTarget's namespace,
+	// whose volume is overwritten with the replica. It must be a block or
+	// Longhorn volume at least as large as the source, and must not be in
+	// use by a workload while rounds run. Exactly one of pvc and
+	// longhornVolume is set.
+	// +optional
+	PVC string `json:"pvc,omitempty"`
+
+	// LonghornVolume names a Longhorn volume (longhorn.io Volume in the
+	// Longhorn namespace) to write instead of a PVC's volume.
+	// +optional
+	LonghornVolume string `json:"longhornVolume,omitempty"`
+
+	// AllowedIdentities are the client certificate names (common name,
+	// DNS SAN or URI SAN) allowed to write this target. Empty: nobody.
+	// +kubebuilder:validation:MinItems=1
+	AllowedIdentities []string `json:"allowedIdentities"`
+}
+
+// VolumeTargetStatus is what the receiver reports.
+type VolumeTargetStatus struct {
+	// Phase: Pending (nothing committed yet), Idle (a generation is
+	// committed and nothing is being written), Syncing (an apply runs or
+	// was interrupted: the target is incomplete), Degraded (the volume
+	// cannot be resolved).
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+	// Conditions: Ready (a verified generation is in place).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// ObservedGeneration is the metadata.generation last acted on.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// DevicePath is where the receiver writes the target on its node.
+	// +optional
+	DevicePath string `json:"devicePath,omitempty"`
+	// Generation is the last committed generation.
+	// +optional
+	Generation int64 `json:"generation,omitempty"`
+	// RootHash is the root hash of the last committed generation (hex).
+	// +optional
+	RootHash string `json:"rootHash,omitempty"`
+	// Size is the size of the last committed image in bytes.
+	// +optional
+	Size int64 `json:"size,omitempty"`
+	// CommittedTime is when the last generation was committed.
+	// +optional
+	CommittedTime *metav1.Time `json:"committedTime,omitempty"`
+	// Incomplete is true when an apply started after the last commit and
+	// has not committed: the target does not hold any consistent image
+	// until the next round succeeds.
+	// +optional
+	Incomplete bool `json:"incomplete,omitempty"`
+	// LastWriter is the identity of the agent that committed last.
+	// +optional
+	LastWriter string `json:"lastWriter,omitempty"`
+}
+
+// VolumeTarget maps a remote volume name to a local volume on the
+// destination cluster; the receiver in Kubernetes mode serves every
+// VolumeTarget it watches.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=vtarget,categories=voldelta
+// +kubebuilder:printcolumn:name="Remote volume",type=string,JSONPath=`.spec.remoteVolume`
+// +kubebuilder:printcolumn:name="PVC",type=string,JSONPath=`.spec.pvc`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Gen",type=integer,JSONPath=`.status.generation`
+// +kubebuilder:printcolumn:name="Incomplete",type=boolean,JSONPath=`.status.incomplete`
+// +kubebuilder:printcolumn:name="Committed",type=date,JSONPath=`.status.committedTime`
+// +kubebuilder:printcolumn:name="Root",type=string,JSONPath=`.status.rootHash`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type VolumeTarget struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   VolumeTargetSpec   `json:"spec"`
+	Status VolumeTargetStatus `json:"status,omitempty"`
+}
+
+// VolumeTargetList is a list of VolumeTargets.
+//
+// +kubebuilder:object:root=true
+type VolumeTargetList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []VolumeTarget `json:"items"`
+}
