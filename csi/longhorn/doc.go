@@ -1,0 +1,76 @@
+// Package longhorn reads a point-in-time image of a Longhorn v1 volume from
+// one of its replica's snapshot files on this node, without the Longhorn API.
+//
+// # Format
+//
+// What this package relies on, from longhorn-engine's pkg/replica
+// (replica.go, diff_disk.go) and pkg/util/disk (constant.go, disk.go):
+//
+//   - A replica directory (dataPath/replicas/<volume>-<8 hex>, named by
+//     longhorn-manager) holds volume.meta: JSON of replica.Info, keys being
+//     the Go field names: Size (bytes), Head ("volume-head-NNN.img"), Parent
+//     (the head's parent), SectorSize, Dirty, Rebuilding, Error,
+//     BackingFilePath, Encrypted. Dirty is set whenever the replica is open.
+//   - Every layer ("disk") is a file <disk>.img with <disk>.img.meta beside
+//     it: JSON with Name, Parent (the parent's file name, "" for the base),
+//     Removed, UserCreated, Created (RFC 3339, UTC) and Labels. Longhorn
+//     names a disk after its meta file and ignores Name — which in a
+//     snapshot's meta is the name of the head it was linked from — and so
+//     does this package. Other files (revision.counter, *.checksum, *.tmp,
+//     volume-delta-*) are not layers unless they have an .img.meta.
+//   - A snapshot "x" is the file volume-snap-x.img. Taking it hard-links the
+//     head to that name and starts a new, empty head whose parent it is; its
+//     file is not written again unless it is Removed and then coalesced with
+//     or pruned by a neighbour. The head is live and never read here.
+//   - Each .img is a sparse file of the volume size at its creation (after
+//     an expansion older layers are shorter; past a layer's end reads as a
+//     hole). A layer's data extents hold its writes, in whole 4 KiB sectors
+//     (diffDisk read-modify-writes partial sectors from the composed image);
+//     a hole means "look at the parent". Longhorn locates data with FIEMAP
+//     on a 4 KiB sector; this package uses SEEK_DATA/SEEK_HOLE, which
+//     report the same allocation. Writing zeros allocates data; holes are
+//     punched only by unmap (trim), in the head and in snapshots marked
+//     Removed — and, with the setting "Remove Snapshots During Filesystem
+//     Trim" (unmapMarkSnapChainRemoved), a trim first marks the head's whole
+//     chain Removed. Disable that setting for volumes synced with voldelta:
+//     a snapshot already open could be punched under the reader.
+//   - A byte of snapshot S is that of the topmost layer in S's ancestry
+//     holding data there, zero if none does. Snapshots form a tree (a revert
+//     starts a new head on an older snapshot); the live chain is the head's.
+//   - A replica with a BackingFilePath has a backing image (raw or qcow2)
+//     under its base layer; it is refused (ErrBackingFile).
+//
+// # Reading
+//
+//	OpenReplica(dir): parse volume.meta and every *.img.meta; check that
+//	    every parent exists, no ancestry loops, the head exists, and no
+//	    snapshot layer is larger than the volume
+//	OpenSnapshot(S): open S and its ancestors (base first), keep them open;
+//	    for each layer walk SEEK_DATA/SEEK_HOLE up to S's size; sweep the
+//	    extent edges of all layers, mapping every range to the topmost
+//	    layer with data → sorted segments
+//	ReadAt(p, off): binary-search the first segment ending past off; pread
+//	    each segment's piece from its layer; zero-fill the gaps
+//
+// Because the layer files stay open, a purge that coalesces, replaces or
+// deletes one of them while an Image is open does not change what it reads
+// (coalescing copies identical bytes between a layer and its child, and a
+// replaced or deleted file lives on through the open descriptor). A layer
+// that disappears between OpenReplica and OpenSnapshot gives
+// ErrChainChanged: open the replica again. A snapshot marked Removed is not
+// read, and a rebuilding replica is not read at all.
+//
+// # Delta
+//
+// Delta(base, target) lists the extents outside which the images of base and
+// target are equal: the union of the data extents of the layers after base
+// up to target (plus the range past base's size if the volume grew). It
+// reads no data. It is meant to let a later scan re-read only the chunks that
+// touch these extents: with the previous manifest of base, the scan starts
+// at the last chunk boundary at or before each changed extent and chunks
+// forward past its end until a cut point coincides with an old boundary —
+// content-defined chunking resynchronises at the first old boundary past a
+// change — and reuses the old entries everywhere else. The extents are a
+// superset of the change (a layer can rewrite bytes with the same content),
+// never a subset, as long as base was not Removed since it was synced.
+package longhorn
