@@ -1,0 +1,345 @@
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/voldelta/voldelta/agent"
+	"github.com/voldelta/voldelta/objstore"
+	"github.com/voldelta/voldelta/receiver"
+	"github.com/voldelta/voldelta/transport"
+)
+
+// storeHelp is shared by push, pull and gc.
+const storeHelp = `
+The store is s3://BUCKET/PREFIX on any S3-compatible server (MinIO, AWS S3,
+Ceph RGW, ...). Under the prefix, chunks/ holds one zstd-compressed object per
+distinct chunk (shared by every volume and generation that holds it) and
+manifests/VOLUME/GENERATION one manifest per generation, written last: a
+generation is visible only when complete.
+
+Connection: --endpoint HOST:PORT (default: $AWS_ENDPOINT_URL, which may be a
+URL such as https://minio.example:9000, else s3.amazonaws.com). HTTPS is used
+unless --insecure asks for plain HTTP. Credentials come from
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), else from
+the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or
+~/.aws/credentials, profile AWS_PROFILE or "default"). Transient failures are
+retried with backoff; bad credentials and a missing bucket fail at once.`
+
+// storeFlags locate a store.
+type storeFlags struct {
+	url, endpoint, region string
+	insecure              bool
+	parallel              int
+}
+
+func (f *storeFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.url, "store", "", "the store, s3://BUCKET/PREFIX (required)")
+	fs.StringVar(&f.endpoint, "endpoint", "", "S3 endpoint HOST:PORT or URL (default: $AWS_ENDPOINT_URL, else s3.amazonaws.com)")
+	fs.BoolVar(&f.insecure, "insecure", false, "speak plain HTTP to the endpoint instead of HTTPS (trusted networks and tests only)")
+	fs.StringVar(&f.region, "region", "", "bucket region (default: $AWS_REGION, else asked from the store)")
+	fs.IntVar(&f.parallel, "parallel", 8, "concurrent requests to the store (1-256)")
+}
+
+func (f *storeFlags) open(c *cobra.Command, lf *logFlags) (*objstore.Store, error) {
+	if f.url == "" {
+		return nil, usagef(c, "--store s3://BUCKET/PREFIX is required")
+	}
+	bucket, prefix, err := objstore.ParseStoreURL(f.url)
+	if err != nil {
+		return nil, usagef(c, "--store: %v", err)
+	}
+	if f.parallel < 1 || f.parallel > 256 {
+		return nil, usagef(c, "--parallel %d: want 1-256", f.parallel)
+	}
+	ep := f.endpoint
+	flag := "--endpoint"
+	if ep == "" {
+		ep, flag = os.Getenv("AWS_ENDPOINT_URL"), "AWS_ENDPOINT_URL"
+	}
+	if ep != "" {
+		if ep, err = objstore.ParseEndpoint(ep, f.insecure); err != nil {
+			return nil, usagef(c, "%s: %v", flag, err)
+		}
+	}
+	log, err := lf.logger(c, stderr)
+	if err != nil {
+		return nil, err
+	}
+	return objstore.Open(c.Context(), objstore.Config{Endpoint: ep, Insecure: f.insecure, Bucket: bucket, Prefix: prefix,
+		Region: f.region, Logger: log})
+}
+
+func newPushCmd() *cobra.Command {
+	var (
+		sf        storeFlags
+		cf        chunkFlags
+		lf        logFlags
+		opt       objstore.PushOptions
+		source    string
+		compress  string
+		statsJSON string
+		quiet     bool
+	)
+	c := &cobra.Command{
+		Use:   "push --source PATH --store s3://BUCKET/PREFIX --volume NAME [flags]",
+		Short: "Store a new generation of a volume in an S3-compatible object store",
+		Long: `push reads the source (a block device or image file, ideally a snapshot),
+cuts it into content-defined chunks and stores it as the volume's next
+generation: it uploads only the chunks the store does not hold yet, then the
+manifest. Which chunks the store holds is known from the latest manifest of
+this and every other volume (--own-volume-only: this one), not from listing
+the bucket, so a push after a small change uploads about what changed.
+` + storeHelp + `
+
+Run gc with the same --grace as push: a push has that long from reading the
+store to writing its manifest (one slower than half of it refreshes its
+chunks first), and gc never removes a chunk that such a push may rely on.
+
+--stats-json writes one JSON object ('-' for stdout): store, volume,
+generation, root_hash, base_generation, source_bytes, chunks_total,
+chunks_distinct, chunks_reused, chunks_uploaded, bytes_uploaded_raw,
+bytes_uploaded (as stored, manifest included), manifest_bytes, retries,
+scan_seconds, duration_seconds, and more.`,
+		Example: `  export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...
+  voldelta push --source /dev/vg0/db-snap --store s3://backups/dc1 --volume db \
+      --endpoint minio.dc2.example:9000
+  voldelta push --source disk.img --store s3://test/vd --volume demo \
+      --endpoint 127.0.0.1:9000 --insecure --stats-json -`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if source == "" || opt.Volume == "" {
+				return usagef(c, "--source and --volume are required")
+			}
+			if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+				return usagef(c, "%v", err)
+			}
+			var err error
+			if opt.Params, err = cf.params(c); err != nil {
+				return err
+			}
+			opt.Compression = transport.CompressionLevel(compress)
+			if _, err := transport.NewCompressor(opt.Compression); err != nil {
+				return usagef(c, "--compress: %v", err)
+			}
+			if opt.Grace <= 0 {
+				return usagef(c, "--grace %s: want a positive duration", opt.Grace)
+			}
+			s, err := sf.open(c, &lf)
+			if err != nil {
+				return err
+			}
+			f, size, err := agent.OpenSource(source)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			opt.Parallel = sf.parallel
+			st, err := s.Push(c.Context(), f, size, opt)
+			if err != nil {
+				return fmt.Errorf("push %s: %w", opt.Volume, err)
+			}
+			if statsJSON != "" {
+				if err := writeJSON(statsJSON, st); err != nil {
+					return fmt.Errorf("write --stats-json: %w", err)
+				}
+			}
+			if !quiet {
+				fmt.Fprintf(stderr, "voldelta: %s generation %d stored (root %s): %d of %d chunks uploaded (%d already in the store), %s of %s raw, %s stored, in %.1fs\n",
+					st.Volume, st.Generation, st.RootHash[:16], st.ChunksUploaded, st.ChunksDistinct, st.ChunksReused,
+					humanBytes(st.BytesUploadedRaw), humanBytes(st.SourceBytes), humanBytes(st.BytesUploaded), st.DurationSeconds)
+			}
+			return nil
+		},
+	}
+	fs := c.Flags()
+	fs.StringVar(&source, "source", "", "block device or image file to store (required)")
+	fs.StringVar(&opt.Volume, "volume", "", "volume name in the store (required)")
+	sf.register(fs)
+	fs.StringVar(&compress, "compress", string(transport.CompressionFastest), "zstd level for chunk objects: off, fastest, default or better")
+	fs.IntVar(&opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
+	fs.BoolVar(&opt.OwnVolumeOnly, "own-volume-only", false, "deduplicate only against this volume's latest generation")
+	fs.BoolVar(&opt.ConfirmAll, "confirm-all", false, "HEAD every chunk reused from earlier generations and upload any that is missing (after objects were deleted by hand)")
+	fs.DurationVar(&opt.Grace, "grace", objstore.DefaultGrace, "the gc grace period of this store (use gc's value)")
+	fs.StringVar(&statsJSON, "stats-json", "", "write the push's statistics as JSON to this file ('-' for stdout)")
+	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line")
+	cf.register(fs)
+	lf.register(fs, "warn")
+	return c
+}
+
+func newPullCmd() *cobra.Command {
+	var (
+		sf        storeFlags
+		lf        logFlags
+		opt       objstore.PullOptions
+		verify    string
+		buffer    string
+		statsJSON string
+		quiet     bool
+	)
+	c := &cobra.Command{
+		Use:   "pull --store s3://BUCKET/PREFIX --volume NAME --target PATH --state-dir DIR [flags]",
+		Short: "Apply a generation from an object store to a target, in place",
+		Long: `pull writes a generation of a volume (the latest, or --generation) into the
+target (a block device or an image file, created if missing) exactly as
+'receive' applies a sync round: what is already in place is skipped, what is
+elsewhere in the target is copied locally, and only the rest is downloaded.
+Writes are journaled; the new state is committed only after the target was
+fsynced and verified against the generation's root hash. An interrupted pull
+is resumed by the next one, which downloads only what is still missing.
+
+The state directory keeps, per volume, the manifest of what the target holds
+(so the next pull does not re-read it), the receiver's generation counter and
+store.json, naming the store generation last pulled. 'voldelta status
+--state-dir DIR' shows whether the target is current.
+` + storeHelp + `
+
+--stats-json writes one JSON object ('-' for stdout): store, volume,
+generation (the store's), local_generation (committed in --state-dir),
+resumed, root_hash, source_bytes, chunks_total, chunks_skipped,
+chunks_copied, chunks_fetched, bytes_fetched_raw, bytes_downloaded (as
+stored, manifest included), manifest_bytes, retries, duration_seconds.`,
+		Example: `  voldelta pull --store s3://backups/dc1 --volume db --endpoint minio.dc2.example:9000 \
+      --target /dev/vg0/db-replica --state-dir /var/lib/voldelta
+  voldelta pull --store s3://test/vd --volume demo --generation 3 \
+      --endpoint 127.0.0.1:9000 --insecure --target replica.img --state-dir state --stats-json -`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if opt.Volume == "" || opt.Target == "" || opt.StateDir == "" {
+				return usagef(c, "--volume, --target and --state-dir are required")
+			}
+			if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+				return usagef(c, "%v", err)
+			}
+			if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
+				return usagef(c, "--verify %q: want written or full", verify)
+			}
+			n, err := parseSize(buffer)
+			if err != nil {
+				return usagef(c, "--apply-buffer: %v", err)
+			}
+			if n == 0 || n > 1<<40 {
+				return usagef(c, "--apply-buffer %s: want 1 byte to 1 TiB", buffer)
+			}
+			s, err := sf.open(c, &lf)
+			if err != nil {
+				return err
+			}
+			log, _ := lf.logger(c, stderr)
+			opt.Receiver = receiver.Options{Verify: receiver.VerifyMode(verify), ApplyBuffer: int64(n), Logger: log}
+			opt.Parallel = sf.parallel
+			st, err := s.Pull(c.Context(), opt)
+			if err != nil {
+				if st != nil && st.BytesDownloaded > 0 && !quiet {
+					fmt.Fprintf(stderr, "voldelta: pull interrupted after downloading %s; the next pull resumes it\n", humanBytes(st.BytesDownloaded))
+				}
+				return fmt.Errorf("pull %s: %w", opt.Volume, err)
+			}
+			if statsJSON != "" {
+				if err := writeJSON(statsJSON, st); err != nil {
+					return fmt.Errorf("write --stats-json: %w", err)
+				}
+			}
+			if !quiet {
+				resumed := ""
+				if st.Resumed {
+					resumed = ", resuming an interrupted pull"
+				}
+				fmt.Fprintf(stderr, "voldelta: %s generation %d applied to %s (root %s, local generation %d%s): %d of %d chunks downloaded, %d copied locally, %d already in place; %s downloaded, in %.1fs\n",
+					st.Volume, st.Generation, opt.Target, st.RootHash[:16], st.LocalGeneration, resumed, st.ChunksFetched, st.ChunksTotal,
+					st.ChunksCopied, st.ChunksSkipped, humanBytes(st.BytesDownloaded), st.DurationSeconds)
+			}
+			return nil
+		},
+	}
+	fs := c.Flags()
+	fs.StringVar(&opt.Volume, "volume", "", "volume name in the store and in --state-dir (required)")
+	fs.StringVar(&opt.Target, "target", "", "block device or image file to write (required; a file is created if missing)")
+	fs.StringVar(&opt.StateDir, "state-dir", "", "directory keeping the target's state (required)")
+	fs.Uint64Var(&opt.Generation, "generation", 0, "store generation to apply (default: the latest)")
+	sf.register(fs)
+	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "check before commit: written (read back what was written) or full (re-hash the whole target)")
+	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written")
+	fs.StringVar(&statsJSON, "stats-json", "", "write the pull's statistics as JSON to this file ('-' for stdout)")
+	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line")
+	lf.register(fs, "warn")
+	return c
+}
+
+func newGCCmd() *cobra.Command {
+	var (
+		sf        storeFlags
+		lf        logFlags
+		opt       objstore.GCOptions
+		statsJSON string
+		quiet     bool
+	)
+	c := &cobra.Command{
+		Use:   "gc --store s3://BUCKET/PREFIX [--keep N] [flags]",
+		Short: "Remove old generations and unreferenced chunks from an object store",
+		Long: `gc removes, for every volume, the generations beyond the newest --keep
+(default: keep all), and the chunk objects no remaining generation
+references (for example those of an interrupted push).
+
+It is safe to run while pushes run, with the rule: a chunk is removed only
+if no generation references it, no generation removed less than --grace ago
+references it, and the chunk object is older than --grace; a push writes its
+manifest within --grace of reading the store. So the chunks of generations
+removed now are deleted by a gc that runs --grace later. --grace 0 removes
+them at once, and is safe only when no push runs. Give push the same --grace.
+` + storeHelp + `
+
+--stats-json writes one JSON object ('-' for stdout): manifests_kept,
+manifests_removed, chunks_referenced, chunks_kept, chunks_young,
+chunks_removed, bytes_removed, trash_removed, duration_seconds, and more.`,
+		Example: `  voldelta gc --store s3://backups/dc1 --endpoint minio.dc2.example:9000 --keep 7
+  voldelta gc --store s3://test/vd --endpoint 127.0.0.1:9000 --insecure --keep 1 --grace 0 --dry-run`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if opt.Keep < 0 {
+				return usagef(c, "--keep %d: want 0 (all) or more", opt.Keep)
+			}
+			switch {
+			case opt.Grace < 0:
+				return usagef(c, "--grace %s: want 0 or more", opt.Grace)
+			case opt.Grace == 0:
+				opt.Grace = -1 // none
+			}
+			s, err := sf.open(c, &lf)
+			if err != nil {
+				return err
+			}
+			opt.Parallel = sf.parallel
+			st, err := s.GC(c.Context(), opt)
+			if err != nil {
+				return fmt.Errorf("gc: %w", err)
+			}
+			if statsJSON != "" {
+				if err := writeJSON(statsJSON, st); err != nil {
+					return fmt.Errorf("write --stats-json: %w", err)
+				}
+			}
+			if !quiet {
+				what := "removed"
+				if opt.DryRun {
+					what = "would remove"
+				}
+				fmt.Fprintf(stderr, "voldelta: gc %s %d generations and %d chunks (%s); kept %d generations and %d chunks (%d unreferenced but younger than the grace), in %.1fs\n",
+					what, st.ManifestsRemoved, st.ChunksRemoved, humanBytes(st.BytesRemoved), st.ManifestsKept, st.ChunksKept, st.ChunksYoung, st.DurationSeconds)
+			}
+			return nil
+		},
+	}
+	fs := c.Flags()
+	sf.register(fs)
+	fs.IntVar(&opt.Keep, "keep", 0, "generations to keep per volume, newest first (0: all)")
+	fs.DurationVar(&opt.Grace, "grace", objstore.DefaultGrace, "protect chunks and removed generations younger than this (0: none, only when no push runs)")
+	fs.BoolVar(&opt.DryRun, "dry-run", false, "report what would be removed, remove nothing")
+	fs.StringVar(&statsJSON, "stats-json", "", "write the statistics as JSON to this file ('-' for stdout)")
+	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line")
+	lf.register(fs, "warn")
+	return c
+}
