@@ -59,7 +59,7 @@ func TestDelta(t *testing.T) {
 	if !slices.ContainsFunc(d, func(e Extent) bool { return e.Offset <= 40*blk && e.End() >= 48*blk }) {
 		t.Fatalf("Delta(s1, s2) = %v misses the zero write", d)
 	}
-	if d, _ := r.Delta("s2", "s2"); len(d) != 0 {
+	if d, _ := r.Delta("s2", "s2"); d == nil || len(d) != 0 {
 		t.Fatalf("Delta(s2, s2) = %v", d)
 	}
 }

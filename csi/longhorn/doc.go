@@ -65,12 +65,15 @@
 // Delta(base, target) lists the extents outside which the images of base and
 // target are equal: the union of the data extents of the layers after base
 // up to target (plus the range past base's size if the volume grew). It
-// reads no data. It is meant to let a later scan re-read only the chunks that
-// touch these extents: with the previous manifest of base, the scan starts
-// at the last chunk boundary at or before each changed extent and chunks
-// forward past its end until a cut point coincides with an old boundary —
-// content-defined chunking resynchronises at the first old boundary past a
-// change — and reuses the old entries everywhere else. The extents are a
+// reads no data. It is meant for a later scan to re-read only what touches
+// these extents, given base's manifest (chunk.ScanOptions.Previous and
+// Changed; the types convert with chunk.Extent(e)): segments no extent
+// touches keep their old entries, and inside a touched region chunking
+// restarts at the last old boundary before a change and stops once a cut
+// point meets an old boundary again — content-defined chunking
+// resynchronises at the first old boundary past a change. The extents are a
 // superset of the change (a layer can rewrite bytes with the same content),
-// never a subset, as long as base was not Removed since it was synced.
+// never a subset, as long as base was not Removed since it was synced. On
+// success the slice is never nil, even when empty: nil means "unknown" to
+// the scan.
 package longhorn

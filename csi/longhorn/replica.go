@@ -132,7 +132,10 @@ func (r *Replica) validate() error {
 		if d != head && d.size > r.info.Size {
 			return fmt.Errorf("%w: %s is %d bytes, larger than the volume (%d)", ErrInvalidChain, d.file, d.size, r.info.Size)
 		}
-		// A walk longer than the number of disks has met a disk twice.
+	}
+	// Every parent exists: a walk longer than the number of disks has met
+	// a disk twice.
+	for _, d := range r.disks {
 		n := 0
 		for p := d; p.parent != ""; p = r.disks[p.parent] {
 			if n++; n > len(r.disks) {
@@ -258,7 +261,7 @@ func (r *Replica) openLayer(file string) (*os.File, error) {
 // larger than base (the volume grew), the range past base's size. Outside
 // them the two images are equal. target must descend from base (or be base:
 // no extents). base "" means every data extent of target's chain, i.e.
-// target.Extents().
+// target.Extents(). The slice is empty, not nil, when nothing changed.
 //
 // Delta reads only metadata and extent maps, not data. Neither snapshot may
 // be marked Removed (a removed base may have been pruned, so its image is no
@@ -308,6 +311,9 @@ func (r *Replica) Delta(base, target string) ([]Extent, error) {
 	}
 	if b != nil && size > b.size {
 		all = append(all, Extent{Offset: b.size, Length: size - b.size})
+	}
+	if len(all) == 0 {
+		return []Extent{}, nil // no change, which is not "unknown"
 	}
 	return clipExtents(mergeExtents(all), size), nil
 }

@@ -1,0 +1,180 @@
+package longhorn
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestOpenReplicaErrors(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		setup func(f *fixture)
+		want  error
+	}{
+		{"no volume.meta", func(f *fixture) {
+			f.snap("base", "")
+			f.head("base")
+			os.Remove(filepath.Join(f.dir, volumeMetaFile))
+		}, ErrNotReplica},
+		{"bad volume.meta", func(f *fixture) {
+			f.snap("base", "")
+			f.head("base")
+			os.WriteFile(filepath.Join(f.dir, volumeMetaFile), []byte(`{"Size": 1048576, "Head": `), 0o644)
+		}, ErrBadMetadata},
+		{"empty volume.meta", func(f *fixture) {
+			f.head("")
+			os.WriteFile(filepath.Join(f.dir, volumeMetaFile), nil, 0o644)
+		}, ErrBadMetadata},
+		{"negative size", func(f *fixture) {
+			f.head("")
+			f.info.Size = -1
+			f.writeJSON(volumeMetaFile, f.info)
+		}, ErrBadMetadata},
+		{"size as a string", func(f *fixture) {
+			f.head("")
+			os.WriteFile(filepath.Join(f.dir, volumeMetaFile), []byte(`{"Size":"1","Head":"volume-head-001.img"}`), 0o644)
+		}, ErrBadMetadata},
+		{"bad disk meta", func(f *fixture) {
+			f.snap("base", "")
+			f.head("base")
+			os.WriteFile(filepath.Join(f.dir, "volume-snap-base.img.meta"), []byte(`{"Parent": 3}`), 0o644)
+		}, ErrBadMetadata},
+		{"parent with a path", func(f *fixture) {
+			f.snap("base", "")
+			l := f.snap("s", "base")
+			l.parent = "../x/volume-snap-base.img"
+			f.meta(l, false)
+			f.head("s")
+		}, ErrBadMetadata},
+		{"missing parent", func(f *fixture) {
+			f.snap("base", "")
+			f.snap("s", "base")
+			f.head("s")
+			os.Remove(filepath.Join(f.dir, "volume-snap-base.img.meta"))
+		}, ErrInvalidChain},
+		{"meta without image", func(f *fixture) {
+			f.snap("base", "")
+			f.head("base")
+			os.Remove(filepath.Join(f.dir, "volume-snap-base.img"))
+		}, ErrInvalidChain},
+		{"cycle", func(f *fixture) {
+			a := f.snap("a", "b")
+			f.snap("b", "a")
+			_ = a
+			f.head("a")
+		}, ErrInvalidChain},
+		{"cycle off the live chain", func(f *fixture) {
+			f.snap("base", "")
+			f.snap("a", "b")
+			f.snap("b", "a")
+			f.head("base")
+		}, ErrInvalidChain},
+		{"self parent", func(f *fixture) {
+			f.snap("a", "a")
+			f.head("a")
+		}, ErrBadMetadata},
+		{"head missing", func(f *fixture) {
+			f.snap("base", "")
+			f.head("base")
+			f.info.Head = "volume-head-009.img"
+			f.writeJSON(volumeMetaFile, f.info)
+		}, ErrInvalidChain},
+		{"head as a parent", func(f *fixture) {
+			f.snap("base", "")
+			h := f.head("base")
+			l := f.snap("s", "")
+			l.parent = h.file
+			f.meta(l, false)
+		}, ErrInvalidChain},
+		{"layer larger than the volume", func(f *fixture) {
+			f.layer(snapshotFile("big"), "", 2*mib)
+			f.head("big")
+		}, ErrInvalidChain},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, mib)
+			c.setup(f)
+			_, err := OpenReplica(f.dir)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("OpenReplica: %v, want %v", err, c.want)
+			}
+			if !strings.Contains(err.Error(), f.dir) {
+				t.Errorf("error does not name the directory: %v", err)
+			}
+		})
+	}
+}
+
+func TestOpenSnapshotErrors(t *testing.T) {
+	f := overlapping(t)
+	r := f.open()
+	for _, name := range []string{"nope", "", "volume-head-001.img", "volume-snap-nope.img", "base.img"} {
+		if _, err := r.OpenSnapshot(name); !errors.Is(err, ErrSnapshotNotFound) {
+			t.Errorf("OpenSnapshot(%q): %v", name, err)
+		}
+		if _, err := r.Snapshot(name); !errors.Is(err, ErrSnapshotNotFound) {
+			t.Errorf("Snapshot(%q): %v", name, err)
+		}
+	}
+
+	f.info.Rebuilding = true
+	f.writeJSON(volumeMetaFile, f.info)
+	r = f.open()
+	if !r.Info().Rebuilding {
+		t.Fatal("Info().Rebuilding not set")
+	}
+	if _, err := r.OpenSnapshot("s1"); !errors.Is(err, ErrRebuilding) {
+		t.Errorf("OpenSnapshot on a rebuilding replica: %v", err)
+	}
+	if _, err := r.Delta("base", "s1"); !errors.Is(err, ErrRebuilding) {
+		t.Errorf("Delta on a rebuilding replica: %v", err)
+	}
+
+	f.info.Rebuilding = false
+	f.info.BackingFilePath = "/var/lib/longhorn/backing-images/x/backing"
+	f.writeJSON(volumeMetaFile, f.info)
+	r = f.open()
+	if _, err := r.OpenSnapshot("s1"); !errors.Is(err, ErrBackingFile) {
+		t.Errorf("OpenSnapshot with a backing file: %v", err)
+	}
+	if _, err := r.Delta("", "s1"); !errors.Is(err, ErrBackingFile) {
+		t.Errorf("Delta from nothing with a backing file: %v", err)
+	}
+	if _, err := r.Delta("base", "s1"); err != nil {
+		t.Errorf("Delta between snapshots with a backing file: %v", err)
+	}
+}
+
+// TestIgnoredFiles: files that are not layers do not disturb the chain, and
+// a disk is named after its meta file, not the Name inside it.
+func TestIgnoredFiles(t *testing.T) {
+	f := overlapping(t)
+	for _, name := range []string{"revision.counter", "volume.meta.tmp", "volume-snap-s1.img.checksum",
+		"volume-snap-s1.img.meta.tmp", "volume-delta-x.img", "other.meta"} {
+		if err := os.WriteFile(filepath.Join(f.dir, name), []byte("{garbage"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(f.dir, "dir.img.meta"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r := f.open()
+	if n := len(r.Snapshots()); n != 3 {
+		t.Fatalf("%d snapshots", n)
+	}
+	checkImage(t, f, r, "s1")
+}
+
+func TestParseCreated(t *testing.T) {
+	for _, s := range []string{"2026-01-02T03:04:05Z", "Fri Jan  2 03:04:05 +0000 2026"} {
+		if parseCreated(s).IsZero() {
+			t.Errorf("parseCreated(%q) is zero", s)
+		}
+	}
+	if !parseCreated("").IsZero() || !parseCreated("yesterday").IsZero() {
+		t.Error("unparsable times must be zero")
+	}
+}
