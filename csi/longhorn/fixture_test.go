@@ -40,7 +40,7 @@ type lhDisk struct {
 // fixture builds a replica directory of real sparse files and keeps an
 // in-memory model of every layer.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	dir    string
 	size   uint64 // volume size
 	info   lhInfo
@@ -59,7 +59,7 @@ type modelLayer struct {
 	removed bool
 }
 
-func newFixture(t *testing.T, size uint64) *fixture {
+func newFixture(t testing.TB, size uint64) *fixture {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "pvc-test-0123abcd")
 	if err := os.Mkdir(dir, 0o755); err != nil {
