@@ -1,0 +1,48 @@
+package csi
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/voldelta/voldelta/agent"
+)
+
+// Image is a readable point-in-time image of a volume.
+type Image interface {
+	io.ReaderAt
+	// Size is the image's size in bytes.
+	Size() uint64
+	// Close releases the image's files.
+	Close() error
+}
+
+var _ agent.Image = Image(nil)
+
+// ImageSource opens the image of a ready snapshot on this node.
+type ImageSource interface {
+	// Open returns the image of snapshot snap (Ready) of volume v. An error
+	// wrapping ErrUnsupported means no retry will help.
+	Open(ctx context.Context, v *Volume, snap SnapshotResult) (Image, error)
+}
+
+// ParseLonghornSnapshotHandle splits a Longhorn CSI snapshot handle of type
+// snap, "snap://<volume>/<snapshot>", into the Longhorn volume and snapshot
+// names (longhorn-manager csi/controller_server.go encodeSnapshotID). Other
+// types ("bak://" backups, "bi://" backing images) are not local snapshots
+// and give ErrUnsupported.
+func ParseLonghornSnapshotHandle(handle string) (volume, snapshot string, err error) {
+	typ, rest, ok := strings.Cut(handle, "://")
+	if !ok {
+		return "", "", fmt.Errorf("snapshot handle %q is not a Longhorn handle: %w", handle, ErrUnsupported)
+	}
+	if typ != "snap" {
+		return "", "", fmt.Errorf("snapshot handle %q: type %q is not an in-cluster Longhorn snapshot (use a VolumeSnapshotClass with parameters.type: snap): %w", handle, typ, ErrUnsupported)
+	}
+	volume, snapshot, ok = strings.Cut(rest, "/")
+	if !ok || safeName(volume) != nil || safeName(snapshot) != nil {
+		return "", "", fmt.Errorf("snapshot handle %q: want snap://<volume>/<snapshot>: %w", handle, ErrUnsupported)
+	}
+	return volume, snapshot, nil
+}
