@@ -16,8 +16,9 @@
 //     Removed, UserCreated, Created (RFC 3339, UTC) and Labels. Longhorn
 //     names a disk after its meta file and ignores Name — which in a
 //     snapshot's meta is the name of the head it was linked from — and so
-//     does this package. Other files (revision.counter, *.checksum, *.tmp,
-//     volume-delta-*) are not layers unless they have an .img.meta.
+//     does this package. Only the snapshots and the head volume.meta names
+//     are layers; other files (revision.counter, *.checksum, *.tmp,
+//     volume-delta-*, a leftover or half-created head) are ignored.
 //   - A snapshot "x" is the file volume-snap-x.img. Taking it hard-links the
 //     head to that name and starts a new, empty head whose parent it is; its
 //     file is not written again unless it is Removed and then coalesced with
@@ -28,7 +29,10 @@
 //     (diffDisk read-modify-writes partial sectors from the composed image);
 //     a hole means "look at the parent". Longhorn locates data with FIEMAP
 //     on a 4 KiB sector; this package uses SEEK_DATA/SEEK_HOLE, which
-//     report the same allocation. Writing zeros allocates data; holes are
+//     report the same allocation (both assume filesystem blocks of at most
+//     4 KiB, as on ext4 and XFS; a filesystem that reports no holes at all
+//     is detected and refused, ErrNoHoleSupport). Writing zeros allocates
+//     data; holes are
 //     punched only by unmap (trim), in the head and in snapshots marked
 //     Removed — and, with the setting "Remove Snapshots During Filesystem
 //     Trim" (unmapMarkSnapChainRemoved), a trim first marks the head's whole
@@ -42,9 +46,10 @@
 //
 // # Reading
 //
-//	OpenReplica(dir): parse volume.meta and every *.img.meta; check that
-//	    every parent exists, no ancestry loops, the head exists, and no
-//	    snapshot layer is larger than the volume
+//	OpenReplica(dir): parse volume.meta and the .img.meta of the head and
+//	    of every snapshot; check that every parent exists, no ancestry
+//	    loops, the head exists, and no snapshot layer is larger than the
+//	    volume
 //	OpenSnapshot(S): open S and its ancestors (base first), keep them open;
 //	    for each layer walk SEEK_DATA/SEEK_HOLE up to S's size; sweep the
 //	    extent edges of all layers, mapping every range to the topmost
@@ -55,10 +60,13 @@
 // Because the layer files stay open, a purge that coalesces, replaces or
 // deletes one of them while an Image is open does not change what it reads
 // (coalescing copies identical bytes between a layer and its child, and a
-// replaced or deleted file lives on through the open descriptor). A layer
-// that disappears between OpenReplica and OpenSnapshot gives
-// ErrChainChanged: open the replica again. A snapshot marked Removed is not
-// read, and a rebuilding replica is not read at all.
+// replaced or deleted file lives on through the open descriptor). Longhorn
+// changes a directory in steps — a new head's meta before its parent
+// snapshot exists, an unlinked name before the replacing file is linked to
+// it, a deleted file before its meta — so OpenReplica tolerates those
+// states, and a layer missing when it is opened gives ErrChainChanged: open
+// the replica again. A snapshot marked Removed is not read, and a
+// rebuilding replica is not read at all.
 //
 // # Delta
 //

@@ -16,8 +16,8 @@ var (
 	ErrBadMetadata = errors.New("bad Longhorn replica metadata")
 
 	// ErrInvalidChain means the metadata do not form a chain: a parent that
-	// does not exist, a cycle, a disk whose .img file is missing, or a layer
-	// larger than the volume.
+	// does not exist, a cycle, a missing head, a layer that is not a
+	// regular file or is larger than the volume.
 	ErrInvalidChain = errors.New("invalid Longhorn snapshot chain")
 
 	// ErrSnapshotNotFound means no snapshot of that name exists in the
@@ -41,9 +41,9 @@ var (
 	// (BackingFilePath), which this package does not read.
 	ErrBackingFile = errors.New("replicas with a backing image are not supported")
 
-	// ErrChainChanged means a layer file named by the metadata vanished
-	// between OpenReplica and the read (Longhorn purged or replaced a
-	// snapshot meanwhile). Retryable: open the replica again.
+	// ErrChainChanged means a layer file named by the metadata is missing
+	// (Longhorn is deleting or replacing it, or did so since OpenReplica).
+	// Retryable: open the replica again.
 	ErrChainChanged = errors.New("snapshot chain changed while it was opened")
 
 	// ErrNoHoleSupport means the filesystem reported a sparse layer as

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // Image is the point-in-time image of one snapshot, composed from its layer
@@ -23,6 +24,7 @@ type Image struct {
 	segs    []segment  // sorted, disjoint
 	extents []Extent   // the union of segs
 
+	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -170,6 +172,9 @@ func (img *Image) Layers() int { return len(img.files) }
 // ReadAt reads len(p) bytes at off, as io.ReaderAt: it returns io.EOF with
 // fewer bytes at the end of the image. Safe for concurrent use.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if img.closed.Load() {
+		return 0, fmt.Errorf("read snapshot %s: %w", img.snap.Name, os.ErrClosed)
+	}
 	if off < 0 {
 		return 0, fmt.Errorf("read at negative offset %d", off)
 	}
@@ -215,6 +220,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 // Close closes the layer files. Reads after Close fail.
 func (img *Image) Close() error {
 	img.closeOnce.Do(func() {
+		img.closed.Store(true)
 		var errs []error
 		for _, f := range img.files {
 			if err := f.Close(); err != nil {

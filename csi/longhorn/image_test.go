@@ -381,8 +381,10 @@ func TestClose(t *testing.T) {
 	if err := img.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if _, err := img.ReadAt(make([]byte, blk), 0); !errors.Is(err, os.ErrClosed) {
-		t.Fatalf("ReadAt after Close: %v", err)
+	for _, off := range []int64{0, 900 * blk} { // data, and a hole
+		if _, err := img.ReadAt(make([]byte, blk), off); !errors.Is(err, os.ErrClosed) {
+			t.Fatalf("ReadAt at %d after Close: %v", off, err)
+		}
 	}
 }
 

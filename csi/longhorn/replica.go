@@ -30,6 +30,7 @@ type disk struct {
 	created     time.Time
 	labels      map[string]string
 	size        uint64 // apparent size of the .img when the replica was opened
+	missing     bool   // the .img did not exist then
 }
 
 // Snapshot describes one snapshot of a replica.
@@ -52,14 +53,18 @@ type Snapshot struct {
 	Labels map[string]string
 	// Size is the layer file's apparent size: the volume size when the
 	// snapshot was taken, and the size of the image OpenSnapshot reads.
+	// It is 0 if the file was missing when the replica was opened
+	// (Longhorn was replacing or deleting it).
 	Size uint64
 }
 
-// OpenReplica reads the metadata of the replica directory dir: volume.meta
-// and every <disk>.img.meta. It checks that every parent exists and has its
-// .img file, that no chain loops, that the head named by volume.meta exists,
-// and that no snapshot layer is larger than the volume. It opens no layer
-// file for reading; OpenSnapshot and Delta do.
+// OpenReplica reads the metadata of the replica directory dir: volume.meta,
+// the .img.meta of the head it names and of every snapshot. It checks that
+// every parent exists, that no ancestry loops, that the head exists, and
+// that no snapshot layer is larger than the volume. It opens no layer file
+// for reading; OpenSnapshot and Delta do, and report ErrChainChanged for a
+// layer whose file is missing (Longhorn replaces a file by unlinking its
+// name first, and deletes a file before its meta).
 //
 // A replica that is rebuilding or records an error still opens (Info says
 // so); OpenSnapshot and Delta refuse a rebuilding one.
@@ -86,10 +91,16 @@ func OpenReplica(dir string) (*Replica, error) {
 			continue
 		}
 		file := strings.TrimSuffix(name, metaSuffix)
-		if !validDiskFile(file) {
+		// Only snapshots and the head volume.meta names are layers: another
+		// head is a leftover, or one being created whose parent snapshot
+		// does not exist yet.
+		if !isSnapshotFile(file) && file != info.Head {
 			continue
 		}
 		data, err := readMeta(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted since ReadDir: Longhorn removes a disk's file, then its meta
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read disk metadata: %w", err)
 		}
@@ -97,14 +108,19 @@ func OpenReplica(dir string) (*Replica, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w: %v", filepath.Join(dir, name), ErrBadMetadata, err)
 		}
-		st, err := os.Stat(filepath.Join(dir, file))
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s has metadata but no layer file: %v", ErrInvalidChain, file, err)
-		}
-		if !st.Mode().IsRegular() {
+		switch st, err := os.Stat(filepath.Join(dir, file)); {
+		case errors.Is(err, fs.ErrNotExist):
+			// Being deleted, or replaced (Longhorn unlinks the old
+			// name before linking the new file to it): reading it
+			// reports ErrChainChanged.
+			d.missing = true
+		case err != nil:
+			return nil, fmt.Errorf("stat layer: %w", err)
+		case !st.Mode().IsRegular():
 			return nil, fmt.Errorf("%w: %s is not a regular file", ErrInvalidChain, file)
+		default:
+			d.size = uint64(st.Size())
 		}
-		d.size = uint64(st.Size())
 		r.disks[file] = d
 	}
 	if err := r.validate(); err != nil {
