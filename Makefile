@@ -58,5 +58,10 @@ fuzz:
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./chunk ./transport ./e2e
 
+## bench-tools: build the pinned restic client the WAN benchmark (bench/) compares with (once, cached)
+.PHONY: bench-tools
+bench-tools:
+	GO=$(GO) ./scripts/ensure-restic.sh >/dev/null
+
 clean:
 	rm -rf bin
