@@ -74,12 +74,27 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 	if err := s.put(ctx, "write gc marker", marker, fmt.Appendf(nil, "gc by %s pid %d at %s\n", host, os.Getpid(), time.Now().UTC().Format(time.RFC3339)), false); err != nil {
 		return nil, err
 	}
-	info, err := s.stat(ctx, "read gc marker", marker)
+	// A listing has millisecond precision, a HEAD only seconds.
+	var t0 time.Time
+	err := s.list(ctx, "read gc marker", marker, func(o minio.ObjectInfo) error {
+		if o.Key == marker {
+			t0 = o.LastModified
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	cutoff := info.LastModified.Add(-opt.Grace)
-	s.log.Info("gc started", "server_time", info.LastModified, "cutoff", cutoff, "keep", opt.Keep)
+	if t0.IsZero() {
+		return nil, fmt.Errorf("gc marker %s not listed after it was written", marker)
+	}
+	cutoff := t0.Add(-opt.Grace)
+	// Without a grace, manifests removed by this run reference nothing.
+	trashCutoff := cutoff
+	if opt.Grace == 0 {
+		trashCutoff = time.Unix(1<<40, 0)
+	}
+	s.log.Info("gc started", "server_time", t0, "cutoff", cutoff, "keep", opt.Keep)
 
 	// 1. Move the generations beyond Keep to the trash.
 	gens, err := s.generations(ctx, "")
@@ -153,7 +168,7 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 	st.ManifestsKept = len(refs)
 	var oldTrash []string
 	err = s.list(ctx, "list trash", s.trashPrefix(), func(o minio.ObjectInfo) error {
-		if o.LastModified.Before(cutoff) {
+		if o.LastModified.Before(trashCutoff) {
 			oldTrash = append(oldTrash, o.Key)
 		} else {
 			refs = append(refs, ref{o.Key, "removed manifest " + o.Key})

@@ -39,11 +39,12 @@ type PullStats struct {
 	Resumed            bool    `json:"resumed"` // an interrupted pull was resumed
 	RootHash           string  `json:"root_hash"`
 	SourceBytes        uint64  `json:"source_bytes"`
-	ChunksTotal        uint64  `json:"chunks_total"`
-	ChunksSkipped      uint64  `json:"chunks_skipped"`
+	Entries            uint64  `json:"entries"`        // manifest entries: data chunks and zero runs
+	ChunksTotal        uint64  `json:"chunks_total"`   // data chunks
+	ChunksSkipped      uint64  `json:"chunks_skipped"` // entries already in place
 	ChunksCopied       uint64  `json:"chunks_copied"`
 	ChunksFetched      uint64  `json:"chunks_fetched"`
-	ZeroRuns           uint64  `json:"chunks_zeroed"`
+	ZeroRuns           uint64  `json:"chunks_zeroed"`     // zero runs written
 	BytesFetchedRaw    uint64  `json:"bytes_fetched_raw"` // chunk bytes after decompression
 	BytesDownloaded    uint64  `json:"bytes_downloaded"`  // objects as stored: chunks and the manifest
 	ManifestBytes      uint64  `json:"manifest_bytes"`
@@ -89,7 +90,7 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 			return st, err
 		}
 		if gen == 0 {
-			return st, fmt.Errorf("%w: volume %q has no generation in %s", ErrNotFound, opt.Volume, s)
+			return st, failf(ErrNotFound, "volume %q has no generation in %s", opt.Volume, s)
 		}
 	}
 	m, n, err := s.ReadManifest(ctx, opt.Volume, gen)
@@ -128,6 +129,7 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 		return st, err
 	}
 	st.LocalGeneration = r.Generation
+	st.Entries = uint64(len(m.Entries))
 	st.ChunksSkipped, st.ChunksCopied, st.ChunksFetched, st.ZeroRuns = r.Skipped, r.Copied, r.Fetched, r.Zeroed
 	for _, e := range m.Entries {
 		if !e.Zero {

@@ -36,9 +36,10 @@ type PushOptions struct {
 	// Grace: see DefaultGrace; it must not exceed gc's.
 	Grace time.Duration
 
-	// beforeManifest, if set, runs after the chunks were uploaded and
-	// before the manifest is written (tests).
-	beforeManifest func(ctx context.Context) error
+	// Test hooks: afterUpload runs once the chunks were uploaded, before
+	// the refresh and the confirmation; beforeWrite just before the
+	// manifest is written.
+	afterUpload, beforeWrite func(ctx context.Context) error
 }
 
 // PushStats describes a push; the JSON names are those of --stats-json.
@@ -150,8 +151,8 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	}
 	log.Info("chunks uploaded", "chunks", len(upload), "reused", len(reused), "bytes", up.objBytes.Load())
 
-	if opt.beforeManifest != nil {
-		if err := opt.beforeManifest(ctx); err != nil {
+	if opt.afterUpload != nil {
+		if err := opt.afterUpload(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -196,6 +197,11 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	body, err := m.MarshalBinary()
 	if err != nil {
 		return nil, err
+	}
+	if opt.beforeWrite != nil {
+		if err := opt.beforeWrite(ctx); err != nil {
+			return nil, err
+		}
 	}
 	gen := latest + 1
 	for {
@@ -286,6 +292,9 @@ const maxManifestObject = 1 << 30
 // ReadManifest reads and validates generation gen of volume.
 func (s *Store) ReadManifest(ctx context.Context, volume string, gen uint64) (*chunk.Manifest, int, error) {
 	body, err := s.get(ctx, fmt.Sprintf("read generation %d of %s", gen, volume), s.manifestKey(volume, gen), maxManifestObject)
+	if errors.Is(err, ErrNotFound) {
+		return nil, 0, failf(ErrNotFound, "generation %d of volume %q is not in %s (never pushed, or removed by gc)", gen, volume, s)
+	}
 	if err != nil {
 		return nil, 0, err
 	}
@@ -478,5 +487,6 @@ func (u *uploader) refresh(ctx context.Context, entries []chunk.Entry) (uint64, 
 			return err
 		})
 	}
-	return n.Load(), g.Wait()
+	err := g.Wait()
+	return n.Load(), err
 }

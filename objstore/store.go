@@ -42,6 +42,19 @@ var (
 	ErrSourceChanged = errors.New("source changed while it was read")
 )
 
+// kindError is an error of one of the kinds above with its own message.
+type kindError struct {
+	kind error
+	err  error
+}
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+
+func failf(kind error, format string, a ...any) error {
+	return &kindError{kind: kind, err: fmt.Errorf(format, a...)}
+}
+
 // DefaultGrace is the gc grace period and the time a push has from reading
 // its base manifests to writing its own (see the package doc).
 const DefaultGrace = 24 * time.Hour
@@ -279,7 +292,7 @@ func parseManifestKey(base, key string) (string, uint64, bool) {
 // Error classification.
 
 func (s *Store) noBucket() error {
-	return fmt.Errorf("%w: bucket %q does not exist at %s (create it, or check --store and --endpoint)", ErrNoBucket, s.bucket, strings.SplitN(s.where, " at ", 2)[1])
+	return failf(ErrNoBucket, "bucket %q does not exist at %s (create it, or check --store and --endpoint)", s.bucket, strings.SplitN(s.where, " at ", 2)[1])
 }
 
 // classify turns a failed request into one of the sentinel errors, or an
@@ -292,7 +305,7 @@ func (s *Store) classify(op string, err error) (_ error, transient bool) {
 	case "NoSuchBucket":
 		return s.noBucket(), false
 	case "NoSuchKey", "NoSuchObject":
-		return fmt.Errorf("%w: %s: %s", ErrNotFound, op, r.Key), false
+		return failf(ErrNotFound, "%s: %s is not in the store", op, r.Key), false
 	case "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "XMinioServerNotInitialized",
 		"XMinioStorageFull", "XMinioReadQuorum", "XMinioWriteQuorum", "OperationTimedOut":
 		return fmt.Errorf("%s: %s (%s)", op, r.Code, r.Message), true
@@ -301,7 +314,7 @@ func (s *Store) classify(op string, err error) (_ error, transient bool) {
 		return fmt.Errorf("%s: HTTP %d %s", op, r.StatusCode, r.Code), true
 	}
 	if r.StatusCode == http.StatusNotFound {
-		return fmt.Errorf("%w: %s", ErrNotFound, op), false
+		return failf(ErrNotFound, "%s: not in the store (HTTP 404)", op), false
 	}
 	if r.Code != "" || r.StatusCode != 0 {
 		return fmt.Errorf("%s: %s (HTTP %d): %s", op, r.Code, r.StatusCode, r.Message), false
