@@ -199,7 +199,8 @@ store.json, naming the store generation last pulled. 'voldelta status
 
 --stats-json writes one JSON object ('-' for stdout): store, volume,
 generation (the store's), local_generation (committed in --state-dir),
-resumed, root_hash, source_bytes, chunks_total, chunks_skipped,
+resumed, root_hash, source_bytes, entries (data chunks and zero runs),
+chunks_total (data chunks), chunks_skipped (entries in place),
 chunks_copied, chunks_fetched, bytes_fetched_raw, bytes_downloaded (as
 stored, manifest included), manifest_bytes, retries, duration_seconds.`,
 		Example: `  voldelta pull --store s3://backups/dc1 --volume db --endpoint minio.dc2.example:9000 \
@@ -248,9 +249,9 @@ stored, manifest included), manifest_bytes, retries, duration_seconds.`,
 				if st.Resumed {
 					resumed = ", resuming an interrupted pull"
 				}
-				fmt.Fprintf(stderr, "voldelta: %s generation %d applied to %s (root %s, local generation %d%s): %d of %d chunks downloaded, %d copied locally, %d already in place; %s downloaded, in %.1fs\n",
-					st.Volume, st.Generation, opt.Target, st.RootHash[:16], st.LocalGeneration, resumed, st.ChunksFetched, st.ChunksTotal,
-					st.ChunksCopied, st.ChunksSkipped, humanBytes(st.BytesDownloaded), st.DurationSeconds)
+				fmt.Fprintf(stderr, "voldelta: %s generation %d applied to %s (root %s, local generation %d%s): %d chunks downloaded (%s), %d copied locally, %d of %d entries already in place, in %.1fs\n",
+					st.Volume, st.Generation, opt.Target, st.RootHash[:16], st.LocalGeneration, resumed, st.ChunksFetched, humanBytes(st.BytesDownloaded),
+					st.ChunksCopied, st.ChunksSkipped, st.Entries, st.DurationSeconds)
 			}
 			return nil
 		},
