@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -21,140 +20,29 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/internal/miniotest"
 )
 
 // The tests run against one real MinIO server for the package, started by
 // TestMain on loopback with a temporary data directory. Each test makes its
 // own bucket.
 
-const (
-	rootUser = "voldelta-test"
-	rootPass = "voldelta-test-secret"
-)
-
-var server *minioServer
-
-type minioServer struct {
-	endpoint string
-	cmd      *exec.Cmd
-	dir      string
-	log      *bytes.Buffer
-	exited   chan struct{}
-}
-
-// minioBinary finds the MinIO server built by scripts/ensure-minio.sh.
-func minioBinary() (string, error) {
-	path := os.Getenv("VOLDELTA_MINIO")
-	if path == "" {
-		cache := os.Getenv("CACHE")
-		if cache == "" {
-			base := os.Getenv("XDG_CACHE_HOME")
-			if base == "" {
-				home, _ := os.UserHomeDir()
-				base = filepath.Join(home, ".cache")
-			}
-			cache = filepath.Join(base, "voldelta")
-		}
-		path = filepath.Join(cache, "bin", "minio")
-	}
-	if _, err := os.Stat(path); err != nil {
-		return "", fmt.Errorf("the objstore tests need a MinIO server binary at %s (%v): run scripts/ensure-minio.sh or `make tools` (builds it once, ~5 minutes), or set VOLDELTA_MINIO", path, err)
-	}
-	return path, nil
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// startMinio starts a server and waits until it is live.
-func startMinio(bin string) (*minioServer, error) {
-	dir, err := os.MkdirTemp("", "voldelta-minio-")
-	if err != nil {
-		return nil, err
-	}
-	var lastErr error
-	for range 3 { // a free port may be taken before the server binds it
-		port, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		s := &minioServer{endpoint: fmt.Sprintf("127.0.0.1:%d", port), dir: dir, log: &bytes.Buffer{}, exited: make(chan struct{})}
-		s.cmd = exec.Command(bin, "server", "--quiet", "--address", s.endpoint, filepath.Join(dir, "data"))
-		s.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+rootUser, "MINIO_ROOT_PASSWORD="+rootPass,
-			"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
-		s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-		if err := s.cmd.Start(); err != nil {
-			return nil, err
-		}
-		go func() { s.cmd.Wait(); close(s.exited) }()
-		if lastErr = s.waitLive(30 * time.Second); lastErr == nil {
-			return s, nil
-		}
-		s.stopKeepDir()
-	}
-	os.RemoveAll(dir)
-	return nil, lastErr
-}
-
-func (s *minioServer) waitLive(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		select {
-		case <-s.exited:
-			return fmt.Errorf("minio exited: %s", s.log.String())
-		default:
-		}
-		resp, err := http.Get("http://" + s.endpoint + "/minio/health/live")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("minio at %s not live after %s: %s", s.endpoint, timeout, s.log.String())
-}
-
-func (s *minioServer) stopKeepDir() {
-	s.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-s.exited:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-	}
-}
-
-func (s *minioServer) stop() {
-	s.stopKeepDir()
-	os.RemoveAll(s.dir)
-}
+var server *miniotest.Server
 
 func TestMain(m *testing.M) {
-	bin, err := minioBinary()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		os.Exit(1)
-	}
-	if server, err = startMinio(bin); err != nil {
+	var err error
+	if server, err = miniotest.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: start minio:", err)
 		os.Exit(1)
 	}
 	code := m.Run()
-	server.stop()
+	server.Stop()
 	os.Exit(code)
 }
 
 // adminClient talks to the test server with the root credentials.
 func adminClient(t testing.TB) *minio.Client {
-	cl, err := minio.New(server.endpoint, &minio.Options{Creds: credentials.NewStaticV4(rootUser, rootPass, "")})
+	cl, err := server.Client()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,8 +69,8 @@ func newBucket(t testing.TB) string {
 
 func testConfig(bucket string) Config {
 	return Config{
-		Endpoint: server.endpoint, Insecure: true, Bucket: bucket, Prefix: "vd/test",
-		Creds: credentials.NewStaticV4(rootUser, rootPass, ""),
+		Endpoint: server.Endpoint, Insecure: true, Bucket: bucket, Prefix: "vd/test",
+		Creds: miniotest.Creds(),
 		Retry: Retry{Attempts: 6, Base: 5 * time.Millisecond, Max: 100 * time.Millisecond},
 	}
 }

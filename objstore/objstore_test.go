@@ -13,6 +13,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/internal/miniotest"
 )
 
 const volSize = 32 << 20
@@ -312,7 +313,7 @@ func TestPermanentErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, user, pass string
 	}{
-		{"wrong secret", rootUser, "not-the-secret"},
+		{"wrong secret", miniotest.User, "not-the-secret"},
 		{"unknown key", "nobody", "whatever-secret"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,170 @@
+// Package miniotest runs a real MinIO server on loopback for tests: the
+// binary scripts/ensure-minio.sh builds, a free port, a temporary data
+// directory, and buckets made on request.
+package miniotest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// Root credentials of every test server.
+const (
+	User     = "voldelta-test"
+	Password = "voldelta-test-secret"
+)
+
+// Server is a running MinIO server.
+type Server struct {
+	Endpoint string // 127.0.0.1:PORT, plain HTTP
+	cmd      *exec.Cmd
+	dir      string
+	mu       sync.Mutex
+	log      bytes.Buffer
+	exited   chan struct{}
+}
+
+// Binary returns the path of the MinIO server built by
+// scripts/ensure-minio.sh ($VOLDELTA_MINIO overrides it), or an error that
+// says how to build it.
+func Binary() (string, error) {
+	path := os.Getenv("VOLDELTA_MINIO")
+	if path == "" {
+		cache := os.Getenv("CACHE") // exported by the Makefile
+		if cache == "" {
+			base := os.Getenv("XDG_CACHE_HOME")
+			if base == "" {
+				home, _ := os.UserHomeDir()
+				base = filepath.Join(home, ".cache")
+			}
+			cache = filepath.Join(base, "voldelta")
+		}
+		path = filepath.Join(cache, "bin", "minio")
+	}
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Errorf("these tests need the MinIO server binary at %s (%v): run scripts/ensure-minio.sh or `make tools` (builds it once, several minutes), or set VOLDELTA_MINIO", path, err)
+	}
+	return path, nil
+}
+
+// Start starts a server and waits until it is live.
+func Start() (*Server, error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "voldelta-minio-")
+	if err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for range 3 { // a free port may be taken before the server binds it
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		s := &Server{Endpoint: fmt.Sprintf("127.0.0.1:%d", port), dir: dir, exited: make(chan struct{})}
+		s.cmd = exec.Command(bin, "server", "--quiet", "--address", s.Endpoint, filepath.Join(dir, "data"))
+		s.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+User, "MINIO_ROOT_PASSWORD="+Password,
+			"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
+		s.cmd.Stdout, s.cmd.Stderr = (*lockedWriter)(s), (*lockedWriter)(s)
+		if err := s.cmd.Start(); err != nil {
+			return nil, err
+		}
+		go func() { s.cmd.Wait(); close(s.exited) }()
+		if lastErr = s.waitLive(30 * time.Second); lastErr == nil {
+			return s, nil
+		}
+		s.kill()
+	}
+	os.RemoveAll(dir)
+	return nil, lastErr
+}
+
+type lockedWriter Server
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.log.Write(p)
+}
+
+// Log returns what the server printed.
+func (s *Server) Log() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.log.String()
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func (s *Server) waitLive(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.exited:
+			return fmt.Errorf("minio exited: %s", s.Log())
+		default:
+		}
+		resp, err := http.Get("http://" + s.Endpoint + "/minio/health/live")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("minio at %s not live after %s: %s", s.Endpoint, timeout, s.Log())
+}
+
+func (s *Server) kill() {
+	s.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+	}
+}
+
+// Stop stops the server and removes its data.
+func (s *Server) Stop() {
+	s.kill()
+	os.RemoveAll(s.dir)
+}
+
+// Creds returns the root credentials.
+func Creds() *credentials.Credentials { return credentials.NewStaticV4(User, Password, "") }
+
+// Client returns a client with the root credentials.
+func (s *Server) Client() (*minio.Client, error) {
+	return minio.New(s.Endpoint, &minio.Options{Creds: Creds()})
+}
+
+// MakeBucket creates a bucket.
+func (s *Server) MakeBucket(ctx context.Context, name string) error {
+	cl, err := s.Client()
+	if err != nil {
+		return err
+	}
+	return cl.MakeBucket(ctx, name, minio.MakeBucketOptions{})
+}
