@@ -493,3 +493,35 @@ func TestConfirmAll(t *testing.T) {
 	h := &history{data: map[string][][]byte{"v": {v, v}}}
 	h.assertRestorable(t, s, "v", 2)
 }
+
+// lostAnswer performs the first manifest PUT and then reports a connection
+// reset, as when the answer is lost.
+type lostAnswer struct {
+	next http.RoundTripper
+	done atomic.Bool
+}
+
+func (l *lostAnswer) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.next.RoundTrip(r)
+	if err == nil && r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") && l.done.CompareAndSwap(false, true) {
+		resp.Body.Close()
+		return nil, errReset
+	}
+	return resp, err
+}
+
+// A manifest write whose answer is lost is retried; the retry finds the
+// generation written (by itself) and does not take another number.
+func TestManifestWriteAnswerLost(t *testing.T) {
+	cfg := testConfig(newBucket(t))
+	cfg.Transport = &lostAnswer{next: defaultTransport(t)}
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := genVolume(12, 1<<20)
+	st := push(t, s, "v", v, PushOptions{})
+	if st.Generation != 1 || st.Retries == 0 || countObjects(t, s, "manifests/") != 1 {
+		t.Fatalf("push with a lost answer: generation %d, %d retries, %d manifests", st.Generation, st.Retries, countObjects(t, s, "manifests/"))
+	}
+}

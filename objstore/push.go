@@ -1,6 +1,7 @@
 package objstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -215,7 +216,11 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 		if !errors.Is(err, errExists) {
 			return nil, err
 		}
-		// A concurrent push of this volume took the number.
+		// Our own write, whose answer was lost and retried? Otherwise a
+		// concurrent push of this volume took the number.
+		if got, err := s.get(ctx, "read back manifest", s.manifestKey(opt.Volume, gen), maxManifestObject); err == nil && bytes.Equal(got, body) {
+			break
+		}
 		log.Warn("generation taken by a concurrent push; taking the next", "generation", gen)
 		if gen, err = s.latestGeneration(ctx, opt.Volume); err != nil {
 			return nil, err
