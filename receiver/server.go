@@ -53,6 +53,9 @@ type Config struct {
 	Resolve func(ctx context.Context, volume string) (string, error)
 	// Authorize, if set, decides whether a peer may write a volume.
 	Authorize func(volume string, peer transport.Identity) error
+	// OnCommit, if set, is called after a session committed a generation
+	// of volume, before the result is sent to the agent (keep it short).
+	OnCommit func(volume string, peer transport.Identity, r Result)
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
 	// Name identifies this receiver to agents; default the host name.
@@ -304,6 +307,9 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	r, err := ap.Commit(srvCtx)
 	if err != nil {
 		return err
+	}
+	if s.cfg.OnCommit != nil {
+		s.cfg.OnCommit(hello.Volume, sess.Peer(), r)
 	}
 	msg := transport.Result{Generation: r.Generation, Root: r.Root, Skipped: r.Skipped, Copied: r.Copied, Fetched: r.Fetched,
 		Zeroed: r.Zeroed, CopyBytes: r.CopyBytes, FetchBytes: r.FetchBytes}
