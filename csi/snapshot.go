@@ -98,6 +98,11 @@ func (s *Snapshotter) EnsureSnapshot(ctx context.Context, req SnapshotRequest) (
 	if src := vs.Spec.Source.PersistentVolumeClaimName; src == nil || *src != req.PVC {
 		return SnapshotResult{}, fmt.Errorf("VolumeSnapshot %s/%s exists but is not a snapshot of PVC %s", req.Namespace, req.Name, req.PVC)
 	}
+	if req.Owner != nil && !created {
+		if ref := metav1.GetControllerOf(vs); ref == nil || ref.UID != req.Owner.UID {
+			return SnapshotResult{}, fmt.Errorf("VolumeSnapshot %s/%s exists but was not taken for %s %s", req.Namespace, req.Name, req.Owner.Kind, req.Owner.Name)
+		}
+	}
 	res := SnapshotResult{Created: created, RetryAfter: s.poll}
 	if vs.DeletionTimestamp != nil {
 		return res, fmt.Errorf("VolumeSnapshot %s/%s is being deleted: %w", req.Namespace, req.Name, ErrSnapshotFailed)

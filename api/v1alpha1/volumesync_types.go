@@ -192,6 +192,12 @@ type VolumeSyncStatus struct {
 	// +optional
 	PendingSnapshot string `json:"pendingSnapshot,omitempty"`
 
+	// PendingManualTrigger is spec.trigger.manual when the pending
+	// snapshot was taken; it becomes lastManualTrigger when that round
+	// commits (a bump after the snapshot needs another round).
+	// +optional
+	PendingManualTrigger string `json:"pendingManualTrigger,omitempty"`
+
 	// Rounds counts the successful rounds.
 	// +optional
 	Rounds int64 `json:"rounds,omitempty"`

@@ -1,0 +1,21 @@
+// Package k8sagent is the node agent's VolumeSync reconciler: it runs the
+// sync rounds of the VolumeSyncs whose source volume is attached to its own
+// node and reports them in their status.
+//
+//	Reconcile(VolumeSync):
+//	    resolve spec.sourcePVC → PV → device; attached node ≠ this node → ignore
+//	    paused → phase Paused, stop
+//	    not due (no pending round, no manual bump, interval not elapsed)
+//	        → RequeueAfter(nextSyncTime − now)
+//	    no pending snapshot → status.pendingSnapshot = <name>-<time>, Syncing
+//	    EnsureSnapshot → not ready: RequeueAfter (or a watch event)
+//	    open its image (csi.ImageSource) → agent.Sync with the Secret's TLS
+//	    failed → Degraded (reason), keep the snapshot, retry with backoff
+//	    committed → status: figures, Ready; the snapshot becomes the base;
+//	        older snapshots of this VolumeSync are deleted
+//	        → RequeueAfter(interval)
+//
+// Only the agent on the volume's node writes a VolumeSync's status. The
+// VolumeSnapshots it creates carry the labels voldelta.io/volumesync and
+// voldelta.io/node, and its snapshot watch is scoped to its node by label.
+package k8sagent

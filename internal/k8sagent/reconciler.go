@@ -1,0 +1,502 @@
+package k8sagent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/voldelta/voldelta/agent"
+	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/transport"
+)
+
+// Labels of the VolumeSnapshots the agent takes.
+const (
+	LabelVolumeSync = "voldelta.io/volumesync"
+	LabelNode       = "voldelta.io/node"
+)
+
+// SyncFunc runs one round; agent.Sync in production.
+type SyncFunc func(ctx context.Context, opt agent.Options) (*agent.Stats, error)
+
+// Options configure a Reconciler.
+type Options struct {
+	// Client reads VolumeSyncs and writes their status (the manager's
+	// client). Required.
+	Client client.Client
+	// Kube reads Secrets (one Get per round, never cached) and what the
+	// Resolver needs. Required.
+	Kube kubernetes.Interface
+	// Snapshots lists and deletes the agent's VolumeSnapshots. Required.
+	Snapshots snapclient.Interface
+	// Resolver, Snapshotter and Images resolve volumes, take snapshots
+	// and open their images. Required.
+	Resolver    *csi.Resolver
+	Snapshotter *csi.Snapshotter
+	Images      csi.ImageSource
+	// NodeName is this agent's node (from the NODE_NAME environment
+	// variable in the DaemonSet). Required.
+	NodeName string
+	// Sync runs a round; default agent.Sync.
+	Sync SyncFunc
+	// Params are the chunking parameters; zero: chunk.DefaultParams().
+	Params chunk.Params
+	// Streams is the number of data streams per round; 0: the transport's
+	// default.
+	Streams int
+	// Clock; default the real clock.
+	Clock clock.PassiveClock
+	// Metrics, if set, are updated after every round.
+	Metrics *Metrics
+	// Logger; nil logs nothing.
+	Logger *slog.Logger
+	// RetryAfterUnresolved is how long to wait before looking again at a
+	// VolumeSync whose volume cannot be resolved or is not attached;
+	// default 30s. Watches on VolumeAttachments and Longhorn Volumes
+	// usually wake it earlier.
+	RetryAfterUnresolved time.Duration
+}
+
+// Reconciler runs the rounds of the VolumeSyncs of its node.
+type Reconciler struct{ o Options }
+
+// New checks o and returns a Reconciler.
+func New(o Options) (*Reconciler, error) {
+	switch {
+	case o.Client == nil:
+		return nil, errors.New("k8sagent: Options.Client is required")
+	case o.Kube == nil:
+		return nil, errors.New("k8sagent: Options.Kube is required")
+	case o.Snapshots == nil:
+		return nil, errors.New("k8sagent: Options.Snapshots is required")
+	case o.Resolver == nil || o.Snapshotter == nil || o.Images == nil:
+		return nil, errors.New("k8sagent: Options.Resolver, Snapshotter and Images are required")
+	case o.NodeName == "":
+		return nil, errors.New("k8sagent: Options.NodeName is required (set NODE_NAME)")
+	}
+	if o.Sync == nil {
+		o.Sync = agent.Sync
+	}
+	if o.Params == (chunk.Params{}) {
+		o.Params = chunk.DefaultParams()
+	}
+	if err := o.Params.Validate(); err != nil {
+		return nil, err
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.RetryAfterUnresolved <= 0 {
+		o.RetryAfterUnresolved = 30 * time.Second
+	}
+	return &Reconciler{o: o}, nil
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := r.o.Logger.With("volumesync", req.String())
+	var vs v1alpha1.VolumeSync
+	if err := r.o.Client.Get(ctx, req.NamespacedName, &vs); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.o.Metrics.forget(req.Namespace, req.Name)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if vs.DeletionTimestamp != nil {
+		return ctrl.Result{}, nil // its snapshots are garbage-collected through their owner reference
+	}
+	orig := vs.DeepCopy()
+
+	vol, err := r.o.Resolver.ResolvePVC(ctx, vs.Namespace, vs.Spec.SourcePVC)
+	var att csi.Attachment
+	if err == nil {
+		att, err = r.o.Resolver.AttachedNode(ctx, vol)
+	}
+	if err != nil {
+		// Nobody owns it while it is unresolved: the agent that last did (or
+		// any, if none did) reports why.
+		if vs.Status.Node != "" && vs.Status.Node != r.o.NodeName {
+			return ctrl.Result{}, nil
+		}
+		if !isUnresolved(err) {
+			return ctrl.Result{}, err
+		}
+		r.degrade(&vs, v1alpha1.ReasonSourceNotFound, err.Error())
+		return ctrl.Result{RequeueAfter: r.o.RetryAfterUnresolved}, r.patchStatus(ctx, orig, &vs)
+	}
+	if att.Node != r.o.NodeName {
+		log.Debug("volume attached elsewhere", "node", att.Node)
+		return ctrl.Result{}, nil
+	}
+	vs.Status.Node = r.o.NodeName
+	vs.Status.ObservedGeneration = vs.Generation
+
+	dest, err := r.destination(&vs)
+	if err != nil {
+		r.degrade(&vs, v1alpha1.ReasonInvalidSpec, err.Error())
+		return ctrl.Result{}, r.patchStatus(ctx, orig, &vs) // a spec change wakes us
+	}
+	if vs.Spec.Paused && vs.Status.PendingSnapshot == "" {
+		vs.Status.Phase = v1alpha1.PhasePaused
+		vs.Status.NextSyncTime = nil
+		setCondition(&vs, v1alpha1.ConditionSyncing, metav1.ConditionFalse, v1alpha1.ReasonPaused, "spec.paused is set")
+		r.ensureReadyCondition(&vs)
+		return ctrl.Result{}, r.patchStatus(ctx, orig, &vs)
+	}
+
+	now := r.o.Clock.Now()
+	if vs.Status.PendingSnapshot == "" {
+		if due, wait := r.due(&vs, now); !due {
+			r.idle(&vs, now)
+			if err := r.patchStatus(ctx, orig, &vs); err != nil {
+				return ctrl.Result{}, err
+			}
+			return ctrl.Result{RequeueAfter: wait}, nil
+		}
+		// Start a round: record the snapshot's name before creating it, so
+		// a restart finds and reuses it.
+		vs.Status.PendingSnapshot = snapshotName(vs.Name, now, vs.Status.Rounds+1, vs.Status.ConsecutiveFailures)
+		vs.Status.PendingManualTrigger = vs.Spec.Trigger.Manual
+		start := metav1.NewTime(now)
+		vs.Status.LastSyncStartTime = &start
+	}
+	vs.Status.Phase = v1alpha1.PhaseSyncing
+	vs.Status.NextSyncTime = nil
+	setCondition(&vs, v1alpha1.ConditionSyncing, metav1.ConditionTrue, v1alpha1.ReasonWaitingSnapshot, "waiting for VolumeSnapshot "+vs.Status.PendingSnapshot)
+	r.ensureReadyCondition(&vs)
+	if err := r.patchStatus(ctx, orig, &vs); err != nil {
+		return ctrl.Result{}, err
+	}
+	orig = vs.DeepCopy()
+
+	owner := metav1.NewControllerRef(&vs, v1alpha1.GroupVersion.WithKind("VolumeSync"))
+	snap, err := r.o.Snapshotter.EnsureSnapshot(ctx, csi.SnapshotRequest{
+		Namespace: vs.Namespace, Name: vs.Status.PendingSnapshot, PVC: vs.Spec.SourcePVC,
+		Class: vs.Spec.VolumeSnapshotClassName, Owner: owner,
+		Labels: map[string]string{LabelVolumeSync: vs.Name, LabelNode: r.o.NodeName},
+	})
+	if errors.Is(err, csi.ErrSnapshotFailed) {
+		log.Warn("snapshot failed; taking another", "snapshot", vs.Status.PendingSnapshot, "err", err)
+		if _, derr := r.o.Snapshotter.EnsureDeleted(ctx, vs.Namespace, vs.Status.PendingSnapshot); derr != nil {
+			log.Warn("delete failed snapshot", "err", derr)
+		}
+		vs.Status.PendingSnapshot = ""
+		return r.failed(ctx, orig, &vs, v1alpha1.ReasonSnapshotFailed, err)
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if !snap.Ready {
+		return ctrl.Result{RequeueAfter: snap.RetryAfter}, nil
+	}
+
+	tcfg, err := r.transport(ctx, &vs, dest)
+	if err != nil {
+		return r.failed(ctx, orig, &vs, v1alpha1.ReasonSecretInvalid, err)
+	}
+	img, err := r.o.Images.Open(ctx, vol, snap)
+	if err != nil {
+		reason := v1alpha1.ReasonSyncFailed
+		if errors.Is(err, csi.ErrUnsupported) {
+			reason = v1alpha1.ReasonInvalidSpec
+		}
+		return r.failed(ctx, orig, &vs, reason, fmt.Errorf("open snapshot %s: %w", vs.Status.PendingSnapshot, err))
+	}
+	defer img.Close()
+
+	setCondition(&vs, v1alpha1.ConditionSyncing, metav1.ConditionTrue, v1alpha1.ReasonSending,
+		fmt.Sprintf("sending snapshot %s to %s as %q", vs.Status.PendingSnapshot, dest.addr, dest.volume))
+	if err := r.patchStatus(ctx, orig, &vs); err != nil {
+		return ctrl.Result{}, err
+	}
+	orig = vs.DeepCopy()
+
+	log.Info("round starts", "snapshot", vs.Status.PendingSnapshot, "receiver", dest.addr, "volume", dest.volume, "bytes", img.Size())
+	stats, err := r.o.Sync(ctx, agent.Options{
+		Source:    vs.Namespace + "/" + vs.Status.PendingSnapshot,
+		Image:     img,
+		Addr:      dest.addr,
+		Volume:    dest.volume,
+		Params:    r.o.Params,
+		Transport: tcfg,
+		Logger:    log,
+		Name:      "voldelta-agent@" + r.o.NodeName,
+	})
+	if err != nil {
+		reason := v1alpha1.ReasonSyncFailed
+		var re *transport.RemoteError
+		switch {
+		case errors.Is(err, agent.ErrRootMismatch):
+			reason = v1alpha1.ReasonRootMismatch
+		case errors.As(err, &re):
+			reason = v1alpha1.ReasonReceiverRefused
+		}
+		log.Warn("round failed", "err", err)
+		return r.failed(ctx, orig, &vs, reason, err)
+	}
+
+	end := r.o.Clock.Now()
+	st := &vs.Status
+	started := end
+	if st.LastSyncStartTime != nil {
+		started = st.LastSyncStartTime.Time
+	}
+	endT := metav1.NewTime(end)
+	st.LastSyncTime = &endT
+	st.LastSyncDuration = &metav1.Duration{Duration: end.Sub(started).Round(time.Millisecond)}
+	st.LastGeneration = int64(stats.Generation)
+	st.LastRootHash = stats.RootHash
+	st.LastSourceBytes = int64(stats.SourceBytes)
+	st.LastBytesSent = int64(stats.BytesSentRaw)
+	st.LastWireBytes = stats.WireBytes
+	st.LastManualTrigger = st.PendingManualTrigger
+	st.PendingManualTrigger = ""
+	st.BaseSnapshot = st.PendingSnapshot
+	st.PendingSnapshot = ""
+	st.Rounds++
+	st.ConsecutiveFailures = 0
+	setCondition(&vs, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonSynced,
+		fmt.Sprintf("generation %d committed: %d bytes sent of %d", stats.Generation, stats.BytesSentRaw, stats.SourceBytes))
+	setCondition(&vs, v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonNoProblem, "")
+	_, wait := r.due(&vs, end)
+	r.idle(&vs, end)
+	if err := r.patchStatus(ctx, orig, &vs); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.o.Metrics.success(vs.Namespace, vs.Name, started, end, stats.Generation, stats.BytesSentRaw, stats.WireBytes)
+	log.Info("round committed", "generation", stats.Generation, "sent", stats.BytesSentRaw, "wire", stats.WireBytes, "root", stats.RootHash)
+	if err := r.pruneSnapshots(ctx, &vs); err != nil {
+		log.Warn("delete older snapshots", "err", err) // retried after the next round
+	}
+	return ctrl.Result{RequeueAfter: wait}, nil
+}
+
+// due reports whether a round should start at now and, if not, how long
+// until one is due (0: only a spec change will make one due).
+func (r *Reconciler) due(vs *v1alpha1.VolumeSync, now time.Time) (bool, time.Duration) {
+	st := &vs.Status
+	if st.LastSyncTime == nil {
+		return true, 0
+	}
+	if m := vs.Spec.Trigger.Manual; m != "" && m != st.LastManualTrigger {
+		return true, 0
+	}
+	if iv := vs.Spec.Trigger.Interval; iv != nil && iv.Duration > 0 {
+		next := st.LastSyncTime.Add(iv.Duration)
+		if !now.Before(next) {
+			return true, 0
+		}
+		return false, next.Sub(now)
+	}
+	return false, 0
+}
+
+// idle sets the status of a VolumeSync waiting for its next round.
+func (r *Reconciler) idle(vs *v1alpha1.VolumeSync, now time.Time) {
+	st := &vs.Status
+	st.NextSyncTime = nil
+	if iv := vs.Spec.Trigger.Interval; iv != nil && iv.Duration > 0 && st.LastSyncTime != nil {
+		t := metav1.NewTime(st.LastSyncTime.Add(iv.Duration))
+		st.NextSyncTime = &t
+	}
+	switch {
+	case st.ConsecutiveFailures > 0:
+		st.Phase = v1alpha1.PhaseDegraded
+	case st.LastSyncTime == nil:
+		st.Phase = v1alpha1.PhasePending
+	default:
+		st.Phase = v1alpha1.PhaseIdle
+	}
+	setCondition(vs, v1alpha1.ConditionSyncing, metav1.ConditionFalse, v1alpha1.ReasonIdle, "")
+	r.ensureReadyCondition(vs)
+}
+
+func (r *Reconciler) ensureReadyCondition(vs *v1alpha1.VolumeSync) {
+	if meta.FindStatusCondition(vs.Status.Conditions, v1alpha1.ConditionReady) == nil {
+		setCondition(vs, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonNeverSynced, "no round has committed yet")
+	}
+	if meta.FindStatusCondition(vs.Status.Conditions, v1alpha1.ConditionDegraded) == nil {
+		setCondition(vs, v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonNoProblem, "")
+	}
+}
+
+// degrade records a problem that is not a failed round.
+func (r *Reconciler) degrade(vs *v1alpha1.VolumeSync, reason, msg string) {
+	vs.Status.Phase = v1alpha1.PhaseDegraded
+	vs.Status.ObservedGeneration = vs.Generation
+	setCondition(vs, v1alpha1.ConditionDegraded, metav1.ConditionTrue, reason, msg)
+	setCondition(vs, v1alpha1.ConditionReady, metav1.ConditionFalse, reason, msg)
+	setCondition(vs, v1alpha1.ConditionSyncing, metav1.ConditionFalse, reason, "")
+}
+
+// failed records a failed attempt and schedules a retry with backoff.
+func (r *Reconciler) failed(ctx context.Context, orig, vs *v1alpha1.VolumeSync, reason string, err error) (ctrl.Result, error) {
+	vs.Status.ConsecutiveFailures++
+	r.degrade(vs, reason, err.Error())
+	r.o.Metrics.failure(vs.Namespace, vs.Name)
+	if perr := r.patchStatus(ctx, orig, vs); perr != nil {
+		return ctrl.Result{}, perr
+	}
+	return ctrl.Result{RequeueAfter: Backoff(vs.Status.ConsecutiveFailures)}, nil
+}
+
+// Backoff is the wait before retry n (1-based): 5s doubling up to 5m.
+func Backoff(n int32) time.Duration {
+	d := 5 * time.Second
+	for i := int32(1); i < n && d < 5*time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, 5*time.Minute)
+}
+
+func (r *Reconciler) patchStatus(ctx context.Context, orig, vs *v1alpha1.VolumeSync) error {
+	if err := r.o.Client.Status().Patch(ctx, vs, client.MergeFrom(orig)); err != nil {
+		return fmt.Errorf("update status: %w", err)
+	}
+	return nil
+}
+
+func setCondition(vs *v1alpha1.VolumeSync, typ string, status metav1.ConditionStatus, reason, msg string) {
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	meta.SetStatusCondition(&vs.Status.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: vs.Generation,
+	})
+}
+
+func isUnresolved(err error) bool {
+	return errors.Is(err, csi.ErrNotFound) || errors.Is(err, csi.ErrNotBound) || errors.Is(err, csi.ErrNotCSI) || errors.Is(err, csi.ErrNotAttached)
+}
+
+// snapshotName names the snapshot of attempt failures of round n, started
+// at t: unique per VolumeSync, at most 253 characters (an object name).
+func snapshotName(vs string, t time.Time, n int64, failures int32) string {
+	suffix := fmt.Sprintf("-%s-%d-%d", t.UTC().Format("20060102-150405"), n, failures)
+	if len(vs) > 253-len(suffix) {
+		vs = vs[:253-len(suffix)]
+	}
+	return vs + suffix
+}
+
+type destination struct {
+	addr, serverName, volume string
+	rate                     float64
+}
+
+func (r *Reconciler) destination(vs *v1alpha1.VolumeSync) (destination, error) {
+	d := vs.Spec.Destination
+	out := destination{addr: d.Address, serverName: d.ServerName, volume: d.VolumeName}
+	host, _, err := net.SplitHostPort(d.Address)
+	if err != nil {
+		return out, fmt.Errorf("spec.destination.address %q: want host:port", d.Address)
+	}
+	if out.serverName == "" {
+		out.serverName = host
+	}
+	if out.volume == "" {
+		out.volume = vs.Namespace + "-" + vs.Spec.SourcePVC
+	}
+	if err := transport.ValidateVolumeName(out.volume); err != nil {
+		return out, fmt.Errorf("spec.destination.volumeName: %v", err)
+	}
+	if bw := strings.TrimSpace(vs.Spec.BandwidthLimit); bw != "" {
+		if out.rate, err = transport.ParseRate(bw); err != nil {
+			return out, fmt.Errorf("spec.bandwidthLimit: %v", err)
+		}
+	}
+	if d.TLSSecretName == "" {
+		return out, errors.New("spec.destination.tlsSecretName is empty")
+	}
+	return out, nil
+}
+
+// transport builds the round's transport configuration from the TLS Secret.
+func (r *Reconciler) transport(ctx context.Context, vs *v1alpha1.VolumeSync, d destination) (transport.Config, error) {
+	cfg := transport.DefaultConfig()
+	if r.o.Streams > 0 {
+		cfg.Streams = r.o.Streams
+	}
+	cfg.BandwidthLimit = d.rate
+	name := vs.Spec.Destination.TLSSecretName
+	sec, err := r.o.Kube.CoreV1().Secrets(vs.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return cfg, fmt.Errorf("TLS Secret %s/%s: %w", vs.Namespace, name, err)
+	}
+	t, err := TLSFromSecret(sec, false)
+	if err != nil {
+		return cfg, err
+	}
+	t.ServerName = d.serverName
+	cfg.TLS = t
+	return cfg, cfg.Validate()
+}
+
+// TLSFromSecret builds the mutual-TLS configuration of one end from a
+// Secret with ca.crt, tls.crt and tls.key (the layout of cert-manager's and
+// kubernetes.io/tls Secrets).
+func TLSFromSecret(sec *corev1.Secret, server bool) (*tls.Config, error) {
+	var missing []string
+	for _, k := range []string{"ca.crt", corev1.TLSCertKey, corev1.TLSPrivateKeyKey} {
+		if len(sec.Data[k]) == 0 {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return nil, fmt.Errorf("TLS Secret %s/%s lacks %s", sec.Namespace, sec.Name, strings.Join(missing, ", "))
+	}
+	cert, err := tls.X509KeyPair(sec.Data[corev1.TLSCertKey], sec.Data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		return nil, fmt.Errorf("TLS Secret %s/%s: %w", sec.Namespace, sec.Name, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(sec.Data["ca.crt"]) {
+		return nil, fmt.Errorf("TLS Secret %s/%s: ca.crt holds no PEM certificate", sec.Namespace, sec.Name)
+	}
+	return transport.NewTLS(cert, pool, server), nil
+}
+
+// pruneSnapshots deletes this VolumeSync's snapshots other than the base
+// and the pending one.
+func (r *Reconciler) pruneSnapshots(ctx context.Context, vs *v1alpha1.VolumeSync) error {
+	list, err := r.o.Snapshots.SnapshotV1().VolumeSnapshots(vs.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: LabelVolumeSync + "=" + vs.Name,
+	})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, s := range list.Items {
+		if s.Name == vs.Status.BaseSnapshot || s.Name == vs.Status.PendingSnapshot || !metav1.IsControlledBy(&s, vs) {
+			continue
+		}
+		if _, err := r.o.Snapshotter.EnsureDeleted(ctx, s.Namespace, s.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,407 @@
+package k8sagent_test
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapfake "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/fake"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/voldelta/voldelta/agent"
+	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/internal/k8sagent"
+	"github.com/voldelta/voldelta/internal/pki"
+	"github.com/voldelta/voldelta/transport"
+)
+
+type memImage struct{ *bytes.Reader }
+
+func (m memImage) Size() uint64 { return uint64(m.Len()) }
+func (m memImage) Close() error { return nil }
+
+// images opens every ready snapshot as a fixed byte image and records the
+// handles it was asked for.
+type images struct{ opened []string }
+
+func (i *images) Open(_ context.Context, _ *csi.Volume, s csi.SnapshotResult) (csi.Image, error) {
+	i.opened = append(i.opened, s.Handle)
+	return memImage{bytes.NewReader(make([]byte, 4096))}, nil
+}
+
+type fixture struct {
+	t       *testing.T
+	cl      client.Client
+	kube    *kubefake.Clientset
+	snaps   *snapfake.Clientset
+	clock   *clocktesting.FakeClock
+	imgs    *images
+	rec     *k8sagent.Reconciler
+	reg     *prometheus.Registry
+	syncs   []agent.Options
+	syncErr error
+	gen     uint64
+}
+
+const ns = "app"
+
+func newFixture(t *testing.T, node string, vs *v1alpha1.VolumeSync) *fixture {
+	t.Helper()
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("agent", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pvName := "pv-data"
+	block := corev1.PersistentVolumeBlock
+	f := &fixture{t: t, imgs: &images{}, clock: clocktesting.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}
+	f.kube = kubefake.NewClientset(
+		&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "data"},
+			Spec: corev1.PersistentVolumeClaimSpec{VolumeName: pvName}, Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound}},
+		&corev1.PersistentVolume{ObjectMeta: metav1.ObjectMeta{Name: pvName}, Spec: corev1.PersistentVolumeSpec{
+			Capacity:   corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("4Ki")},
+			VolumeMode: &block,
+			PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{
+				Driver: "example.csi.io", VolumeHandle: "vol-1"}}}},
+		&storagev1.VolumeAttachment{ObjectMeta: metav1.ObjectMeta{Name: "va-1"}, Spec: storagev1.VolumeAttachmentSpec{
+			Attacher: "example.csi.io", NodeName: "node-a", Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &pvName}},
+			Status: storagev1.VolumeAttachmentStatus{Attached: true}},
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "tls"}, Data: map[string][]byte{
+			"ca.crt": ca.PEM, "tls.crt": leaf.CertPEM, "tls.key": leaf.KeyPEM}},
+	)
+	f.snaps = snapfake.NewSimpleClientset()
+	s := runtime.NewScheme()
+	if err := k8sagent.Scheme(s); err != nil {
+		t.Fatal(err)
+	}
+	f.cl = crfake.NewClientBuilder().WithScheme(s).WithObjects(vs).WithStatusSubresource(&v1alpha1.VolumeSync{}).Build()
+	res, err := csi.NewResolver(csi.ResolverOptions{Kube: f.kube})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, err := csi.NewSnapshotter(f.snaps, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.reg = prometheus.NewRegistry()
+	m, err := k8sagent.NewMetrics(f.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.rec, err = k8sagent.New(k8sagent.Options{
+		Client: f.cl, Kube: f.kube, Snapshots: f.snaps, Resolver: res, Snapshotter: sn, Images: f.imgs,
+		NodeName: node, Clock: f.clock, Metrics: m,
+		Sync: func(ctx context.Context, opt agent.Options) (*agent.Stats, error) {
+			f.syncs = append(f.syncs, opt)
+			if f.syncErr != nil {
+				return nil, f.syncErr
+			}
+			f.gen++
+			f.clock.Step(3 * time.Second)
+			return &agent.Stats{Generation: f.gen, RootHash: "abc", SourceBytes: opt.Image.Size(), BytesSentRaw: 100 * f.gen, WireBytes: 150}, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func volumeSync() *v1alpha1.VolumeSync {
+	return &v1alpha1.VolumeSync{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "data", UID: types.UID("uid-1"), Generation: 1},
+		Spec: v1alpha1.VolumeSyncSpec{
+			SourcePVC:               "data",
+			Destination:             v1alpha1.Destination{Address: "replica.example:7300", TLSSecretName: "tls"},
+			Trigger:                 v1alpha1.Trigger{Interval: &metav1.Duration{Duration: 10 * time.Minute}},
+			VolumeSnapshotClassName: "snap-class",
+			BandwidthLimit:          "100Mbit",
+		},
+	}
+}
+
+func (f *fixture) reconcile() ctrl.Result {
+	f.t.Helper()
+	res, err := f.rec.Reconcile(context.Background(), ctrl.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "data"}})
+	if err != nil {
+		f.t.Fatalf("reconcile: %v", err)
+	}
+	return res
+}
+
+func (f *fixture) get() *v1alpha1.VolumeSync {
+	f.t.Helper()
+	var vs v1alpha1.VolumeSync
+	if err := f.cl.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: "data"}, &vs); err != nil {
+		f.t.Fatal(err)
+	}
+	return &vs
+}
+
+// ready plays the snapshot controller for snapshot name.
+func (f *fixture) ready(name string) {
+	f.t.Helper()
+	ctx := context.Background()
+	vs, err := f.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	yes, handle, content := true, "handle-"+name, "content-"+name
+	if _, err := f.snaps.SnapshotV1().VolumeSnapshotContents().Create(ctx, &snapv1.VolumeSnapshotContent{
+		ObjectMeta: metav1.ObjectMeta{Name: content},
+		Spec:       snapv1.VolumeSnapshotContentSpec{Driver: "example.csi.io"},
+		Status:     &snapv1.VolumeSnapshotContentStatus{SnapshotHandle: &handle, ReadyToUse: &yes},
+	}, metav1.CreateOptions{}); err != nil {
+		f.t.Fatal(err)
+	}
+	vs.Status = &snapv1.VolumeSnapshotStatus{BoundVolumeSnapshotContentName: &content, ReadyToUse: &yes}
+	if _, err := f.snaps.SnapshotV1().VolumeSnapshots(ns).UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) snapshots() []string {
+	f.t.Helper()
+	l, err := f.snaps.SnapshotV1().VolumeSnapshots(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []string
+	for _, s := range l.Items {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+func cond(vs *v1alpha1.VolumeSync, typ string) metav1.Condition {
+	c := meta.FindStatusCondition(vs.Status.Conditions, typ)
+	if c == nil {
+		return metav1.Condition{}
+	}
+	return *c
+}
+
+func TestRoundsOnOwnNode(t *testing.T) {
+	f := newFixture(t, "node-a", volumeSync())
+
+	// Round 1: the snapshot is taken and awaited.
+	res := f.reconcile()
+	vs := f.get()
+	first := vs.Status.PendingSnapshot
+	if first == "" || res.RequeueAfter <= 0 || vs.Status.Phase != v1alpha1.PhaseSyncing || vs.Status.Node != "node-a" {
+		t.Fatalf("after the first reconcile: result %+v, status %+v", res, vs.Status)
+	}
+	if c := cond(vs, v1alpha1.ConditionSyncing); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonWaitingSnapshot {
+		t.Fatalf("Syncing = %+v", c)
+	}
+	if got := f.snapshots(); len(got) != 1 || got[0] != first {
+		t.Fatalf("snapshots %v", got)
+	}
+	f.reconcile() // still not ready: nothing changes
+	if len(f.syncs) != 0 || len(f.snapshots()) != 1 {
+		t.Fatalf("synced before the snapshot was ready")
+	}
+
+	f.ready(first)
+	res = f.reconcile()
+	if len(f.syncs) != 1 {
+		t.Fatalf("%d rounds, want 1", len(f.syncs))
+	}
+	opt := f.syncs[0]
+	if opt.Addr != "replica.example:7300" || opt.Volume != "app-data" || opt.Transport.TLS == nil ||
+		opt.Transport.TLS.ServerName != "replica.example" || opt.Transport.BandwidthLimit != 100e6/8 || opt.Name != "voldelta-agent@node-a" {
+		t.Fatalf("sync options %+v", opt)
+	}
+	if len(f.imgs.opened) != 1 || f.imgs.opened[0] != "handle-"+first {
+		t.Fatalf("images opened: %v", f.imgs.opened)
+	}
+	vs = f.get()
+	st := vs.Status
+	if st.Phase != v1alpha1.PhaseIdle || st.LastGeneration != 1 || st.LastRootHash != "abc" || st.LastBytesSent != 100 ||
+		st.LastWireBytes != 150 || st.LastSourceBytes != 4096 || st.BaseSnapshot != first || st.PendingSnapshot != "" ||
+		st.Rounds != 1 || st.LastSyncTime == nil || st.LastSyncDuration == nil || st.LastSyncDuration.Duration != 3*time.Second ||
+		st.NextSyncTime == nil || st.ObservedGeneration != 1 {
+		t.Fatalf("status after round 1: %+v", st)
+	}
+	if c := cond(vs, v1alpha1.ConditionReady); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonSynced {
+		t.Fatalf("Ready = %+v", c)
+	}
+	if c := cond(vs, v1alpha1.ConditionDegraded); c.Status != metav1.ConditionFalse {
+		t.Fatalf("Degraded = %+v", c)
+	}
+	if res.RequeueAfter != 10*time.Minute {
+		t.Fatalf("requeue after %v, want the interval", res.RequeueAfter)
+	}
+
+	// Not due yet: nothing happens, the wait shrinks.
+	f.clock.Step(4 * time.Minute)
+	if res := f.reconcile(); res.RequeueAfter != 6*time.Minute || len(f.snapshots()) != 1 {
+		t.Fatalf("before the interval: %+v, snapshots %v", res, f.snapshots())
+	}
+
+	// A manual trigger starts a round at once; the base is kept until it commits.
+	vs = f.get()
+	vs.Spec.Trigger.Manual = "cutover-1"
+	if err := f.cl.Update(context.Background(), vs); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile()
+	vs = f.get()
+	second := vs.Status.PendingSnapshot
+	if second == "" || second == first || vs.Status.PendingManualTrigger != "cutover-1" {
+		t.Fatalf("manual trigger did not start a round: %+v", vs.Status)
+	}
+	if got := f.snapshots(); len(got) != 2 {
+		t.Fatalf("snapshots during round 2: %v, want base and pending", got)
+	}
+	f.ready(second)
+	f.reconcile()
+	vs = f.get()
+	if vs.Status.LastManualTrigger != "cutover-1" || vs.Status.BaseSnapshot != second || vs.Status.LastGeneration != 2 {
+		t.Fatalf("status after round 2: %+v", vs.Status)
+	}
+	if got := f.snapshots(); len(got) != 1 || got[0] != second {
+		t.Fatalf("snapshots after round 2: %v, want only %s", got, second)
+	}
+
+	if n := testutil.ToFloat64(metricVec(t, f.reg, "voldelta_agent_rounds_total")); n != 2 {
+		t.Errorf("rounds_total = %v", n)
+	}
+}
+
+// metricVec sums a metric family's values.
+func metricVec(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "sum"})
+	g.Set(sum)
+	return g
+}
+
+func TestOtherNodeIgnores(t *testing.T) {
+	f := newFixture(t, "node-b", volumeSync())
+	if res := f.reconcile(); res != (ctrl.Result{}) {
+		t.Fatalf("result %+v", res)
+	}
+	if vs := f.get(); vs.Status.Node != "" || vs.Status.Phase != "" || len(f.snapshots()) != 0 {
+		t.Fatalf("an agent on another node acted: %+v, snapshots %v", vs.Status, f.snapshots())
+	}
+}
+
+func TestFailedRoundKeepsSnapshotAndBacksOff(t *testing.T) {
+	f := newFixture(t, "node-a", volumeSync())
+	f.reconcile()
+	pending := f.get().Status.PendingSnapshot
+	f.ready(pending)
+	f.syncErr = &transport.RemoteError{Code: transport.ErrCodeForbidden, Message: "not allowed"}
+	res := f.reconcile()
+	vs := f.get()
+	if c := cond(vs, v1alpha1.ConditionDegraded); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonReceiverRefused {
+		t.Fatalf("Degraded = %+v", c)
+	}
+	if vs.Status.PendingSnapshot != pending || vs.Status.ConsecutiveFailures != 1 || vs.Status.Phase != v1alpha1.PhaseDegraded {
+		t.Fatalf("status %+v", vs.Status)
+	}
+	if res.RequeueAfter != k8sagent.Backoff(1) {
+		t.Fatalf("requeue %v", res.RequeueAfter)
+	}
+	f.syncErr = agent.ErrRootMismatch
+	res = f.reconcile()
+	if c := cond(f.get(), v1alpha1.ConditionDegraded); c.Reason != v1alpha1.ReasonRootMismatch || res.RequeueAfter != k8sagent.Backoff(2) {
+		t.Fatalf("Degraded = %+v, requeue %v", c, res.RequeueAfter)
+	}
+	// The retry reads the same snapshot and then succeeds.
+	f.syncErr = nil
+	f.reconcile()
+	vs = f.get()
+	if vs.Status.BaseSnapshot != pending || vs.Status.ConsecutiveFailures != 0 || cond(vs, v1alpha1.ConditionDegraded).Status != metav1.ConditionFalse {
+		t.Fatalf("after the retry: %+v", vs.Status)
+	}
+	for _, h := range f.imgs.opened {
+		if h != "handle-"+pending {
+			t.Fatalf("opened %v", f.imgs.opened)
+		}
+	}
+}
+
+func TestPausedAndInvalid(t *testing.T) {
+	vs := volumeSync()
+	vs.Spec.Paused = true
+	f := newFixture(t, "node-a", vs)
+	f.reconcile()
+	got := f.get()
+	if got.Status.Phase != v1alpha1.PhasePaused || len(f.snapshots()) != 0 || cond(got, v1alpha1.ConditionSyncing).Reason != v1alpha1.ReasonPaused {
+		t.Fatalf("paused: %+v", got.Status)
+	}
+
+	vs = volumeSync()
+	vs.Spec.BandwidthLimit = "fast"
+	f = newFixture(t, "node-a", vs)
+	f.reconcile()
+	if c := cond(f.get(), v1alpha1.ConditionDegraded); c.Reason != v1alpha1.ReasonInvalidSpec || !strings.Contains(c.Message, "bandwidthLimit") {
+		t.Fatalf("invalid spec: %+v", c)
+	}
+
+	vs = volumeSync()
+	vs.Spec.Destination.TLSSecretName = "missing"
+	f = newFixture(t, "node-a", vs)
+	f.reconcile()
+	f.ready(f.get().Status.PendingSnapshot)
+	f.reconcile()
+	if c := cond(f.get(), v1alpha1.ConditionDegraded); c.Reason != v1alpha1.ReasonSecretInvalid {
+		t.Fatalf("missing secret: %+v", c)
+	}
+	if len(f.syncs) != 0 {
+		t.Fatal("synced without TLS")
+	}
+}
+
+func TestSourceNotFound(t *testing.T) {
+	vs := volumeSync()
+	vs.Spec.SourcePVC = "nope"
+	f := newFixture(t, "node-a", vs)
+	res := f.reconcile()
+	got := f.get()
+	if c := cond(got, v1alpha1.ConditionDegraded); c.Reason != v1alpha1.ReasonSourceNotFound || res.RequeueAfter <= 0 {
+		t.Fatalf("Degraded = %+v, result %+v", c, res)
+	}
+}
+
+func TestTLSFromSecret(t *testing.T) {
+	_, err := k8sagent.TLSFromSecret(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "s"}, Data: map[string][]byte{"tls.crt": []byte("x")}}, false)
+	if err == nil || !strings.Contains(err.Error(), "ca.crt, tls.key") {
+		t.Fatalf("err = %v", err)
+	}
+}
