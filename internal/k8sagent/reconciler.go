@@ -43,6 +43,10 @@ type Options struct {
 	// Client reads VolumeSyncs and writes their status (the manager's
 	// client). Required.
 	Client client.Client
+	// Reader, if set, reads VolumeSyncs instead of Client: the manager's
+	// API reader, so that a reconcile never acts on a status older than
+	// its own last write.
+	Reader client.Reader
 	// Kube reads Secrets (one Get per round, never cached) and what the
 	// Resolver needs. Required.
 	Kube kubernetes.Interface
@@ -93,6 +97,9 @@ func New(o Options) (*Reconciler, error) {
 	case o.NodeName == "":
 		return nil, errors.New("k8sagent: Options.NodeName is required (set NODE_NAME)")
 	}
+	if o.Reader == nil {
+		o.Reader = o.Client
+	}
 	if o.Sync == nil {
 		o.Sync = agent.Sync
 	}
@@ -118,7 +125,7 @@ func New(o Options) (*Reconciler, error) {
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	log := r.o.Logger.With("volumesync", req.String())
 	var vs v1alpha1.VolumeSync
-	if err := r.o.Client.Get(ctx, req.NamespacedName, &vs); err != nil {
+	if err := r.o.Reader.Get(ctx, req.NamespacedName, &vs); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.o.Metrics.forget(req.Namespace, req.Name)
 			return ctrl.Result{}, nil

@@ -70,7 +70,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("volumesync").
-		For(&v1alpha1.VolumeSync{}).
+		// Status writes are the reconciler's own: only spec changes wake it.
+		For(&v1alpha1.VolumeSync{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&snapv1.VolumeSnapshot{}).
 		Watches(&storagev1.VolumeAttachment{}, handler.EnqueueRequestsFromMapFunc(r.mapVolumeAttachment),
 			builder.WithPredicates(onNode(func(o client.Object) string { return o.(*storagev1.VolumeAttachment).Spec.NodeName }))).

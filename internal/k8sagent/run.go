@@ -1,0 +1,143 @@
+package k8sagent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+
+	"github.com/go-logr/logr"
+	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/csi"
+)
+
+// RunOptions configure the agent process (`voldelta agent`).
+type RunOptions struct {
+	// NodeName is this node. Required.
+	NodeName string
+	// HostRoot is where the host's / is mounted; default "/".
+	HostRoot string
+	// KubeletDir is the kubelet's directory on the host; default
+	// /var/lib/kubelet.
+	KubeletDir string
+	// LonghornDataPath is Longhorn's data path on the host (read under
+	// HostRoot); default /var/lib/longhorn. "-" disables the Longhorn reader.
+	LonghornDataPath string
+	// LonghornNamespace holds Longhorn's custom resources; default
+	// longhorn-system.
+	LonghornNamespace string
+	// LiveDevice enables reading live devices of drivers without a
+	// snapshot reader (csi.Images.LiveDevice).
+	LiveDevice bool
+	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
+	// /healthz and /readyz ("0" disables).
+	MetricsAddr, HealthAddr string
+	// Workers is the number of rounds run at once; default 2.
+	Workers int
+	// Params are the chunking parameters; zero: the defaults.
+	Params chunk.Params
+	// Streams is the number of data streams per round; 0: default.
+	Streams int
+	// Registry receives the metrics; default controller-runtime's registry
+	// (served on MetricsAddr).
+	Registry prometheus.Registerer
+	// Sync replaces agent.Sync (tests).
+	Sync SyncFunc
+	// Logger; nil logs nothing.
+	Logger *slog.Logger
+}
+
+// NewManager builds the agent's controller manager: the VolumeSync
+// reconciler with its clients, metrics and health probes. Start it with
+// mgr.Start(ctx).
+func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
+	if o.NodeName == "" {
+		return nil, errors.New("no node name: set NODE_NAME or --node")
+	}
+	if o.HostRoot == "" {
+		o.HostRoot = "/"
+	}
+	if o.LonghornDataPath == "" {
+		o.LonghornDataPath = "/var/lib/longhorn"
+	}
+	if o.Workers <= 0 {
+		o.Workers = 2
+	}
+	if o.Registry == nil {
+		o.Registry = crmetrics.Registry
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	scheme := runtime.NewScheme()
+	if err := Scheme(scheme); err != nil {
+		return nil, err
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  CacheOptions(o.NodeName),
+		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress: o.HealthAddr,
+		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: %w", err)
+	}
+	if o.HealthAddr != "0" && o.HealthAddr != "" {
+		if err := mgr.AddHealthzCheck("ping", func(_ *http.Request) error { return nil }); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("ping", func(_ *http.Request) error { return nil }); err != nil {
+			return nil, err
+		}
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := snapclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	res, err := csi.NewResolver(csi.ResolverOptions{Kube: kube, Dynamic: dyn, HostRoot: o.HostRoot,
+		KubeletDir: o.KubeletDir, LonghornNamespace: o.LonghornNamespace})
+	if err != nil {
+		return nil, err
+	}
+	sn, err := csi.NewSnapshotter(snaps, 0)
+	if err != nil {
+		return nil, err
+	}
+	imgs := &csi.Images{LiveDevice: o.LiveDevice}
+	if o.LonghornDataPath != "-" {
+		imgs.LonghornDataPath = filepath.Join(o.HostRoot, o.LonghornDataPath)
+	}
+	m, err := NewMetrics(o.Registry)
+	if err != nil {
+		return nil, err
+	}
+	r, err := New(Options{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Kube: kube, Snapshots: snaps, Resolver: res, Snapshotter: sn,
+		Images: imgs, NodeName: o.NodeName, Sync: o.Sync, Params: o.Params, Streams: o.Streams, Metrics: m, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.SetupWithManager(mgr, o.Workers); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}

@@ -1,0 +1,14 @@
+// Package k8sreceiver is the receiver's Kubernetes mode: VolumeTargets say
+// which local volume receives which remote volume and who may write it.
+//
+//	Reconcile(VolumeTarget): resolve spec.pvc (or spec.longhornVolume) to a
+//	    device on this node; ensure it is attached here (a VolumeAttachment
+//	    of its PV to this node, removed with the VolumeTarget); report the
+//	    receiver's state of the volume (generation, root, incomplete) in
+//	    status, again after every commit and every Refresh
+//	Resolve(volume) (receiver.Config.Resolve): the VolumeTarget whose
+//	    spec.remoteVolume is volume → its device, if attached to this node
+//	Authorize(volume, identity) (receiver.Config.Authorize): the client
+//	    certificate must carry a name in spec.allowedIdentities
+//	OnCommit (receiver.Config.OnCommit): metrics, and a status refresh
+package k8sreceiver

@@ -1,0 +1,157 @@
+package k8sreceiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/receiver"
+)
+
+// RunOptions configure the receiver in Kubernetes mode.
+type RunOptions struct {
+	// Server configures the receiver; Targets must be empty: Resolve,
+	// Authorize and OnCommit are set here.
+	Server receiver.Config
+	// Listener accepts agents' connections. Required.
+	Listener net.Listener
+	// NodeName is the receiver's node. Required.
+	NodeName string
+	// Namespace restricts the VolumeTargets served; "" serves all.
+	Namespace string
+	// HostRoot, LonghornNamespace: as in csi.ResolverOptions.
+	HostRoot, LonghornNamespace string
+	// Attach: see Options.Attach.
+	Attach bool
+	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
+	// /healthz and /readyz ("0" disables).
+	MetricsAddr, HealthAddr string
+	// Registry receives the metrics; default controller-runtime's registry.
+	Registry prometheus.Registerer
+	// Logger; nil logs nothing.
+	Logger *slog.Logger
+}
+
+// NewManager builds a controller manager that reconciles VolumeTargets and
+// runs the receiver server on o.Listener while it runs.
+func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
+	if o.Listener == nil {
+		return nil, errors.New("k8sreceiver: no listener")
+	}
+	if len(o.Server.Targets) > 0 {
+		return nil, errors.New("k8sreceiver: static targets and VolumeTargets exclude each other")
+	}
+	if o.Registry == nil {
+		o.Registry = crmetrics.Registry
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, storagev1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, err
+		}
+	}
+	copts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	if o.Namespace != "" {
+		copts.DefaultNamespaces = map[string]cache.Config{o.Namespace: {}}
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Cache:                  copts,
+		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress: o.HealthAddr,
+		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: %w", err)
+	}
+	if o.HealthAddr != "0" && o.HealthAddr != "" {
+		if err := mgr.AddHealthzCheck("ping", func(*http.Request) error { return nil }); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("ping", func(*http.Request) error { return nil }); err != nil {
+			return nil, err
+		}
+	}
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	res, err := csi.NewResolver(csi.ResolverOptions{Kube: kube, Dynamic: dyn, HostRoot: o.HostRoot, LonghornNamespace: o.LonghornNamespace})
+	if err != nil {
+		return nil, err
+	}
+	m, err := NewMetrics(o.Registry)
+	if err != nil {
+		return nil, err
+	}
+	t, err := New(Options{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName,
+		StateDir: o.Server.StateDir, Attach: o.Attach, Metrics: m, Logger: o.Logger})
+	if err != nil {
+		return nil, err
+	}
+	if err := t.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	scfg := o.Server
+	scfg.Resolve, scfg.Authorize, scfg.OnCommit = t.Resolve, t.Authorize, t.OnCommit
+	if scfg.Logger == nil {
+		scfg.Logger = o.Logger
+	}
+	srv, err := receiver.New(scfg)
+	if err != nil {
+		return nil, err
+	}
+	// Serve once the cache is synced (Resolve reads it), until the manager stops.
+	err = mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return ctx.Err()
+		}
+		return srv.Serve(ctx, o.Listener)
+	}))
+	if err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
+
+// SetupWithManager registers the VolumeTarget reconciler and the index
+// Resolve and Authorize look targets up by.
+func (t *Targets) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.VolumeTarget{}, indexRemoteVolume,
+		func(o client.Object) []string { return []string{o.(*v1alpha1.VolumeTarget).Spec.RemoteVolume} }); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("volumetarget").
+		For(&v1alpha1.VolumeTarget{}).
+		WatchesRawSource(source.Channel(t.events, &handler.EnqueueRequestForObject{})).
+		Complete(t)
+}
