@@ -125,4 +125,3 @@ func spotCheck(t *target, exts []chunk.Entry, n int) error {
 	}
 	return nil
 }
-
