@@ -22,6 +22,10 @@
 // (Builder), so two ends that agree on the root hold the same bytes. Two
 // manifests are only compared when their Params are equal.
 //
-// The default sizes (64 KiB / 256 KiB / 1 MiB, 64 MiB segments) were chosen
-// from the measurements in docs/chunk-sizes.md.
+// The default sizes (16 KiB / 64 KiB / 256 KiB, 64 MiB segments) were chosen
+// from the measurements in docs/chunk-sizes.md: scattered 8 KiB page
+// rewrites, the pattern of databases, cost 3-4× fewer bytes than with
+// 256 KiB chunks, appends cost the same, scan speed does not depend on the
+// size, and the larger manifest (about 0.6 MB per GiB) streams while the
+// volume is scanned.
 package chunk

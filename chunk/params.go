@@ -30,9 +30,9 @@ const (
 
 // Default chunk sizes, chosen from the measurements in docs/chunk-sizes.md.
 const (
-	DefaultMinSize     = 64 << 10
-	DefaultAvgSize     = 256 << 10
-	DefaultMaxSize     = 1 << 20
+	DefaultMinSize     = 16 << 10
+	DefaultAvgSize     = 64 << 10
+	DefaultMaxSize     = 256 << 10
 	DefaultSegmentSize = 64 << 20
 )
 

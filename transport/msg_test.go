@@ -32,7 +32,7 @@ func TestGoldenEncodings(t *testing.T) {
 		msg  Message
 		hex  string
 	}{
-		{"HELLO", Hello{Version: 1, Volume: "pvc-1", Size: 1 << 30, Params: chunk.DefaultParams(), Streams: 4, Agent: "agent/1"},
+		{"HELLO", Hello{Version: 1, Volume: "pvc-1", Size: 1 << 30, Params: chunk.DefaultParams().WithSizes(64<<10, 256<<10, 1<<20), Streams: 4, Agent: "agent/1"},
 			`56444c54 | 0001 | 05 7076632d31 | 0000000040000000 |
 			 13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
 			 0004 | 07 6167656e742f31`},
