@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -52,6 +53,8 @@ type RunOptions struct {
 	// Registry receives the metrics; default controller-runtime's registry
 	// (served on MetricsAddr).
 	Registry prometheus.Registerer
+	// SkipNameValidation allows several agents in one process (tests).
+	SkipNameValidation bool
 	// Sync replaces agent.Sync (tests).
 	Sync SyncFunc
 	// Logger; nil logs nothing.
@@ -90,6 +93,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.HealthAddr,
 		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
+		Controller:             config.Controller{SkipNameValidation: &o.SkipNameValidation},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager: %w", err)

@@ -1,0 +1,359 @@
+package k8stest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiext "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/rest"
+
+	"github.com/voldelta/voldelta/internal/pki"
+)
+
+// ControlPlane is an etcd and a kube-apiserver on loopback. No controllers
+// run: tests play the snapshot controller, the attacher and Longhorn.
+type ControlPlane struct {
+	// Config authenticates as a member of system:masters.
+	Config *rest.Config
+	dir    string
+}
+
+// Binaries returns the paths of etcd and kube-apiserver, or an error saying
+// how to get them.
+func Binaries() (etcd, apiserver string, err error) {
+	etcd = os.Getenv("VOLDELTA_ETCD")
+	if etcd == "" {
+		etcd, _ = exec.LookPath("etcd")
+	}
+	apiserver = os.Getenv("VOLDELTA_KUBE_APISERVER")
+	if apiserver == "" {
+		cache := os.Getenv("CACHE")
+		if cache == "" {
+			base := os.Getenv("XDG_CACHE_HOME")
+			if base == "" {
+				home, _ := os.UserHomeDir()
+				base = filepath.Join(home, ".cache")
+			}
+			cache = filepath.Join(base, "voldelta")
+		}
+		apiserver = filepath.Join(cache, "bin", "kube-apiserver")
+	}
+	var missing []string
+	if etcd == "" {
+		missing = append(missing, "etcd (apt-get install etcd-server, or set VOLDELTA_ETCD)")
+	}
+	if fi, err := os.Stat(apiserver); err != nil || fi.IsDir() {
+		missing = append(missing, "kube-apiserver at "+apiserver+" (run `make tools` or scripts/ensure-kube-apiserver.sh, or set VOLDELTA_KUBE_APISERVER)")
+	}
+	if len(missing) > 0 {
+		return "", "", fmt.Errorf("the Kubernetes integration tests need %s", strings.Join(missing, " and "))
+	}
+	return etcd, apiserver, nil
+}
+
+// RepoRoot is the repository's root directory.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Start runs etcd and kube-apiserver for the test and installs the CRDs:
+// voldelta's (deploy/crds), the VolumeSnapshot CRDs of the
+// external-snapshotter module, and a trimmed Longhorn Volume CRD. It fails
+// the test (never skips) if a binary is missing. Both processes are stopped
+// when the test ends.
+func Start(t testing.TB) *ControlPlane {
+	t.Helper()
+	etcdBin, apiBin, err := Binaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "voldelta-k8stest-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cp := &ControlPlane{dir: dir}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	clientPort, peerPort := freePort(t), freePort(t)
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", clientPort)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+	cp.run(t, "etcd", etcdBin,
+		"--name", "default", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "default="+peerURL, "--log-level", "warn")
+
+	ca, err := pki.NewCA("voldelta-k8stest", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := ca.Issue("kube-apiserver", []string{"127.0.0.1", "localhost"}, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokenBytes := make([]byte, 16)
+	rand.Read(tokenBytes)
+	token := hex.EncodeToString(tokenBytes)
+	files := map[string][]byte{
+		"ca.crt":      ca.PEM,
+		"serving.crt": serving.CertPEM,
+		"serving.key": serving.KeyPEM,
+		"sa.key":      pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}),
+		"tokens.csv":  []byte(token + ",voldelta-test-admin,voldelta-test-admin,system:masters\n"),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freePort(t)
+	apiDone := cp.run(t, "kube-apiserver", apiBin,
+		"--etcd-servers", etcdURL,
+		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", fmt.Sprint(port),
+		"--tls-cert-file", filepath.Join(dir, "serving.crt"), "--tls-private-key-file", filepath.Join(dir, "serving.key"),
+		"--token-auth-file", filepath.Join(dir, "tokens.csv"),
+		"--authorization-mode", "RBAC",
+		"--service-account-issuer", "https://127.0.0.1", "--service-account-key-file", filepath.Join(dir, "sa.key"),
+		"--service-account-signing-key-file", filepath.Join(dir, "sa.key"),
+		"--service-cluster-ip-range", "10.96.0.0/24", "--allow-privileged",
+		"--cert-dir", filepath.Join(dir, "certs"), "--disable-admission-plugins", "ServiceAccount",
+		"--endpoint-reconciler-type", "none",
+		"--v", "1")
+
+	cp.Config = &rest.Config{
+		Host:            fmt.Sprintf("https://127.0.0.1:%d", port),
+		BearerToken:     token,
+		TLSClientConfig: rest.TLSClientConfig{CAData: ca.PEM},
+		QPS:             200,
+		Burst:           400,
+	}
+	cp.waitReady(t, ctx, apiDone)
+	cp.installCRDs(t, ctx)
+	return cp
+}
+
+// run starts a process whose output goes to a log file, shown if the test
+// fails, and stops it at cleanup.
+func (cp *ControlPlane) run(t testing.TB, name, bin string, args ...string) <-chan struct{} {
+	t.Helper()
+	logPath := filepath.Join(cp.dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			if len(b) > 8000 {
+				b = b[len(b)-8000:]
+			}
+			t.Logf("%s log (tail):\n%s", name, b)
+		}
+	})
+	return done
+}
+
+func (cp *ControlPlane) waitReady(t testing.TB, ctx context.Context, exited <-chan struct{}) {
+	t.Helper()
+	tr, err := rest.TransportFor(cp.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	deadline := time.Now().Add(90 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		resp, err := hc.Get(cp.Config.Host + "/readyz")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, b)
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-exited:
+			t.Fatalf("kube-apiserver exited before it was ready (its log follows)")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Fatalf("kube-apiserver not ready after 90s: %s", last)
+}
+
+// CRDFiles lists the CRD manifests Start installs.
+func CRDFiles() ([]string, error) {
+	root := RepoRoot()
+	ours, err := filepath.Glob(filepath.Join(root, "deploy", "crds", "*_*.yaml")) // not kustomization.yaml
+	if err != nil {
+		return nil, err
+	}
+	snapDir, err := SnapshotterModuleDir()
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := filepath.Glob(filepath.Join(snapDir, "config", "crd", "snapshot.storage.k8s.io_*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	if len(ours) == 0 || len(snaps) != 3 {
+		return nil, fmt.Errorf("CRDs: found %d of ours and %d VolumeSnapshot CRDs in %s, want 3", len(ours), len(snaps), snapDir)
+	}
+	files := append(ours, snaps...)
+	return append(files, filepath.Join(root, "internal", "k8stest", "testdata", "longhorn.io_volumes.yaml")), nil
+}
+
+// SnapshotterModuleDir is the module cache directory of
+// github.com/kubernetes-csi/external-snapshotter/client/v8, whose
+// config/crd holds the VolumeSnapshot CRDs of the version we build with.
+func SnapshotterModuleDir() (string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/kubernetes-csi/external-snapshotter/client/v8")
+	cmd.Dir = RepoRoot()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go list external-snapshotter module: %v: %s", err, stderr.String())
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// DecodeCRD reads one CustomResourceDefinition from a YAML file.
+func DecodeCRD(path string) (*apiextv1.CustomResourceDefinition, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var crd apiextv1.CustomResourceDefinition
+	if err := utilyaml.NewYAMLOrJSONDecoder(f, 4096).Decode(&crd); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if crd.Kind != "CustomResourceDefinition" {
+		return nil, fmt.Errorf("%s: kind %q, want CustomResourceDefinition", path, crd.Kind)
+	}
+	return &crd, nil
+}
+
+func (cp *ControlPlane) installCRDs(t testing.TB, ctx context.Context) {
+	t.Helper()
+	files, err := CRDFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := apiext.NewForConfig(cp.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range files {
+		crd, err := DecodeCRD(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cs.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatalf("install %s: %v", filepath.Base(f), err)
+		}
+		names = append(names, crd.Name)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, n := range names {
+		for {
+			crd, err := cs.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, n, metav1.GetOptions{})
+			if err == nil && established(crd) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("CRD %s not established: %v", n, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+func established(crd *apiextv1.CustomResourceDefinition) bool {
+	for _, c := range crd.Status.Conditions {
+		if c.Type == apiextv1.Established && c.Status == apiextv1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrTimeout is returned by Eventually when the condition did not hold in time.
+var ErrTimeout = errors.New("condition not met in time")
+
+// Eventually polls cond every 50ms until it returns true or an error, or
+// until ctx ends (then ErrTimeout wrapping cond's last note).
+func Eventually(ctx context.Context, cond func() (bool, string, error)) error {
+	var note string
+	for {
+		ok, n, err := cond()
+		if err != nil || ok {
+			return err
+		}
+		note = n
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s", ErrTimeout, note)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
