@@ -288,7 +288,7 @@ func counterSum(t *testing.T, g prometheus.Gatherer, name string) float64 {
 }
 
 // TestVolumeSyncEndToEnd runs the agent's and the receiver's managers
-// against a real kube-apiserver: a VolumeSync of a Longhorn PVC (a fake
+// against a real kube-apiserver, with the permissions deploy/ grants them: a VolumeSync of a Longhorn PVC (a fake
 // replica directory on the agent's "node") reaches Ready, the VolumeTarget's
 // device holds the snapshot's bytes, and a second round after a small change
 // sends only about the change.
@@ -300,6 +300,21 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 		_, err := c.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 		c.must(err)
 	}
+
+	// deploy/: the agent's and the receiver's objects are created (no
+	// controller runs them, but their RBAC is what the managers below run
+	// with); the examples are validated by a server-side dry run.
+	root := k8stest.RepoRoot()
+	for _, d := range []string{"agent", "receiver"} {
+		ms, err := k8stest.LoadKustomization(filepath.Join(root, "deploy", d), k8stest.ClusterScopedKinds)
+		c.must(err)
+		c.must(c.cp.Apply(ctx, ms, false))
+	}
+	_, err := c.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{})
+	c.must(err)
+	examples, err := k8stest.LoadKustomization(filepath.Join(root, "deploy", "examples"), k8stest.ClusterScopedKinds)
+	c.must(err)
+	c.must(c.cp.Apply(ctx, examples, true))
 
 	// Source: a Longhorn volume attached to node-a, with a replica there.
 	srcHost, rcvHost := t.TempDir(), t.TempDir()
@@ -354,7 +369,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	rcvCfg := transport.DefaultConfig()
 	rcvCfg.TLS = rcvTLS
 	rcvReg := prometheus.NewRegistry()
-	rmgr, err := k8sreceiver.NewManager(c.cp.Config, k8sreceiver.RunOptions{
+	rmgr, err := k8sreceiver.NewManager(c.cp.ImpersonatedConfig("voldelta-system", "voldelta-receiver"), k8sreceiver.RunOptions{
 		Server:   receiver.Config{StateDir: t.TempDir(), Transport: rcvCfg, Name: "receiver-test"},
 		Listener: ln, NodeName: rcvNode, HostRoot: rcvHost, Attach: true,
 		MetricsAddr: "0", HealthAddr: "0", Registry: rcvReg, Logger: testLogger(t).With("side", "receiver"),
@@ -378,7 +393,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 				return nil, errors.New("the agent of another node ran a round")
 			}
 		}
-		amgr, err := k8sagent.NewManager(c.cp.Config, o)
+		amgr, err := k8sagent.NewManager(c.cp.ImpersonatedConfig("voldelta-system", "voldelta-agent"), o)
 		c.must(err)
 		goBG(amgr.Start)
 	}
