@@ -1,6 +1,7 @@
 package k8sagent
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -44,10 +45,29 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		lagDesc: prometheus.NewDesc("voldelta_agent_replica_lag_seconds",
 			"Age of the data the replica holds: now minus the start of the last committed round.", l, nil),
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.bytesSent, m.wireBytes, m.duration, m.generation, m.lastOK, lagCollector{m}} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
+	var err error
+	if m.rounds, err = register(reg, m.rounds); err != nil {
+		return nil, err
+	}
+	if m.bytesSent, err = register(reg, m.bytesSent); err != nil {
+		return nil, err
+	}
+	if m.wireBytes, err = register(reg, m.wireBytes); err != nil {
+		return nil, err
+	}
+	if m.duration, err = register(reg, m.duration); err != nil {
+		return nil, err
+	}
+	if m.generation, err = register(reg, m.generation); err != nil {
+		return nil, err
+	}
+	if m.lastOK, err = register(reg, m.lastOK); err != nil {
+		return nil, err
+	}
+	// The lag is computed from this Metrics; a second one in the same
+	// registry (tests) reports through the first.
+	if _, err = register(reg, prometheus.Collector(lagCollector{m})); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -100,4 +120,17 @@ func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
 	for k, t := range c.m.snapTime {
 		ch <- prometheus.MustNewConstMetric(c.m.lagDesc, prometheus.GaugeValue, now.Sub(t).Seconds(), k[0], k[1])
 	}
+}
+
+// register registers c with reg, or returns the collector registered
+// before under the same description (a second manager in one process).
+func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if ex, ok := are.ExistingCollector.(T); ok {
+			return ex, nil
+		}
+	}
+	return c, err
 }

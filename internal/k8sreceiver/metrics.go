@@ -1,6 +1,7 @@
 package k8sreceiver
 
 import (
+	"errors"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/voldelta/voldelta/receiver"
@@ -36,8 +37,14 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		incomplete: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_receiver_incomplete",
 			Help: "1 while the target holds a partly applied round (not a consistent image)."}, l),
 	}
-	for _, c := range []prometheus.Collector{m.commits, m.fetched, m.copied, m.generation, m.lastCommit, m.refused, m.incomplete} {
-		if err := reg.Register(c); err != nil {
+	var err error
+	for _, v := range []**prometheus.CounterVec{&m.commits, &m.fetched, &m.copied, &m.refused} {
+		if *v, err = register(reg, *v); err != nil {
+			return nil, err
+		}
+	}
+	for _, v := range []**prometheus.GaugeVec{&m.generation, &m.lastCommit, &m.incomplete} {
+		if *v, err = register(reg, *v); err != nil {
 			return nil, err
 		}
 	}
@@ -72,4 +79,17 @@ func (m *Metrics) state(volume string, gen int64, incomplete bool) {
 		v = 1
 	}
 	m.incomplete.WithLabelValues(volume).Set(v)
+}
+
+// register registers c with reg, or returns the collector registered
+// before under the same description (a second manager in one process).
+func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if ex, ok := are.ExistingCollector.(T); ok {
+			return ex, nil
+		}
+	}
+	return c, err
 }

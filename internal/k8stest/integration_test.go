@@ -5,11 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,6 +29,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/voldelta/voldelta/agent"
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
@@ -368,11 +372,14 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	rcvTLS := transport.NewTLS(rcvLeaf.TLS, ca.Pool(), true)
 	rcvCfg := transport.DefaultConfig()
 	rcvCfg.TLS = rcvTLS
-	rcvReg := prometheus.NewRegistry()
+	// The agent of node-a and the receiver serve controller-runtime's
+	// registry over HTTP, as in production.
+	rcvReg := crmetrics.Registry
+	rcvMetrics, agentMetrics := freeAddr(t), freeAddr(t)
 	rmgr, err := k8sreceiver.NewManager(c.cp.ImpersonatedConfig("voldelta-system", "voldelta-receiver"), k8sreceiver.RunOptions{
 		Server:   receiver.Config{StateDir: t.TempDir(), Transport: rcvCfg, Name: "receiver-test"},
 		Listener: ln, NodeName: rcvNode, HostRoot: rcvHost, Attach: true,
-		MetricsAddr: "0", HealthAddr: "0", Registry: rcvReg, Logger: testLogger(t).With("side", "receiver"),
+		MetricsAddr: rcvMetrics, HealthAddr: "0", Logger: testLogger(t).With("side", "receiver"),
 	})
 	c.must(err)
 	goBG(rmgr.Start)
@@ -380,13 +387,13 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	// Agent of node-a, and an agent of another node that must stay out.
 	params := chunk.DefaultParams()
 	params.MinSize, params.AvgSize, params.MaxSize, params.SegmentSize = 16<<10, 64<<10, 256<<10, 4<<20
-	agentReg := prometheus.NewRegistry()
+	agentReg := crmetrics.Registry
 	var otherRounds sync.Map
 	for _, node := range []string{srcNode, "node-b"} {
 		o := k8sagent.RunOptions{NodeName: node, HostRoot: srcHost, MetricsAddr: "0", HealthAddr: "0",
 			Params: params, Registry: prometheus.NewRegistry(), SkipNameValidation: true, Logger: testLogger(t).With("side", "agent", "node", node)}
 		if node == srcNode {
-			o.Registry = agentReg
+			o.Registry, o.MetricsAddr = nil, agentMetrics
 		} else {
 			o.Sync = func(ctx context.Context, opt agent.Options) (*agent.Stats, error) {
 				otherRounds.Store(opt.Source, true)
@@ -515,6 +522,15 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if n := counterSum(t, rcvReg, "voldelta_receiver_commits_total"); n != 2 {
 		t.Errorf("receiver commits_total = %v, want 2", n)
 	}
+	for addr, want := range map[string]string{
+		agentMetrics: `voldelta_agent_rounds_total{namespace="src",result="success",volumesync="data"} 2`,
+		rcvMetrics:   `voldelta_receiver_commits_total{volume="src-data"} 2`,
+	} {
+		body := scrape(t, addr)
+		if !strings.Contains(body, want) {
+			t.Errorf("http://%s/metrics lacks %s", addr, want)
+		}
+	}
 	otherRounds.Range(func(k, _ any) bool { t.Errorf("the agent of node-b ran a round of %v", k); return true })
 
 	// A client whose certificate is not allowed is refused before any write.
@@ -534,6 +550,29 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if n := counterSum(t, rcvReg, "voldelta_receiver_refused_total"); n < 1 {
 		t.Errorf("receiver refused_total = %v", n)
 	}
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: %d %v", addr, resp.StatusCode, err)
+	}
+	return string(b)
 }
 
 type sizedReader struct{ *bytes.Reader }
