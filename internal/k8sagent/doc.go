@@ -18,4 +18,7 @@
 // Only the agent on the volume's node writes a VolumeSync's status. The
 // VolumeSnapshots it creates carry the labels voldelta.io/volumesync and
 // voldelta.io/node, and its snapshot watch is scoped to its node by label.
+// VolumeAttachments and Longhorn Volumes offer no server-side selector by
+// node, so the agent watches them all and filters events by node (old or
+// new) before they reach the queue.
 package k8sagent

@@ -1,6 +1,7 @@
 package k8sreceiver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -21,6 +22,7 @@ import (
 	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/receiver"
 	"github.com/voldelta/voldelta/transport"
@@ -205,5 +207,77 @@ func TestAttachedElsewhere(t *testing.T) {
 	l, _ := f.kube.StorageV1().VolumeAttachments().List(context.Background(), metav1.ListOptions{})
 	if len(l.Items) != 1 {
 		t.Fatalf("the receiver attached a volume in use elsewhere")
+	}
+}
+
+// apply runs a local apply of src onto the target (as a network round
+// would), failing every fetch when failFetch is set.
+func (f *fixture) apply(src []byte, failFetch bool) (receiver.Result, error) {
+	f.t.Helper()
+	ctx := context.Background()
+	p := chunk.DefaultParams()
+	p.MinSize, p.AvgSize, p.MaxSize, p.SegmentSize = 4<<10, 8<<10, 16<<10, 1<<20
+	m, _, err := chunk.ScanManifest(ctx, bytes.NewReader(src), uint64(len(src)), p, chunk.ScanOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	vol := receiver.Volume{Name: "src-data", Path: filepath.Join(f.host, "dev", "longhorn", "vol-dst"), StateDir: f.tg.o.StateDir}
+	r, _, err := receiver.ApplyManifest(ctx, vol, receiver.Options{}, m, "agent-a", 1, func(_ context.Context, i int, e chunk.Entry) ([]byte, error) {
+		if failFetch && i > 0 {
+			return nil, errors.New("link down")
+		}
+		return src[e.Offset : e.Offset+e.Length], nil
+	})
+	return r, err
+}
+
+func TestStatusFollowsCommitsAndIncompleteApplies(t *testing.T) {
+	f := newFixture(t, target("replica", "src-data", "agent-a"))
+	f.reconcile("replica")
+	f.attach()
+
+	src := make([]byte, 256<<10)
+	for i := range src {
+		src[i] = byte(i * 7 / 3)
+	}
+	r, err := f.apply(src, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.tg.OnCommit("src-data", transport.Identity{CommonName: "agent-a"}, r)
+	select {
+	case ev := <-f.tg.events:
+		if ev.Object.GetName() != "replica" {
+			t.Fatalf("refresh of %s", ev.Object.GetName())
+		}
+	default:
+		t.Fatal("OnCommit queued no status refresh")
+	}
+	f.reconcile("replica")
+	vt := f.get("replica")
+	st := vt.Status
+	if st.Phase != v1alpha1.PhaseIdle || st.Generation != 1 || st.RootHash != r.Root.String() || st.Incomplete ||
+		st.Size != int64(len(src)) || st.CommittedTime == nil || st.LastWriter != "agent-a" {
+		t.Fatalf("after a commit: %+v", st)
+	}
+	if !meta.IsStatusConditionTrue(vt.Status.Conditions, v1alpha1.ConditionReady) {
+		t.Fatalf("Ready: %+v", vt.Status.Conditions)
+	}
+
+	// A round that fails midway leaves the target incomplete.
+	changed := bytes.Clone(src)
+	for i := range changed {
+		changed[i] ^= 0xff
+	}
+	if _, err := f.apply(changed, true); err == nil {
+		t.Fatal("the failing apply committed")
+	}
+	f.reconcile("replica")
+	vt = f.get("replica")
+	if !vt.Status.Incomplete || vt.Status.Phase != v1alpha1.PhaseSyncing || vt.Status.Generation != 1 {
+		t.Fatalf("after a failed apply: %+v", vt.Status)
+	}
+	if c := meta.FindStatusCondition(vt.Status.Conditions, v1alpha1.ConditionReady); c == nil || c.Status != metav1.ConditionFalse || c.Reason != v1alpha1.ReasonTargetIncomplete {
+		t.Fatalf("Ready after a failed apply: %+v", c)
 	}
 }
