@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -27,6 +28,9 @@ var LonghornVolumes = schema.GroupVersionResource{Group: "longhorn.io", Version:
 type ResolverOptions struct {
 	// Kube reads PVCs, PVs and VolumeAttachments. Required.
 	Kube kubernetes.Interface
+	// Attachments, if set, lists VolumeAttachments instead of Kube (e.g.
+	// from an informer cache: AttachedNode lists them on every call).
+	Attachments func(ctx context.Context) ([]storagev1.VolumeAttachment, error)
 	// Dynamic reads Longhorn Volumes; nil: Longhorn attachment and
 	// encryption are read from VolumeAttachments and PV attributes only.
 	Dynamic dynamic.Interface
@@ -61,6 +65,16 @@ func NewResolver(o ResolverOptions) (*Resolver, error) {
 	}
 	if o.LonghornNamespace == "" {
 		o.LonghornNamespace = "longhorn-system"
+	}
+	if o.Attachments == nil {
+		kube := o.Kube
+		o.Attachments = func(ctx context.Context) ([]storagev1.VolumeAttachment, error) {
+			l, err := kube.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return nil, err
+			}
+			return l.Items, nil
+		}
 	}
 	return &Resolver{o: o}, nil
 }
@@ -203,12 +217,12 @@ func (r *Resolver) AttachedNode(ctx context.Context, v *Volume) (Attachment, err
 			return Attachment{}, err
 		}
 	}
-	vas, err := r.o.Kube.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{})
+	vas, err := r.o.Attachments(ctx)
 	if err != nil {
 		return Attachment{}, fmt.Errorf("list VolumeAttachments: %w", err)
 	}
 	var nodes []string
-	for _, va := range vas.Items {
+	for _, va := range vas {
 		src := va.Spec.Source.PersistentVolumeName
 		if src == nil || *src != v.PV || !va.Status.Attached || va.DeletionTimestamp != nil {
 			continue

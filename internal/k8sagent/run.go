@@ -1,6 +1,7 @@
 package k8sagent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"github.com/go-logr/logr"
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"github.com/prometheus/client_golang/prometheus"
+	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -118,7 +120,15 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	cached := mgr.GetClient() // VolumeAttachments are watched: list them from the cache
 	res, err := csi.NewResolver(csi.ResolverOptions{Kube: kube, Dynamic: dyn, HostRoot: o.HostRoot,
+		Attachments: func(ctx context.Context) ([]storagev1.VolumeAttachment, error) {
+			var l storagev1.VolumeAttachmentList
+			if err := cached.List(ctx, &l); err != nil {
+				return nil, err
+			}
+			return l.Items, nil
+		},
 		KubeletDir: o.KubeletDir, LonghornNamespace: o.LonghornNamespace})
 	if err != nil {
 		return nil, err
