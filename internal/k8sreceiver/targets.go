@@ -35,6 +35,14 @@ const indexRemoteVolume = "spec.remoteVolume"
 // finalizer removes the VolumeAttachment the receiver created.
 const finalizer = "voldelta.io/detach"
 
+// The receiver's VolumeAttachments are labelled and annotated with their
+// VolumeTarget.
+const (
+	managedBy         = "app.kubernetes.io/managed-by"
+	managedByReceiver = "voldelta-receiver"
+	annotationTarget  = "voldelta.io/volumetarget"
+)
+
 // ErrNotAttached: the target volume is not attached to the receiver's node
 // (yet); the agent's round fails and is retried.
 var ErrNotAttached = errors.New("target volume is not attached to this receiver's node")
@@ -324,9 +332,9 @@ func (t *Targets) ensureAttached(ctx context.Context, vt *v1alpha1.VolumeTarget)
 	}
 	pv := vol.PV
 	va := &storagev1.VolumeAttachment{
-		ObjectMeta: metav1.ObjectMeta{Name: attachmentName(pv, t.o.NodeName), Labels: map[string]string{
-			"app.kubernetes.io/managed-by": "voldelta-receiver"},
-			Annotations: map[string]string{"voldelta.io/volumetarget": vt.Namespace + "/" + vt.Name}},
+		ObjectMeta: metav1.ObjectMeta{Name: attachmentName(pv, t.o.NodeName),
+			Labels:      map[string]string{managedBy: managedByReceiver},
+			Annotations: map[string]string{annotationTarget: vt.Namespace + "/" + vt.Name}},
 		Spec: storagev1.VolumeAttachmentSpec{Attacher: vol.Driver, NodeName: t.o.NodeName,
 			Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &pv}},
 	}
@@ -343,8 +351,16 @@ func (t *Targets) finalize(ctx context.Context, vt *v1alpha1.VolumeTarget) error
 	if !controllerutil.ContainsFinalizer(vt, finalizer) {
 		return nil
 	}
-	if vol, err := t.volume(ctx, vt); err == nil && vol.PV != "" {
-		err := t.o.Kube.StorageV1().VolumeAttachments().Delete(ctx, attachmentName(vol.PV, t.o.NodeName), metav1.DeleteOptions{})
+	// Find them by annotation: the PVC may be gone already.
+	vas, err := t.o.Kube.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{LabelSelector: managedBy + "=" + managedByReceiver})
+	if err != nil {
+		return err
+	}
+	for _, va := range vas.Items {
+		if va.Annotations[annotationTarget] != vt.Namespace+"/"+vt.Name || va.Spec.NodeName != t.o.NodeName {
+			continue
+		}
+		err := t.o.Kube.StorageV1().VolumeAttachments().Delete(ctx, va.Name, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}

@@ -550,6 +550,18 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if n := counterSum(t, rcvReg, "voldelta_receiver_refused_total"); n < 1 {
 		t.Errorf("receiver refused_total = %v", n)
 	}
+
+	// Deleting the VolumeTarget detaches the volume the receiver attached.
+	c.must(c.cl.Delete(ctx, &vt))
+	err = k8stest.Eventually(ctx, func() (bool, string, error) {
+		vas, err := c.kube.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		gone := c.cl.Get(ctx, client.ObjectKeyFromObject(&vt), &v1alpha1.VolumeTarget{}) != nil
+		return gone && len(vas.Items) == 0, fmt.Sprintf("VolumeTarget gone %v, %d VolumeAttachments", gone, len(vas.Items)), nil
+	})
+	c.must(err)
 }
 
 func freeAddr(t *testing.T) string {
