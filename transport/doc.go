@@ -25,8 +25,9 @@
 //
 // Nothing is acknowledged per chunk: the agent streams chunks as NEED
 // ranges arrive and yamux's per-stream windows (Config.StreamWindow,
-// 4 MiB by default) are the only back-pressure, so a data stream moves at
-// most window/RTT bytes per second and several streams fill a long path.
+// 8 MiB by default) are the only back-pressure. yamux re-credits a window
+// only after half of it was consumed, so a data stream moves about
+// window/(2·RTT) bytes per second; several streams fill a long path.
 //
 // Every frame is a 6-byte header (type, flags, length) and a payload whose
 // length is checked against Config.MaxFrameSize before anything is

@@ -32,7 +32,9 @@ type Config struct {
 	// connection, TLS and framing included; 0 is unlimited.
 	BandwidthLimit float64
 	// StreamWindow is yamux's maximum window per stream: with the round-trip
-	// time it bounds a stream's throughput (window / RTT).
+	// time it bounds a stream's throughput to about window / (2·RTT), as
+	// yamux re-credits a window once half of it was read. A receiver
+	// buffers at most streams × window per session.
 	StreamWindow uint32
 	// HandshakeTimeout bounds the TCP+TLS handshake.
 	HandshakeTimeout time.Duration
@@ -45,13 +47,13 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// DefaultConfig returns the defaults: 4 data streams, 4 MiB stream
+// DefaultConfig returns the defaults: 4 data streams, 8 MiB stream
 // windows, 9 MiB frames, 30 s handshake, 5 min write timeout.
 func DefaultConfig() Config {
 	return Config{
 		Streams:          4,
 		MaxFrameSize:     DefaultMaxFrameSize,
-		StreamWindow:     4 << 20,
+		StreamWindow:     8 << 20,
 		HandshakeTimeout: 30 * time.Second,
 		WriteTimeout:     5 * time.Minute,
 		KeepAlive:        30 * time.Second,

@@ -940,7 +940,7 @@ func TestConfigValidate(t *testing.T) {
 		}
 	}
 	d := DefaultConfig()
-	if d.Streams != 4 || d.MaxFrameSize != DefaultMaxFrameSize || d.StreamWindow != 4<<20 || d.TLS != nil || d.Insecure {
+	if d.Streams != 4 || d.MaxFrameSize != DefaultMaxFrameSize || d.StreamWindow != 8<<20 || d.TLS != nil || d.Insecure {
 		t.Errorf("defaults changed: %+v", d)
 	}
 	if DefaultMaxFrameSize < chunk.MaxChunkSize+ChunkHeaderSize {
