@@ -58,6 +58,16 @@ fuzz:
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./chunk ./transport ./e2e
 
+## bench: the study's scenarios over an emulated 100 Mbit/s, 20 ms RTT WAN, voldelta vs
+## restic (+MinIO) vs rsync, at 1/70 of the study (root; installs what it needs; <= 25 min).
+## bench-quick: the same at 1/1000 (<= 3 min once restic and MinIO are built). See bench/README.md.
+.PHONY: bench bench-quick
+bench:
+	GO=$(GO) ./bench/run.sh -scale default $(BENCHFLAGS)
+
+bench-quick:
+	GO=$(GO) ./bench/run.sh -scale quick $(BENCHFLAGS)
+
 ## bench-tools: build the pinned restic client the WAN benchmark (bench/) compares with (once, cached)
 .PHONY: bench-tools
 bench-tools:

@@ -1,0 +1,29 @@
+// Command bench is the project's yardstick: it replays the workload-mobility
+// study's migration scenarios (one large file, many 10 MiB files, a MariaDB
+// database) over an emulated 100 Mbit/s, 20 ms RTT WAN and measures voldelta
+// against restic (+MinIO at the destination, the study's topology) and rsync
+// on the same link in the same run.
+//
+// Topology (root only; everything is created and removed by the run):
+//
+//	netns vdbench-src                         netns vdbench-dst
+//	┌──────────────────────┐  veth, tbf      ┌───────────────────────────────┐
+//	│ voldelta send        │  100 Mbit/s     │ delay proxy (10 ms each way)  │
+//	│ restic backup        │ ══════════════> │  :17300 → voldelta receive    │
+//	│ rsync client         │  each direction │  :19000 → MinIO               │
+//	│ mariadbd (workload)  │                 │  :18873 → rsync --daemon      │
+//	│ link probe client    │                 │  :15201 → link probe sink     │
+//	└──────────────────────┘                 │ restic restore (local MinIO)  │
+//	 source loop device + ext4               └───────────────────────────────┘
+//	                                          destination loop devices
+//
+// Per scenario: an initial round of every tool, the scenario's delta, a delta
+// round of every tool, verification of every target, and the figures (wall
+// time, bytes read off the veth counters, CPU seconds and peak RSS per side
+// from wait4) written to results.json, results.md and results.png.
+//
+// The harness re-executes itself inside the namespaces for its helpers
+// (delay proxy, link probe, port wait); see subcommands in main.go.
+//
+// Usage: see bench/README.md (`make bench`, `make bench-quick`).
+package main

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// renderMarkdown renders the study-shaped table, the voldelta-vs-restic
+// comparison and the per-round details. It only reads res.
+func renderMarkdown(res *Results) string {
+	var b strings.Builder
+	m := res.Machine
+	fmt.Fprintf(&b, "# voldelta vs restic (+MinIO) vs rsync over an emulated WAN\n\n")
+	fmt.Fprintf(&b, "Scale **%s** (the study's sizes ÷ %d). Link: %s each way, %.0f ms RTT added by the delay proxies. ",
+		res.Scale.Name, res.Scale.Divisor, res.Link.Rate, 2*res.Link.OneWayDelayMs)
+	fmt.Fprintf(&b, "Machine: %d × %s, kernel %s, %s, %.0f GiB; load average %s at the start, %s at the end. ",
+		m.NProc, m.CPUModel, m.Kernel, m.GoVersion, m.MemGiB, m.LoadBefore, m.LoadAfter)
+	fmt.Fprintf(&b, "Run: `%s`, %s, %.1f min.\n\n", res.Command, res.Started, res.TotalSeconds/60)
+	fmt.Fprintf(&b, "GB = 10^9 bytes. Cutover downtime = the final delta transfer + the restore/apply at the target; voldelta and rsync apply in place during their sync, restic needs a restore after its backup.\n\n")
+
+	// The study's shape.
+	fmt.Fprintf(&b, "## The study's table\n\n")
+	fmt.Fprintf(&b, "| scenario | flow | initial data | delta data | initial copy | delta copy | restore/apply at target | cutover downtime | verified |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range res.Scenarios {
+		init := fmt.Sprintf("%.2f GB", float64(s.DataBytes)/gb)
+		if s.Continues != "" {
+			init = fmt.Sprintf("(state after %s) %.2f GB", s.Continues, float64(s.DataBytes)/gb)
+		}
+		for _, f := range s.Summary {
+			initCopy := "—"
+			if f.InitialSeconds > 0 {
+				initCopy = fmt.Sprintf("%.2f GB/min (%s)", f.InitialGBMin, secs(f.InitialSeconds))
+			}
+			restore := fmt.Sprintf("%.2f GB/min (%s), full", f.RestoreGBMin, secs(f.RestoreSeconds))
+			switch {
+			case f.RestoreIsInTheSync:
+				restore = "in the sync (0 s after it)"
+			case strings.Contains(f.Flow, "in-place"):
+				restore = fmt.Sprintf("%s, in place", secs(f.RestoreSeconds))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %.3f GB | %s | %.3f GB/min (%s) | %s | **%s** | %s |\n",
+				s.Name, f.Flow, init, float64(s.DeltaBytes)/gb, initCopy, f.DeltaGBMin, secs(f.DeltaSeconds),
+				restore, secs(f.CutoverSeconds), yesNo(f.Verified))
+		}
+	}
+
+	// voldelta against the link and against restic.
+	fmt.Fprintf(&b, "\n## voldelta against the link and against restic\n\n")
+	fmt.Fprintf(&b, "Link-limited time = bytes that crossed the veth in the busier direction ÷ the link rate measured on the same veth before the scenario.\n\n")
+	fmt.Fprintf(&b, "| scenario | link measured | voldelta delta | its link bytes | link-limited | delta ÷ link-limited | voldelta scan | restic delta | voldelta cutover | restic + full restore | ratio | restic + in-place | ratio |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range res.Scenarios {
+		v, rf, ri := s.flow("voldelta"), s.flow("restic + full restore"), s.flow("restic + in-place restore")
+		if v == nil || rf == nil || ri == nil {
+			continue
+		}
+		scan := "?"
+		if s.Voldelta != nil && s.Voldelta.Delta != nil {
+			if x, ok := s.Voldelta.Delta.Stats["scan_seconds"].(float64); ok {
+				scan = secs(x)
+			}
+		}
+		fmt.Fprintf(&b, "| %s | %.1f Mbit/s, %.1f ms | %s | %s | %s | %s | %s | %s | **%s** | %s | %s | %s | %s |\n",
+			s.Name, s.Probe.LinkRateMbit, s.Probe.RTTMillisMed, secs(v.DeltaSeconds), mbs(v.DeltaLinkBytes),
+			secs(v.DeltaLinkLimitedS), ratio(v.DeltaSeconds, v.DeltaLinkLimitedS), scan,
+			secs(rf.DeltaSeconds), secs(v.CutoverSeconds), secs(rf.CutoverSeconds), ratio(v.CutoverSeconds, rf.CutoverSeconds),
+			secs(ri.CutoverSeconds), ratio(v.CutoverSeconds, ri.CutoverSeconds))
+	}
+
+	// Every round.
+	fmt.Fprintf(&b, "\n## Every round\n\n")
+	fmt.Fprintf(&b, "CPU = user+system seconds and peak RSS per process from GNU time; peak RSS per side = the sum of the peak RSS of the side's processes (an upper bound: they run at once). Source side: voldelta send, restic backup, rsync client; destination side: voldelta receive, MinIO (+ restic restore), rsync daemon. syncfs of the target is part of restic's restores and rsync's rounds.\n\n")
+	fmt.Fprintf(&b, "| scenario | round | wall | link → | link ← | link-limited | CPU src | CPU dst | peak RSS src | peak RSS dst | verified |\n")
+	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range res.Scenarios {
+		for _, t := range []*ToolResult{s.Voldelta, s.Restic, s.Rsync} {
+			if t == nil {
+				continue
+			}
+			for _, r := range []*Round{t.Initial, t.InitialRestore, t.Delta, t.FullRestore, t.InPlaceRestore} {
+				if r == nil {
+					continue
+				}
+				ver := "—"
+				if r.VerifyNote != "" {
+					ver = yesNo(r.Verified)
+				}
+				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %.1f s | %.1f s | %.0f MiB | %.0f MiB | %s |\n",
+					s.Name, r.Name, secs(r.Seconds), mbs(r.LinkTxBytes), mbs(r.LinkRxBytes), secs(r.LinkLimitedSeconds(s.Probe)),
+					r.CPU(SideSrc), r.CPU(SideDst), r.RSSMiB(SideSrc), r.RSSMiB(SideDst), ver)
+			}
+		}
+	}
+	fmt.Fprintf(&b, "\nConsistency: %s.\n", res.Consistency)
+	var vs []string
+	for _, k := range []string{"voldelta", "restic", "minio", "rsync", "mariadb", "go"} {
+		if v, ok := res.Versions[k]; ok {
+			vs = append(vs, fmt.Sprintf("%s: %s", k, v))
+		}
+	}
+	fmt.Fprintf(&b, "\nVersions: %s.\n", strings.Join(vs, "; "))
+	for _, s := range res.Scenarios {
+		if s.Error != "" {
+			fmt.Fprintf(&b, "\n**%s failed:** %s\n", s.Name, firstLine(s.Error))
+		}
+	}
+	return b.String()
+}
+
+func secs(s float64) string {
+	switch {
+	case s <= 0:
+		return "0 s"
+	case s < 10:
+		return fmt.Sprintf("%.2f s", s)
+	default:
+		return fmt.Sprintf("%.1f s", s)
+	}
+}
+
+func mbs(n uint64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
+
+func ratio(a, b float64) string {
+	if b <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func yesNo(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "NO"
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
+
+// chartData is the gnuplot data: one line per scenario, the delta time and
+// the cutover downtime of each flow.
+func chartData(res *Results) string {
+	var b strings.Builder
+	flows := []string{"voldelta", "restic + full restore", "restic + in-place restore", "rsync --inplace"}
+	fmt.Fprintf(&b, "# scenario")
+	for _, f := range flows {
+		fmt.Fprintf(&b, " %q-delta %q-cutover", f, f)
+	}
+	b.WriteString("\n")
+	for _, s := range res.Scenarios {
+		if len(s.Summary) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "%q", s.Name)
+		for _, f := range flows {
+			r := s.flow(f)
+			if r == nil {
+				b.WriteString(" 0 0")
+				continue
+			}
+			fmt.Fprintf(&b, " %.3f %.3f", r.DeltaSeconds, r.CutoverSeconds)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+const chartScript = `set terminal pngcairo size 1200,820 font "sans,11"
+set output '%s'
+set multiplot layout 2,1 title "%s"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set grid ytics
+set key top left
+set ylabel "seconds"
+set yrange [0:*]
+set title "Delta transfer time (the last sync before cutover)"
+plot '%[3]s' using 2:xtic(1) title "voldelta" lc rgb "#1b9e77", \
+     '' using 4 title "restic backup" lc rgb "#d95f02", \
+     '' using 8 title "rsync --inplace" lc rgb "#7570b3"
+set title "Cutover downtime = delta transfer + restore/apply at the target"
+plot '%[3]s' using 3:xtic(1) title "voldelta (applied in the sync)" lc rgb "#1b9e77", \
+     '' using 5 title "restic + full restore (the study's flow)" lc rgb "#d95f02", \
+     '' using 7 title "restic + in-place restore" lc rgb "#e6ab02", \
+     '' using 9 title "rsync --inplace" lc rgb "#7570b3"
+unset multiplot
+`
+
+// renderChart draws results.png with gnuplot.
+func renderChart(res *Results, out string) error {
+	dat := filepath.Join(out, "chart.dat")
+	if err := os.WriteFile(dat, []byte(chartData(res)), 0o644); err != nil {
+		return err
+	}
+	title := fmt.Sprintf("voldelta vs restic+MinIO vs rsync, %s link, %.0f ms RTT, scale %s (study ÷ %d)",
+		res.Link.Rate, 2*res.Link.OneWayDelayMs, res.Scale.Name, res.Scale.Divisor)
+	script := fmt.Sprintf(chartScript, filepath.Join(out, "results.png"), title, dat)
+	cmd := exec.Command("gnuplot")
+	cmd.Stdin = strings.NewReader(script)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("gnuplot: %w: %s", err, stderr.String())
+	}
+	return nil
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+)
+
+const sigInt = syscall.SIGINT
+
+const (
+	minioUser     = "voldelta-bench"
+	minioPassword = "voldelta-bench-secret"
+	resticPass    = "voldelta-bench"
+)
+
+// minio returns the scenario's MinIO, started on first use on the
+// destination's loopback (its delay proxy makes it reachable from the
+// source across the link), with a mark for measuring the next step: the
+// server runs for the whole scenario, as at a real destination, and each
+// step is charged the CPU time and peak RSS it caused.
+func (b *Bench) minio(ctx context.Context, w *world) (procMark, error) {
+	if w.minio == nil {
+		s, err := (&Cmd{Name: "minio", Side: SideDst, Log: b.logPath("minio"),
+			Env: []string{"MINIO_ROOT_USER=" + minioUser, "MINIO_ROOT_PASSWORD=" + minioPassword,
+				"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1"},
+			Args: []string{b.cfg.Minio, "server", "--quiet", "--address", localAddr(portMinio),
+				"--console-address", localAddr(portMinio + 1), w.minioDir}}).Start(ctx, b.cl)
+		if err != nil {
+			return procMark{}, err
+		}
+		w.minio = s
+		if err := waitPort(ctx, b.cfg, SideDst, localAddr(portMinio), time.Minute); err != nil {
+			return procMark{}, err
+		}
+		if _, err := b.restic(w, SideSrc, "restic init", "init").Run(ctx); err != nil {
+			return procMark{}, err
+		}
+	}
+	if ended, err := w.minio.Exited(); ended {
+		return procMark{}, fmt.Errorf("minio ended: %v%s", err, tailOf(b.logPath("minio")))
+	}
+	pid, err := w.minio.Pid()
+	if err != nil {
+		return procMark{}, err
+	}
+	return markProc(pid)
+}
+
+func (b *Bench) restic(w *world, side Side, name string, args ...string) *Cmd {
+	host := proxyAddr(portMinio) // from the source: across the link
+	cache := filepath.Join(b.cfg.Work, "restic-cache-src")
+	if side == SideDst {
+		host = localAddr(portMinio) // at the destination: MinIO is local
+		cache = filepath.Join(b.cfg.Work, "restic-cache-dst")
+	}
+	return &Cmd{Name: name, Side: side, Log: b.logPath("restic"),
+		Env: []string{"AWS_ACCESS_KEY_ID=" + minioUser, "AWS_SECRET_ACCESS_KEY=" + minioPassword,
+			"RESTIC_PASSWORD=" + resticPass, "RESTIC_REPOSITORY=s3:http://" + host + "/" + w.bucket,
+			"RESTIC_CACHE_DIR=" + cache},
+		Args: append([]string{b.cfg.Restic}, args...)}
+}
+
+// resticBackup: `restic backup` of the source's mounted files, to MinIO
+// across the link.
+func (b *Bench) resticBackup(ctx context.Context, w *world, phase string) (*Round, error) {
+	r := &Round{Name: "restic backup " + phase}
+	mark, err := b.minio(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.evict(ctx, w); err != nil {
+		return nil, err
+	}
+	if mark, err = b.minio(ctx, w); err != nil { // the eviction is not the step's
+		return nil, err
+	}
+	err = b.measure(ctx, r, func() error {
+		u, err := b.restic(w, SideSrc, "restic backup", "backup", "--host", "source", w.src.Mount).Run(ctx)
+		r.add(u)
+		return err
+	})
+	u, serr := mark.Since("minio", SideDst)
+	r.add(u)
+	if err == nil {
+		err = serr
+	}
+	log.Printf("restic backup %s: %.1fs, %s over the link", phase, r.Seconds, mb(r.LinkTxBytes+r.LinkRxBytes))
+	return r, err
+}
+
+// resticRestore restores the latest snapshot's source tree into dir at
+// the destination (MinIO local there), then syncfs's the target, and
+// verifies it against tree.
+func (b *Bench) resticRestore(ctx context.Context, w *world, tree Tree, name, dir string, extra ...string) (*Round, error) {
+	r := &Round{Name: name}
+	mark, err := b.minio(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.evict(ctx, w); err != nil {
+		return nil, err
+	}
+	if mark, err = b.minio(ctx, w); err != nil { // the eviction is not the step's
+		return nil, err
+	}
+	args := append([]string{"restore", "latest:" + w.src.Mount, "--target", dir}, extra...)
+	err = b.measure(ctx, r, func() error {
+		u, err := b.restic(w, SideDst, name, args...).Run(ctx)
+		r.add(u)
+		if err != nil {
+			return err
+		}
+		t := time.Now()
+		_, err = sh(ctx, "sync", "-f", dir)
+		r.SyncSeconds = time.Since(t).Seconds()
+		return err
+	})
+	u, serr := mark.Since("minio", SideDst)
+	r.add(u)
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return r, err
+	}
+	log.Printf("%s: %.1fs", name, r.Seconds)
+	t := time.Now()
+	r.Verified, r.VerifyNote = b.verifyTree(tree, dir)
+	r.VerifySeconds = time.Since(t).Seconds()
+	return r, nil
+}
+
+func (b *Bench) resticInitial(ctx context.Context, w *world, tree Tree) (backup, restore *Round, err error) {
+	if backup, err = b.resticBackup(ctx, w, "initial"); err != nil {
+		return backup, nil, err
+	}
+	restore, err = b.resticRestore(ctx, w, tree, "restic restore initial", w.resticB.Mount)
+	return backup, restore, err
+}
+
+// resticDelta: the delta backup, then (a) the study's flow, a full
+// restore into an empty volume, and (b) restic's best in-place mode into
+// the tree restored before.
+func (b *Bench) resticDelta(ctx context.Context, w *world, tree Tree, tr *ToolResult) error {
+	var err error
+	if tr.Delta, err = b.resticBackup(ctx, w, "delta"); err != nil {
+		return err
+	}
+	empty, err := b.ext4Volume(ctx, "restic-c", w.size)
+	if err != nil {
+		return err
+	}
+	tr.FullRestore, err = b.resticRestore(ctx, w, tree, "restic restore full", empty.Mount)
+	if cerr := empty.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	tr.InPlaceRestore, err = b.resticRestore(ctx, w, tree, "restic restore in-place", w.resticB.Mount,
+		"--overwrite", "if-changed", "--delete")
+	return err
+}
+
+const rsyncdConf = `use chroot = no
+[vol]
+  path = %s
+  read only = no
+  uid = root
+  gid = root
+`
+
+// rsyncRound: `rsync --inplace --no-whole-file` of the source's files to
+// an rsync daemon at the destination, across the link, then a syncfs of
+// the target.
+func (b *Bench) rsyncRound(ctx context.Context, w *world, tree Tree, phase string) (*Round, error) {
+	r := &Round{Name: "rsync " + phase}
+	conf := filepath.Join(b.cfg.Work, "rsyncd.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(rsyncdConf, w.rsyncDst.Mount)), 0o644); err != nil {
+		return nil, err
+	}
+	d, err := (&Cmd{Name: "rsync --daemon", Side: SideDst, Log: b.logPath("rsync"),
+		Args: []string{"rsync", "--daemon", "--no-detach", "--config=" + conf, "--address=127.0.0.1",
+			fmt.Sprintf("--port=%d", portRsync), "--log-file=" + b.logPath("rsyncd")}}).Start(ctx, b.cl)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitPort(ctx, b.cfg, SideDst, localAddr(portRsync), 30*time.Second); err != nil {
+		d.Stop()
+		return nil, err
+	}
+	if err := b.evict(ctx, w); err != nil {
+		d.Stop()
+		return nil, err
+	}
+	err = b.measure(ctx, r, func() error {
+		u, err := (&Cmd{Name: "rsync", Side: SideSrc, Log: b.logPath("rsync"),
+			Args: []string{"rsync", "-a", "--inplace", "--no-whole-file", "--delete", "--stats",
+				w.src.Mount + "/", fmt.Sprintf("rsync://%s/vol/", proxyAddr(portRsync))}}).Run(ctx)
+		r.add(u)
+		if err != nil {
+			return err
+		}
+		t := time.Now()
+		_, err = sh(ctx, "sync", "-f", w.rsyncDst.Mount)
+		r.SyncSeconds = time.Since(t).Seconds()
+		return err
+	})
+	u, serr := d.Stop()
+	r.add(u)
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return r, err
+	}
+	log.Printf("rsync %s: %.1fs, %s over the link", phase, r.Seconds, mb(r.LinkTxBytes+r.LinkRxBytes))
+	t := time.Now()
+	r.Verified, r.VerifyNote = b.verifyTree(tree, w.rsyncDst.Mount)
+	r.VerifySeconds = time.Since(t).Seconds()
+	return r, nil
+}
