@@ -172,7 +172,9 @@ func chartData(res *Results) string {
 	return b.String()
 }
 
-const chartScript = `set terminal pngcairo size 1200,820 font "sans,11"
+// chartScript draws two clustered histograms; in a cluster of n bars with
+// gap 1, bar i stands at x + (i-(n-1)/2)/(n+1), where its value is printed.
+const chartScript = `set terminal pngcairo size 1200,900 font "sans,11"
 set output '%s'
 set multiplot layout 2,1 title "%s"
 set style data histograms
@@ -180,18 +182,27 @@ set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
 set grid ytics
-set key top left
+set key below horizontal
 set ylabel "seconds"
 set yrange [0:*]
+set offsets 0,0,graph 0.12,0
+lbl(v) = v > 0 ? sprintf("%%.1f", v) : ""
 set title "Delta transfer time (the last sync before cutover)"
 plot '%[3]s' using 2:xtic(1) title "voldelta" lc rgb "#1b9e77", \
      '' using 4 title "restic backup" lc rgb "#d95f02", \
-     '' using 8 title "rsync --inplace" lc rgb "#7570b3"
+     '' using 8 title "rsync --inplace" lc rgb "#7570b3", \
+     '' using ($0-0.25):2:(lbl($2)) with labels offset 0,0.7 notitle, \
+     '' using ($0):4:(lbl($4)) with labels offset 0,0.7 notitle, \
+     '' using ($0+0.25):8:(lbl($8)) with labels offset 0,0.7 notitle
 set title "Cutover downtime = delta transfer + restore/apply at the target"
 plot '%[3]s' using 3:xtic(1) title "voldelta (applied in the sync)" lc rgb "#1b9e77", \
      '' using 5 title "restic + full restore (the study's flow)" lc rgb "#d95f02", \
      '' using 7 title "restic + in-place restore" lc rgb "#e6ab02", \
-     '' using 9 title "rsync --inplace" lc rgb "#7570b3"
+     '' using 9 title "rsync --inplace (applied in the sync)" lc rgb "#7570b3", \
+     '' using ($0-0.3):3:(lbl($3)) with labels offset 0,0.7 notitle, \
+     '' using ($0-0.1):5:(lbl($5)) with labels offset 0,0.7 notitle, \
+     '' using ($0+0.1):7:(lbl($7)) with labels offset 0,0.7 notitle, \
+     '' using ($0+0.3):9:(lbl($9)) with labels offset 0,0.7 notitle
 unset multiplot
 `
 
