@@ -18,6 +18,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -47,6 +48,8 @@ type RunOptions struct {
 	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
 	// /healthz and /readyz ("0" disables).
 	MetricsAddr, HealthAddr string
+	// SkipNameValidation allows several receivers in one process (tests).
+	SkipNameValidation bool
 	// Registry receives the metrics; default controller-runtime's registry.
 	Registry prometheus.Registerer
 	// Logger; nil logs nothing.
@@ -84,6 +87,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.HealthAddr,
 		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
+		Controller:             config.Controller{SkipNameValidation: &o.SkipNameValidation},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager: %w", err)
