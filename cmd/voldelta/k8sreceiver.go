@@ -77,6 +77,7 @@ whether the target is incomplete.`,
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
 			}
+			o.Listener = ln
 			mgr, err := k8sreceiver.NewManager(cfg, o)
 			if err != nil {
 				ln.Close()

@@ -55,8 +55,6 @@ type RunOptions struct {
 	// Registry receives the metrics; default controller-runtime's registry
 	// (served on MetricsAddr).
 	Registry prometheus.Registerer
-	// SkipNameValidation allows several agents in one process (tests).
-	SkipNameValidation bool
 	// Sync replaces agent.Sync (tests).
 	Sync SyncFunc
 	// Logger; nil logs nothing.
@@ -95,7 +93,9 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.HealthAddr,
 		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
-		Controller:             config.Controller{SkipNameValidation: &o.SkipNameValidation},
+		// One controller per manager; several managers may share a process
+		// (tests, `voldelta` commands run in-process).
+		Controller: config.Controller{SkipNameValidation: ptr(true)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager: %w", err)
@@ -155,3 +155,5 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	}
 	return mgr, nil
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -48,8 +48,6 @@ type RunOptions struct {
 	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
 	// /healthz and /readyz ("0" disables).
 	MetricsAddr, HealthAddr string
-	// SkipNameValidation allows several receivers in one process (tests).
-	SkipNameValidation bool
 	// Registry receives the metrics; default controller-runtime's registry.
 	Registry prometheus.Registerer
 	// Logger; nil logs nothing.
@@ -87,7 +85,9 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.HealthAddr,
 		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
-		Controller:             config.Controller{SkipNameValidation: &o.SkipNameValidation},
+		// One controller per manager; several managers may share a process
+		// (tests, `voldelta` commands run in-process).
+		Controller: config.Controller{SkipNameValidation: ptr(true)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager: %w", err)
@@ -159,3 +159,5 @@ func (t *Targets) SetupWithManager(mgr ctrl.Manager) error {
 		WatchesRawSource(source.Channel(t.events, &handler.EnqueueRequestForObject{})).
 		Complete(t)
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -381,7 +381,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	rcvMetrics, agentMetrics := freeAddr(t), freeAddr(t)
 	rmgr, err := k8sreceiver.NewManager(c.cp.ImpersonatedConfig("voldelta-system", "voldelta-receiver"), k8sreceiver.RunOptions{
 		Server:   receiver.Config{StateDir: t.TempDir(), Transport: rcvCfg, Name: "receiver-test"},
-		Listener: ln, NodeName: rcvNode, HostRoot: rcvHost, Attach: true, SkipNameValidation: true,
+		Listener: ln, NodeName: rcvNode, HostRoot: rcvHost, Attach: true,
 		MetricsAddr: rcvMetrics, HealthAddr: "0", Logger: testLogger(t).With("side", "receiver"),
 	})
 	c.must(err)
@@ -397,7 +397,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	var otherRounds sync.Map
 	for _, node := range []string{srcNode, "node-b"} {
 		o := k8sagent.RunOptions{NodeName: node, HostRoot: srcHost, MetricsAddr: "0", HealthAddr: "0",
-			Params: params, Registry: prometheus.NewRegistry(), SkipNameValidation: true, Logger: testLogger(t).With("side", "agent", "node", node)}
+			Params: params, Registry: prometheus.NewRegistry(), Logger: testLogger(t).With("side", "agent", "node", node)}
 		if node == srcNode {
 			o.Registry, o.MetricsAddr = nil, agentMetrics
 		} else {
