@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -69,6 +70,9 @@ type Options struct {
 	Streams int
 	// Clock; default the real clock.
 	Clock clock.PassiveClock
+	// Recorder, if set, records an Event on the VolumeSync for every
+	// committed or failed round.
+	Recorder events.EventRecorder
 	// Metrics, if set, are updated after every round.
 	Metrics *Metrics
 	// Logger; nil logs nothing.
@@ -294,6 +298,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	r.o.Metrics.success(vs.Namespace, vs.Name, started, end, stats.Generation, stats.BytesSentRaw, stats.WireBytes)
+	r.event(&vs, corev1.EventTypeNormal, v1alpha1.ReasonSynced, "Sync", "generation %d committed on %s: %d of %d bytes sent (%d on the wire) in %s",
+		stats.Generation, dest.addr, stats.BytesSentRaw, stats.SourceBytes, stats.WireBytes, st.LastSyncDuration.Duration)
 	log.Info("round committed", "generation", stats.Generation, "sent", stats.BytesSentRaw, "wire", stats.WireBytes, "root", stats.RootHash)
 	if err := r.pruneSnapshots(ctx, &vs); err != nil {
 		log.Warn("delete older snapshots", "err", err) // retried after the next round
@@ -364,10 +370,17 @@ func (r *Reconciler) failed(ctx context.Context, orig, vs *v1alpha1.VolumeSync, 
 	vs.Status.ConsecutiveFailures++
 	r.degrade(vs, reason, err.Error())
 	r.o.Metrics.failure(vs.Namespace, vs.Name)
+	r.event(vs, corev1.EventTypeWarning, reason, "Sync", "attempt %d failed: %v", vs.Status.ConsecutiveFailures, err)
 	if perr := r.patchStatus(ctx, orig, vs); perr != nil {
 		return ctrl.Result{}, perr
 	}
 	return ctrl.Result{RequeueAfter: Backoff(vs.Status.ConsecutiveFailures)}, nil
+}
+
+func (r *Reconciler) event(vs *v1alpha1.VolumeSync, typ, reason, action, note string, args ...any) {
+	if r.o.Recorder != nil {
+		r.o.Recorder.Eventf(vs, nil, typ, reason, action, note, args...)
+	}
 }
 
 // Backoff is the wait before retry n (1-based): 5s doubling up to 5m.

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/events"
 	clocktesting "k8s.io/utils/clock/testing"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -55,6 +56,7 @@ type fixture struct {
 	imgs    *images
 	rec     *k8sagent.Reconciler
 	reg     *prometheus.Registry
+	events  *events.FakeRecorder
 	syncs   []agent.Options
 	syncErr error
 	gen     uint64
@@ -74,7 +76,7 @@ func newFixture(t *testing.T, node string, vs *v1alpha1.VolumeSync) *fixture {
 	}
 	pvName := "pv-data"
 	block := corev1.PersistentVolumeBlock
-	f := &fixture{t: t, imgs: &images{}, clock: clocktesting.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}
+	f := &fixture{t: t, imgs: &images{}, events: events.NewFakeRecorder(100), clock: clocktesting.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))}
 	f.kube = kubefake.NewClientset(
 		&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "data"},
 			Spec: corev1.PersistentVolumeClaimSpec{VolumeName: pvName}, Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound}},
@@ -110,7 +112,7 @@ func newFixture(t *testing.T, node string, vs *v1alpha1.VolumeSync) *fixture {
 	}
 	f.rec, err = k8sagent.New(k8sagent.Options{
 		Client: f.cl, Kube: f.kube, Snapshots: f.snaps, Resolver: res, Snapshotter: sn, Images: f.imgs,
-		NodeName: node, Clock: f.clock, Metrics: m,
+		NodeName: node, Clock: f.clock, Metrics: m, Recorder: f.events,
 		Sync: func(ctx context.Context, opt agent.Options) (*agent.Stats, error) {
 			f.syncs = append(f.syncs, opt)
 			if f.syncErr != nil {
@@ -287,6 +289,11 @@ func TestRoundsOnOwnNode(t *testing.T) {
 	if n := testutil.ToFloat64(metricVec(t, f.reg, "voldelta_agent_rounds_total")); n != 2 {
 		t.Errorf("rounds_total = %v", n)
 	}
+	for i := 1; i <= 2; i++ {
+		if ev := <-f.events.Events; !strings.HasPrefix(ev, "Normal Synced generation") {
+			t.Errorf("event %d: %q", i, ev)
+		}
+	}
 }
 
 // metricVec sums a metric family's values.
@@ -336,6 +343,9 @@ func TestFailedRoundKeepsSnapshotAndBacksOff(t *testing.T) {
 	}
 	if res.RequeueAfter != k8sagent.Backoff(1) {
 		t.Fatalf("requeue %v", res.RequeueAfter)
+	}
+	if ev := <-f.events.Events; !strings.HasPrefix(ev, "Warning ReceiverRefused attempt 1 failed") {
+		t.Errorf("event %q", ev)
 	}
 	f.syncErr = agent.ErrRootMismatch
 	res = f.reconcile()

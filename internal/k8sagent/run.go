@@ -146,7 +146,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		return nil, err
 	}
 	r, err := New(Options{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Kube: kube, Snapshots: snaps, Resolver: res, Snapshotter: sn,
-		Images: imgs, NodeName: o.NodeName, Sync: o.Sync, Params: o.Params, Streams: o.Streams, Metrics: m, Logger: o.Logger})
+		Images: imgs, NodeName: o.NodeName, Recorder: mgr.GetEventRecorder("voldelta-agent"), Sync: o.Sync, Params: o.Params, Streams: o.Streams, Metrics: m, Logger: o.Logger})
 	if err != nil {
 		return nil, err
 	}

@@ -117,7 +117,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		return nil, err
 	}
 	t, err := New(Options{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName,
-		StateDir: o.Server.StateDir, Attach: o.Attach, Metrics: m, Logger: o.Logger})
+		StateDir: o.Server.StateDir, Attach: o.Attach, Metrics: m, Recorder: mgr.GetEventRecorder("voldelta-receiver"), Logger: o.Logger})
 	if err != nil {
 		return nil, err
 	}

@@ -12,11 +12,13 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -67,6 +69,9 @@ type Options struct {
 	// Refresh is how often a VolumeTarget's status is re-read from the
 	// state directory besides after commits; default 30s.
 	Refresh time.Duration
+	// Recorder, if set, records Events on VolumeTargets: commits and
+	// refused writers.
+	Recorder events.EventRecorder
 	// Metrics, if set, are updated on commits and refusals.
 	Metrics *Metrics
 	// Clock; default the real clock.
@@ -194,6 +199,9 @@ func (t *Targets) Authorize(volume string, peer transport.Identity) error {
 		}
 	}
 	t.o.Metrics.refuse(volume, "forbidden")
+	if t.o.Recorder != nil {
+		t.o.Recorder.Eventf(vt, nil, corev1.EventTypeWarning, "Forbidden", "Authorize", "client %v may not write this target", peer.Names())
+	}
 	t.o.Logger.Warn("writer refused", "volume", volume, "identity", peer.Names(), "volumetarget", vt.Namespace+"/"+vt.Name)
 	return fmt.Errorf("client %v may not write volume %q (VolumeTarget %s/%s allows %v)", peer.Names(), volume, vt.Namespace, vt.Name, vt.Spec.AllowedIdentities)
 }
@@ -212,6 +220,11 @@ func (t *Targets) OnCommit(volume string, peer transport.Identity, r receiver.Re
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if vt, err := t.lookup(ctx, volume); err == nil {
+		if t.o.Recorder != nil {
+			t.o.Recorder.Eventf(vt, nil, corev1.EventTypeNormal, v1alpha1.ReasonTargetCommitted, "Commit",
+				"generation %d committed by %s: %d chunks fetched (%d bytes), %d copied locally, %d in place",
+				r.Generation, who, r.Fetched, r.FetchBytes, r.Copied, r.Skipped)
+		}
 		select {
 		case t.events <- event.GenericEvent{Object: vt}:
 		default: // a refresh is queued already or follows on the timer

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
@@ -29,18 +30,19 @@ import (
 )
 
 type fixture struct {
-	t    *testing.T
-	tg   *Targets
-	cl   client.Client
-	kube *kubefake.Clientset
-	host string
+	t      *testing.T
+	tg     *Targets
+	cl     client.Client
+	kube   *kubefake.Clientset
+	host   string
+	events *events.FakeRecorder
 }
 
 func newFixture(t *testing.T, vts ...client.Object) *fixture {
 	t.Helper()
 	block := corev1.PersistentVolumeBlock
 	pvName := "pv-dst"
-	f := &fixture{t: t, host: t.TempDir()}
+	f := &fixture{t: t, host: t.TempDir(), events: events.NewFakeRecorder(100)}
 	f.kube = kubefake.NewClientset(
 		&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: "replica"},
 			Spec: corev1.PersistentVolumeClaimSpec{VolumeName: pvName}, Status: corev1.PersistentVolumeClaimStatus{Phase: corev1.ClaimBound}},
@@ -63,7 +65,7 @@ func newFixture(t *testing.T, vts ...client.Object) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.tg, err = New(Options{Client: f.cl, Kube: f.kube, Resolver: res, NodeName: "node-r", StateDir: t.TempDir(), Attach: true, Metrics: m})
+	f.tg, err = New(Options{Client: f.cl, Kube: f.kube, Resolver: res, NodeName: "node-r", StateDir: t.TempDir(), Attach: true, Metrics: m, Recorder: f.events})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,6 +181,11 @@ func TestAuthorize(t *testing.T) {
 	}
 	if err := f.tg.Authorize("unknown", transport.Identity{CommonName: "agent-a"}); err == nil {
 		t.Error("an unknown volume was authorized")
+	}
+	for i := 0; i < 2; i++ {
+		if ev := <-f.events.Events; !strings.HasPrefix(ev, "Warning Forbidden client [") {
+			t.Errorf("event %q", ev)
+		}
 	}
 }
 

@@ -562,6 +562,33 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 		t.Errorf("receiver refused_total = %v", n)
 	}
 
+	// Both sides record Events (with the RBAC deploy/ grants them).
+	for _, want := range []struct{ ns, name, reason string }{
+		{srcNS, "data", v1alpha1.ReasonSynced},
+		{dstNS, "replica", v1alpha1.ReasonTargetCommitted},
+		{dstNS, "replica", "Forbidden"},
+	} {
+		evCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := k8stest.Eventually(evCtx, func() (bool, string, error) {
+			l, err := c.kube.EventsV1().Events(want.ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, "", err
+			}
+			var seen []string
+			for _, e := range l.Items {
+				if e.Regarding.Name == want.name && e.Reason == want.reason {
+					return true, "", nil
+				}
+				seen = append(seen, e.Regarding.Name+"/"+e.Reason)
+			}
+			return false, fmt.Sprintf("events %v", seen), nil
+		})
+		cancel()
+		if err != nil {
+			t.Errorf("no %s event on %s/%s: %v", want.reason, want.ns, want.name, err)
+		}
+	}
+
 	// Deleting the VolumeTarget detaches the volume the receiver attached.
 	c.must(c.cl.Delete(ctx, &vt))
 	err = k8stest.Eventually(ctx, func() (bool, string, error) {
