@@ -198,12 +198,31 @@ type VolumeSyncStatus struct {
 	// +optional
 	PendingManualTrigger string `json:"pendingManualTrigger,omitempty"`
 
+	// Progress of the running round while it sends, updated every few
+	// seconds; unset between rounds.
+	// +optional
+	Progress *RoundProgress `json:"progress,omitempty"`
+
 	// Rounds counts the successful rounds.
 	// +optional
 	Rounds int64 `json:"rounds,omitempty"`
 	// ConsecutiveFailures counts failed attempts since the last success.
 	// +optional
 	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+}
+
+// RoundProgress is how far a running round got.
+type RoundProgress struct {
+	// SourceBytes is the size of the snapshot being sent.
+	SourceBytes int64 `json:"sourceBytes"`
+	// ScannedBytes of the snapshot have been chunked and hashed.
+	ScannedBytes int64 `json:"scannedBytes"`
+	// NeededBytes is the size of the chunks the receiver asked for so far.
+	NeededBytes int64 `json:"neededBytes"`
+	// SentBytes of those have been sent.
+	SentBytes int64 `json:"sentBytes"`
+	// UpdateTime is when these figures were taken.
+	UpdateTime metav1.Time `json:"updateTime"`
 }
 
 // VolumeSync replicates a PersistentVolumeClaim to a voldelta receiver: the

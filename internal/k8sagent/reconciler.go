@@ -10,6 +10,7 @@ import (
 	"net"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
@@ -77,6 +78,9 @@ type Options struct {
 	Metrics *Metrics
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
+	// ProgressInterval is how often status.progress is updated while a
+	// round sends; default 10s.
+	ProgressInterval time.Duration
 	// RetryAfterUnresolved is how long to wait before looking again at a
 	// VolumeSync whose volume cannot be resolved or is not attached;
 	// default 30s. Watches on VolumeAttachments and Longhorn Volumes
@@ -118,6 +122,9 @@ func New(o Options) (*Reconciler, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.ProgressInterval <= 0 {
+		o.ProgressInterval = 10 * time.Second
 	}
 	if o.RetryAfterUnresolved <= 0 {
 		o.RetryAfterUnresolved = 30 * time.Second
@@ -246,7 +253,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	orig = vs.DeepCopy()
 
 	log.Info("round starts", "snapshot", vs.Status.PendingSnapshot, "receiver", dest.addr, "volume", dest.volume, "bytes", img.Size())
+	prog := r.reportProgress(ctx, &vs)
 	stats, err := r.o.Sync(ctx, agent.Options{
+		Progress:  prog.set,
 		Source:    vs.Namespace + "/" + vs.Status.PendingSnapshot,
 		Image:     img,
 		Addr:      dest.addr,
@@ -256,6 +265,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		Logger:    log,
 		Name:      "voldelta-agent@" + r.o.NodeName,
 	})
+	prog.stop()
+	// Progress may be set on the server: make the next patch remove it.
+	orig.Status.Progress = &v1alpha1.RoundProgress{}
+	vs.Status.Progress = nil
 	if err != nil {
 		reason := v1alpha1.ReasonSyncFailed
 		var re *transport.RemoteError
@@ -305,6 +318,60 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		log.Warn("delete older snapshots", "err", err) // retried after the next round
 	}
 	return ctrl.Result{RequeueAfter: wait}, nil
+}
+
+// progressReporter patches status.progress of a running round every
+// ProgressInterval with the figures agent.Sync last reported.
+type progressReporter struct {
+	mu   sync.Mutex
+	last agent.Progress
+	seen bool
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func (p *progressReporter) set(pr agent.Progress) {
+	p.mu.Lock()
+	p.last, p.seen = pr, true
+	p.mu.Unlock()
+}
+
+func (p *progressReporter) stop() {
+	close(p.done)
+	p.wg.Wait()
+}
+
+func (r *Reconciler) reportProgress(ctx context.Context, vs *v1alpha1.VolumeSync) *progressReporter {
+	p := &progressReporter{done: make(chan struct{})}
+	base := vs.DeepCopy()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		t := time.NewTicker(r.o.ProgressInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-p.done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			p.mu.Lock()
+			pr, seen := p.last, p.seen
+			p.mu.Unlock()
+			if !seen {
+				continue
+			}
+			mod := base.DeepCopy()
+			mod.Status.Progress = &v1alpha1.RoundProgress{SourceBytes: int64(pr.SourceBytes), ScannedBytes: int64(pr.ScannedBytes),
+				NeededBytes: int64(pr.NeedBytes), SentBytes: int64(pr.SentBytes), UpdateTime: metav1.NewTime(r.o.Clock.Now())}
+			if err := r.patchStatus(ctx, base, mod); err != nil {
+				r.o.Logger.Debug("progress", "err", err)
+			}
+		}
+	}()
+	return p
 }
 
 // due reports whether a round should start at now and, if not, how long

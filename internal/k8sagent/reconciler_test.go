@@ -59,7 +59,9 @@ type fixture struct {
 	events  *events.FakeRecorder
 	syncs   []agent.Options
 	syncErr error
-	gen     uint64
+	// syncHook, if set, runs instead of the fixture's round.
+	syncHook func(context.Context, agent.Options) (*agent.Stats, error)
+	gen      uint64
 }
 
 const ns = "app"
@@ -112,8 +114,11 @@ func newFixture(t *testing.T, node string, vs *v1alpha1.VolumeSync) *fixture {
 	}
 	f.rec, err = k8sagent.New(k8sagent.Options{
 		Client: f.cl, Kube: f.kube, Snapshots: f.snaps, Resolver: res, Snapshotter: sn, Images: f.imgs,
-		NodeName: node, Clock: f.clock, Metrics: m, Recorder: f.events,
+		NodeName: node, Clock: f.clock, Metrics: m, Recorder: f.events, ProgressInterval: 5 * time.Millisecond,
 		Sync: func(ctx context.Context, opt agent.Options) (*agent.Stats, error) {
+			if f.syncHook != nil {
+				return f.syncHook(ctx, opt)
+			}
 			f.syncs = append(f.syncs, opt)
 			if f.syncErr != nil {
 				return nil, f.syncErr
@@ -315,6 +320,33 @@ func metricVec(t *testing.T, reg *prometheus.Registry, name string) prometheus.C
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "sum"})
 	g.Set(sum)
 	return g
+}
+
+func TestProgressWhileSending(t *testing.T) {
+	f := newFixture(t, "node-a", volumeSync())
+	f.reconcile()
+	f.ready(f.get().Status.PendingSnapshot)
+	var seen *v1alpha1.RoundProgress
+	f.syncHook = func(ctx context.Context, opt agent.Options) (*agent.Stats, error) {
+		opt.Progress(agent.Progress{SourceBytes: 4096, ScannedBytes: 2048, NeedBytes: 1024, SentBytes: 512})
+		// Wait until the reporter published it.
+		for seen == nil {
+			var vs v1alpha1.VolumeSync
+			if err := f.cl.Get(ctx, types.NamespacedName{Namespace: ns, Name: "data"}, &vs); err != nil {
+				return nil, err
+			}
+			seen = vs.Status.Progress
+			time.Sleep(time.Millisecond)
+		}
+		return &agent.Stats{Generation: 1, RootHash: "abc", SourceBytes: 4096}, nil
+	}
+	f.reconcile()
+	if seen.SourceBytes != 4096 || seen.ScannedBytes != 2048 || seen.NeededBytes != 1024 || seen.SentBytes != 512 {
+		t.Fatalf("progress %+v", seen)
+	}
+	if p := f.get().Status.Progress; p != nil {
+		t.Fatalf("progress left after the round: %+v", p)
+	}
 }
 
 func TestOtherNodeIgnores(t *testing.T) {

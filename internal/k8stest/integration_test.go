@@ -458,7 +458,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if st.Phase != v1alpha1.PhaseIdle || st.Node != srcNode || st.LastGeneration != 1 || st.LastRootHash == "" ||
 		st.LastSourceBytes != volSize || st.LastBytesSent < 6<<20 || st.LastWireBytes <= 0 ||
 		st.LastSyncTime == nil || st.LastSyncStartTime == nil || st.LastSyncDuration == nil ||
-		st.BaseSnapshot == "" || st.PendingSnapshot != "" || st.Rounds != 1 || st.ObservedGeneration != got.Generation {
+		st.BaseSnapshot == "" || st.PendingSnapshot != "" || st.Rounds != 1 || st.ObservedGeneration != got.Generation || st.Progress != nil {
 		t.Fatalf("status after round 1: %+v", st)
 	}
 	if c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionDegraded); c == nil || c.Status != metav1.ConditionFalse {
