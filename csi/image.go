@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/voldelta/voldelta/agent"
+	"github.com/voldelta/voldelta/chunk"
 )
 
 // Image is a readable point-in-time image of a volume.
@@ -25,6 +26,17 @@ type ImageSource interface {
 	// Open returns the image of snapshot snap (Ready) of volume v. An error
 	// wrapping ErrUnsupported means no retry will help.
 	Open(ctx context.Context, v *Volume, snap SnapshotResult) (Image, error)
+}
+
+// ChangeTracker is implemented by image sources that know which extents of
+// a snapshot may differ from an earlier snapshot of the same volume (changed
+// block tracking), so that a scan can skip the rest.
+type ChangeTracker interface {
+	// Changed returns extents outside which the images of the snapshots
+	// with handles base and target are equal: a superset of the change,
+	// never a subset; empty (not nil) if nothing changed. An error means
+	// the change is unknown (read everything).
+	Changed(ctx context.Context, v *Volume, base, target string) ([]chunk.Extent, error)
 }
 
 // ParseLonghornSnapshotHandle splits a Longhorn CSI snapshot handle of type

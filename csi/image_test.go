@@ -82,6 +82,21 @@ func TestImagesLonghorn(t *testing.T) {
 		t.Fatal("snapshot s2 reads other bytes than were written before it")
 	}
 
+	// Between s1 and s2 only [8192, 12288) was written.
+	changed, err := src.Changed(context.Background(), v, "snap://pvc-1/s1", "snap://pvc-1/s2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changed) != 1 || changed[0].Offset != 8192 || changed[0].Length != 4096 {
+		t.Fatalf("changed %+v", changed)
+	}
+	if _, err := src.Changed(context.Background(), v, "snap://pvc-1/s2", "snap://pvc-1/s1"); err == nil {
+		t.Fatal("changes from a descendant to its ancestor were reported")
+	}
+	if _, err := src.Changed(context.Background(), &csi.Volume{Driver: "other"}, "a", "b"); !errors.Is(err, csi.ErrUnsupported) {
+		t.Fatalf("other driver: %v", err)
+	}
+
 	for _, tc := range []struct {
 		name   string
 		handle string

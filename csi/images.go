@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/voldelta/voldelta/agent"
+	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi/longhorn"
 )
 
@@ -82,6 +83,57 @@ func (s *Images) openLonghorn(v *Volume, handle string) (Image, error) {
 	}
 	return nil, fmt.Errorf("snapshot %s of Longhorn volume %s on this node (data path %s; give the volume a replica on the node it is attached to, e.g. dataLocality best-effort): %w",
 		name, vol, s.LonghornDataPath, errors.Join(errs...))
+}
+
+var _ ChangeTracker = (*Images)(nil)
+
+// Changed implements ChangeTracker for Longhorn v1 snapshots of one volume:
+// the data extents of the layers between them in the replica on this node
+// (longhorn.Replica.Delta). Other drivers give ErrUnsupported.
+func (s *Images) Changed(ctx context.Context, v *Volume, base, target string) ([]chunk.Extent, error) {
+	if !v.Longhorn() || s.LonghornDataPath == "" {
+		return nil, fmt.Errorf("driver %s: %w", v.Driver, ErrUnsupported)
+	}
+	bvol, bname, err := ParseLonghornSnapshotHandle(base)
+	if err != nil {
+		return nil, err
+	}
+	tvol, tname, err := ParseLonghornSnapshotHandle(target)
+	if err != nil {
+		return nil, err
+	}
+	if bvol != v.Handle || tvol != v.Handle {
+		return nil, fmt.Errorf("snapshots %q and %q are not both of Longhorn volume %q", base, target, v.Handle)
+	}
+	cands, err := longhorn.FindReplicas(s.LonghornDataPath, v.Handle)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, c := range cands {
+		if !c.Usable() {
+			continue
+		}
+		r, err := longhorn.OpenReplica(c.Dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		exts, err := r.Delta(bname, tname)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out := make([]chunk.Extent, len(exts))
+		for i, e := range exts {
+			out[i] = chunk.Extent{Offset: e.Offset, Length: e.Length}
+		}
+		return out, nil
+	}
+	if len(errs) == 0 {
+		errs = append(errs, longhorn.ErrReplicaNotFound)
+	}
+	return nil, fmt.Errorf("changes from %s to %s of Longhorn volume %s: %w", bname, tname, v.Handle, errors.Join(errs...))
 }
 
 type deviceImage struct {

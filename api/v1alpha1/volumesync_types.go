@@ -177,6 +177,12 @@ type VolumeSyncStatus struct {
 	// framing and manifest included).
 	// +optional
 	LastWireBytes int64 `json:"lastWireBytes,omitempty"`
+	// LastReusedBytes of the last round's snapshot were not read: the
+	// storage reported them unchanged since the previous round's snapshot
+	// (Longhorn's snapshot chain), so the previous manifest's chunks were
+	// reused.
+	// +optional
+	LastReusedBytes int64 `json:"lastReusedBytes,omitempty"`
 
 	// LastManualTrigger is spec.trigger.manual as of the last successful
 	// round.

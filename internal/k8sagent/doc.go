@@ -9,7 +9,11 @@
 //	        → RequeueAfter(nextSyncTime − now)
 //	    no pending snapshot → status.pendingSnapshot = <name>-<time>, Syncing
 //	    EnsureSnapshot → not ready: RequeueAfter (or a watch event)
-//	    open its image (csi.ImageSource) → agent.Sync with the Secret's TLS
+//	    open its image (csi.ImageSource) → agent.Sync with the Secret's TLS,
+//	        and, if the last round's manifest is remembered and the image
+//	        source tracks changes (csi.ChangeTracker: Longhorn's chain), that
+//	        manifest and the extents changed since its snapshot, so that
+//	        unchanged segments are not read
 //	    failed → Degraded (reason), keep the snapshot, retry with backoff
 //	    committed → status: figures, Ready; the snapshot becomes the base;
 //	        older snapshots of this VolumeSync are deleted

@@ -18,6 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -89,7 +90,21 @@ type Options struct {
 }
 
 // Reconciler runs the rounds of the VolumeSyncs of its node.
-type Reconciler struct{ o Options }
+type Reconciler struct {
+	o Options
+
+	mu    sync.Mutex
+	bases map[types.NamespacedName]*base
+}
+
+// base is what the agent remembers of a VolumeSync's last committed round,
+// to scan the next one from its manifest and the storage's changed
+// extents. It lives in memory only: after a restart the first round reads
+// everything.
+type base struct {
+	snapshot, handle string
+	manifest         *chunk.Manifest
+}
 
 // New checks o and returns a Reconciler.
 func New(o Options) (*Reconciler, error) {
@@ -129,7 +144,7 @@ func New(o Options) (*Reconciler, error) {
 	if o.RetryAfterUnresolved <= 0 {
 		o.RetryAfterUnresolved = 30 * time.Second
 	}
-	return &Reconciler{o: o}, nil
+	return &Reconciler{o: o, bases: make(map[types.NamespacedName]*base)}, nil
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -139,6 +154,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.o.Reader.Get(ctx, req.NamespacedName, &vs); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.o.Metrics.forget(req.Namespace, req.Name)
+			r.mu.Lock()
+			delete(r.bases, req.NamespacedName)
+			r.mu.Unlock()
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -253,8 +271,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	orig = vs.DeepCopy()
 
 	log.Info("round starts", "snapshot", vs.Status.PendingSnapshot, "receiver", dest.addr, "volume", dest.volume, "bytes", img.Size())
+	prev, changed := r.changes(ctx, log, req.NamespacedName, &vs, vol, snap)
 	prog := r.reportProgress(ctx, &vs)
 	stats, err := r.o.Sync(ctx, agent.Options{
+		Previous:  prev,
+		Changed:   changed,
 		Progress:  prog.set,
 		Source:    vs.Namespace + "/" + vs.Status.PendingSnapshot,
 		Image:     img,
@@ -296,9 +317,17 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	st.LastSourceBytes = int64(stats.SourceBytes)
 	st.LastBytesSent = int64(stats.BytesSentRaw)
 	st.LastWireBytes = stats.WireBytes
+	st.LastReusedBytes = int64(stats.ReusedBytes)
 	st.LastManualTrigger = st.PendingManualTrigger
 	st.PendingManualTrigger = ""
 	st.BaseSnapshot = st.PendingSnapshot
+	r.mu.Lock()
+	if stats.Manifest != nil {
+		r.bases[req.NamespacedName] = &base{snapshot: st.BaseSnapshot, handle: snap.Handle, manifest: stats.Manifest}
+	} else {
+		delete(r.bases, req.NamespacedName)
+	}
+	r.mu.Unlock()
 	st.PendingSnapshot = ""
 	st.Rounds++
 	st.ConsecutiveFailures = 0
@@ -318,6 +347,33 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		log.Warn("delete older snapshots", "err", err) // retried after the next round
 	}
 	return ctrl.Result{RequeueAfter: wait}, nil
+}
+
+// changes returns the previous round's manifest and the extents changed
+// since its snapshot, if the agent remembers that round and the image
+// source can tell; (nil, nil) reads the whole snapshot.
+func (r *Reconciler) changes(ctx context.Context, log *slog.Logger, key types.NamespacedName, vs *v1alpha1.VolumeSync, vol *csi.Volume, snap csi.SnapshotResult) (*chunk.Manifest, []chunk.Extent) {
+	ct, ok := r.o.Images.(csi.ChangeTracker)
+	if !ok {
+		return nil, nil
+	}
+	r.mu.Lock()
+	b := r.bases[key]
+	r.mu.Unlock()
+	if b == nil || b.snapshot != vs.Status.BaseSnapshot || b.manifest.Params != r.o.Params {
+		return nil, nil
+	}
+	changed, err := ct.Changed(ctx, vol, b.handle, snap.Handle)
+	if err != nil {
+		log.Info("changed extents unknown; reading the whole snapshot", "base", b.snapshot, "err", err)
+		return nil, nil
+	}
+	var n uint64
+	for _, e := range changed {
+		n += e.Length
+	}
+	log.Info("changed extents since the base snapshot", "base", b.snapshot, "extents", len(changed), "bytes", n)
+	return b.manifest, changed
 }
 
 // progressReporter patches status.progress of a running round every

@@ -27,6 +27,7 @@ import (
 
 	"github.com/voldelta/voldelta/agent"
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/k8sagent"
 	"github.com/voldelta/voldelta/internal/pki"
@@ -39,8 +40,17 @@ func (m memImage) Size() uint64 { return uint64(m.Len()) }
 func (m memImage) Close() error { return nil }
 
 // images opens every ready snapshot as a fixed byte image and records the
-// handles it was asked for.
-type images struct{ opened []string }
+// handles it was asked for; it reports one changed extent between any two
+// snapshots.
+type images struct {
+	opened  []string
+	changes [][2]string
+}
+
+func (i *images) Changed(_ context.Context, _ *csi.Volume, base, target string) ([]chunk.Extent, error) {
+	i.changes = append(i.changes, [2]string{base, target})
+	return []chunk.Extent{{Offset: 0, Length: 512}}, nil
+}
 
 func (i *images) Open(_ context.Context, _ *csi.Volume, s csi.SnapshotResult) (csi.Image, error) {
 	i.opened = append(i.opened, s.Handle)
@@ -125,7 +135,8 @@ func newFixture(t *testing.T, node string, vs *v1alpha1.VolumeSync) *fixture {
 			}
 			f.gen++
 			f.clock.Step(3 * time.Second)
-			return &agent.Stats{Generation: f.gen, RootHash: "abc", SourceBytes: opt.Image.Size(), BytesSentRaw: 100 * f.gen, WireBytes: 150}, nil
+			return &agent.Stats{Generation: f.gen, RootHash: "abc", SourceBytes: opt.Image.Size(), BytesSentRaw: 100 * f.gen, WireBytes: 150,
+				ReusedBytes: 7 * (f.gen - 1), Manifest: &chunk.Manifest{Params: opt.Params, Size: opt.Image.Size(), Root: chunk.ID{byte(f.gen)}}}, nil
 		},
 	})
 	if err != nil {
@@ -289,6 +300,20 @@ func TestRoundsOnOwnNode(t *testing.T) {
 	}
 	if got := f.snapshots(); len(got) != 1 || got[0] != second {
 		t.Fatalf("snapshots after round 2: %v, want only %s", got, second)
+	}
+	// Round 2 was scanned from round 1's manifest and the changed extents
+	// between the two snapshots.
+	if len(f.syncs) != 2 || f.syncs[0].Previous != nil || f.syncs[0].Changed != nil {
+		t.Fatalf("round 1 had hints: %+v", f.syncs)
+	}
+	if p := f.syncs[1].Previous; p == nil || p.Root != (chunk.ID{1}) || len(f.syncs[1].Changed) != 1 {
+		t.Fatalf("round 2: previous %+v, changed %+v", p, f.syncs[1].Changed)
+	}
+	if len(f.imgs.changes) != 1 || f.imgs.changes[0] != [2]string{"handle-" + first, "handle-" + second} {
+		t.Fatalf("changes asked: %v", f.imgs.changes)
+	}
+	if vs.Status.LastReusedBytes != 7 {
+		t.Fatalf("lastReusedBytes %d", vs.Status.LastReusedBytes)
 	}
 
 	if n := testutil.ToFloat64(metricVec(t, f.reg, "voldelta_agent_rounds_total")); n != 2 {

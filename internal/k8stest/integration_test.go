@@ -498,6 +498,11 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	c.must(c.cl.Update(ctx, vsync))
 	got = waitSynced("2")
 	st2 := got.Status
+	// The second segment (4-8 MiB) is untouched since the first snapshot:
+	// Longhorn's chain says so, and it is not read again.
+	if st2.LastReusedBytes != 4<<20 {
+		t.Errorf("round 2 reused %d bytes of the previous manifest, want the untouched segment (%d)", st2.LastReusedBytes, 4<<20)
+	}
 	if st2.LastGeneration != 2 || st2.Rounds != 2 || st2.LastRootHash == st.LastRootHash || st2.BaseSnapshot == first {
 		t.Fatalf("status after round 2: %+v", st2)
 	}
