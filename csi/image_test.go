@@ -64,7 +64,7 @@ func TestImagesLonghorn(t *testing.T) {
 	copy(want[4096:], first)
 	copy(want[8192:], bytes.Repeat([]byte{2}, 4096))
 
-	src := &csi.Images{LonghornDataPath: data}
+	src := &csi.Images{LonghornDataPaths: []string{t.TempDir(), data}}
 	v := &csi.Volume{Driver: csi.LonghornDriver, Handle: "pvc-1", PV: "pv-1"}
 	img, err := src.Open(context.Background(), v, csi.SnapshotResult{Ready: true, Handle: "snap://pvc-1/s2"})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/voldelta/voldelta/agent"
 	"github.com/voldelta/voldelta/chunk"
@@ -15,9 +16,10 @@ import (
 // from the volume's replica on this node; other drivers' snapshots only
 // with LiveDevice.
 type Images struct {
-	// LonghornDataPath is Longhorn's data path on this node as seen in this
-	// container (e.g. /host/var/lib/longhorn, mounted read-only).
-	LonghornDataPath string
+	// LonghornDataPaths are the paths of Longhorn's disks on this node as
+	// seen in this container (e.g. /host/var/lib/longhorn, mounted
+	// read-only); replicas are looked for under each.
+	LonghornDataPaths []string
 	// LiveDevice reads the volume's live device (DevicePath) for snapshots
 	// voldelta cannot read, after the snapshot is ready. The image is then
 	// NOT point-in-time: the application must not write during the round
@@ -31,7 +33,7 @@ func (s *Images) Open(ctx context.Context, v *Volume, snap SnapshotResult) (Imag
 	if !snap.Ready {
 		return nil, fmt.Errorf("snapshot is not ready")
 	}
-	if v.Longhorn() && s.LonghornDataPath != "" {
+	if v.Longhorn() && len(s.LonghornDataPaths) > 0 {
 		img, err := s.openLonghorn(v, snap.Handle)
 		if err == nil || !s.LiveDevice || !errors.Is(err, ErrUnsupported) {
 			return img, err
@@ -51,7 +53,7 @@ func (s *Images) openLonghorn(v *Volume, handle string) (Image, error) {
 	if vol != v.Handle {
 		return nil, fmt.Errorf("snapshot handle %q is of Longhorn volume %q, not %q", handle, vol, v.Handle)
 	}
-	cands, err := longhorn.FindReplicas(s.LonghornDataPath, vol)
+	cands, err := s.replicas(vol)
 	if err != nil {
 		return nil, err
 	}
@@ -82,7 +84,21 @@ func (s *Images) openLonghorn(v *Volume, handle string) (Image, error) {
 		errs = append(errs, longhorn.ErrReplicaNotFound)
 	}
 	return nil, fmt.Errorf("snapshot %s of Longhorn volume %s on this node (data path %s; give the volume a replica on the node it is attached to, e.g. dataLocality best-effort): %w",
-		name, vol, s.LonghornDataPath, errors.Join(errs...))
+		name, vol, strings.Join(s.LonghornDataPaths, ", "), errors.Join(errs...))
+}
+
+// replicas lists the replica directories of a Longhorn volume on every
+// data path.
+func (s *Images) replicas(volume string) ([]longhorn.Candidate, error) {
+	var out []longhorn.Candidate
+	for _, p := range s.LonghornDataPaths {
+		c, err := longhorn.FindReplicas(p, volume)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c...)
+	}
+	return out, nil
 }
 
 var _ ChangeTracker = (*Images)(nil)
@@ -91,7 +107,7 @@ var _ ChangeTracker = (*Images)(nil)
 // the data extents of the layers between them in the replica on this node
 // (longhorn.Replica.Delta). Other drivers give ErrUnsupported.
 func (s *Images) Changed(ctx context.Context, v *Volume, base, target string) ([]chunk.Extent, error) {
-	if !v.Longhorn() || s.LonghornDataPath == "" {
+	if !v.Longhorn() || len(s.LonghornDataPaths) == 0 {
 		return nil, fmt.Errorf("driver %s: %w", v.Driver, ErrUnsupported)
 	}
 	bvol, bname, err := ParseLonghornSnapshotHandle(base)
@@ -105,7 +121,7 @@ func (s *Images) Changed(ctx context.Context, v *Volume, base, target string) ([
 	if bvol != v.Handle || tvol != v.Handle {
 		return nil, fmt.Errorf("snapshots %q and %q are not both of Longhorn volume %q", base, target, v.Handle)
 	}
-	cands, err := longhorn.FindReplicas(s.LonghornDataPath, v.Handle)
+	cands, err := s.replicas(v.Handle)
 	if err != nil {
 		return nil, err
 	}

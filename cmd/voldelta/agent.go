@@ -63,7 +63,7 @@ It serves Prometheus metrics on --metrics-addr and health probes on
 	fs.StringVar(&kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig file; default in-cluster configuration")
 	fs.StringVar(&o.HostRoot, "host-root", "/", "where the host's root file system is mounted (device paths are looked up under it)")
 	fs.StringVar(&o.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "the kubelet's directory on the host")
-	fs.StringVar(&o.LonghornDataPath, "longhorn-data-path", "/var/lib/longhorn", "Longhorn's data path on the host ('-' disables reading Longhorn replicas)")
+	fs.StringSliceVar(&o.LonghornDataPaths, "longhorn-data-path", []string{"/var/lib/longhorn"}, "paths of Longhorn's disks on the host, where replicas are looked for (repeatable or comma-separated; '-' disables reading Longhorn replicas)")
 	fs.StringVar(&o.LonghornNamespace, "longhorn-namespace", "longhorn-system", "namespace of Longhorn's custom resources")
 	fs.BoolVar(&o.LiveDevice, "live-device", false, "for drivers without a snapshot reader, read the live device after the snapshot is ready (consistent only if the application does not write)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9500", "serve Prometheus /metrics here ('0' disables)")

@@ -34,9 +34,10 @@ type RunOptions struct {
 	// KubeletDir is the kubelet's directory on the host; default
 	// /var/lib/kubelet.
 	KubeletDir string
-	// LonghornDataPath is Longhorn's data path on the host (read under
-	// HostRoot); default /var/lib/longhorn. "-" disables the Longhorn reader.
-	LonghornDataPath string
+	// LonghornDataPaths are the paths of Longhorn's disks on the host (read
+	// under HostRoot); default /var/lib/longhorn. ["-"] disables the
+	// Longhorn reader.
+	LonghornDataPaths []string
 	// LonghornNamespace holds Longhorn's custom resources; default
 	// longhorn-system.
 	LonghornNamespace string
@@ -71,8 +72,8 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if o.HostRoot == "" {
 		o.HostRoot = "/"
 	}
-	if o.LonghornDataPath == "" {
-		o.LonghornDataPath = "/var/lib/longhorn"
+	if len(o.LonghornDataPaths) == 0 {
+		o.LonghornDataPaths = []string{"/var/lib/longhorn"}
 	}
 	if o.Workers <= 0 {
 		o.Workers = 2
@@ -138,8 +139,10 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		return nil, err
 	}
 	imgs := &csi.Images{LiveDevice: o.LiveDevice}
-	if o.LonghornDataPath != "-" {
-		imgs.LonghornDataPath = filepath.Join(o.HostRoot, o.LonghornDataPath)
+	if !(len(o.LonghornDataPaths) == 1 && o.LonghornDataPaths[0] == "-") {
+		for _, p := range o.LonghornDataPaths {
+			imgs.LonghornDataPaths = append(imgs.LonghornDataPaths, filepath.Join(o.HostRoot, p))
+		}
 	}
 	m, err := NewMetrics(o.Registry)
 	if err != nil {
