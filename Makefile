@@ -21,7 +21,7 @@ demo: $(BIN)
 	VOLDELTA=$(BIN) ./scripts/demo.sh
 
 ## tools: build the pinned MinIO server the object-store tests run against (once, cached)
-## Kubernetes tests: kube-apiserver (built once, 10-20 min) and controller-gen;
+## Kubernetes tests: kube-apiserver (built once, 10-25 min) and controller-gen;
 ## etcd comes from Debian (apt-get install etcd-server).
 tools:
 	GO=$(GO) ./scripts/ensure-minio.sh >/dev/null
