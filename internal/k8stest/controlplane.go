@@ -217,7 +217,7 @@ func (cp *ControlPlane) waitReady(t testing.TB, ctx context.Context, exited <-ch
 		t.Fatal(err)
 	}
 	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(3 * time.Minute)
 	var last string
 	for time.Now().Before(deadline) {
 		resp, err := hc.Get(cp.Config.Host + "/readyz")
@@ -239,7 +239,7 @@ func (cp *ControlPlane) waitReady(t testing.TB, ctx context.Context, exited <-ch
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	t.Fatalf("kube-apiserver not ready after 90s: %s", last)
+	t.Fatalf("kube-apiserver not ready after 3m: %s", last)
 }
 
 // CRDFiles lists the CRD manifests Start installs.
@@ -317,7 +317,7 @@ func (cp *ControlPlane) installCRDs(t testing.TB, ctx context.Context) {
 		}
 		names = append(names, crd.Name)
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for _, n := range names {
 		for {
 			crd, err := cs.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, n, metav1.GetOptions{})
