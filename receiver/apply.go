@@ -124,10 +124,6 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 			chunk.PutBuffer(b)
 		}
 		a.buffered = nil
-		for _, c := range a.staged {
-			chunk.PutBuffer(c.buf)
-		}
-		a.staged = nil
 	}()
 	for !(a.endSeen && a.planned && a.pending == 0) {
 		var ev event

@@ -182,7 +182,9 @@ func TestResumeAfterFailedFetch(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.assertTarget(src)
-	if !prev.Incomplete || r.Fetched == 0 || r.Fetched > uint64(len(m.Entries))/2+4 {
+	// Slack: chunks fetched but still queued for the apply (its event queue
+	// and the two fetchers) when the failure ended it are fetched again.
+	if !prev.Incomplete || r.Fetched == 0 || r.Fetched > uint64(len(m.Entries))/2+24 {
 		t.Fatalf("resume: previous %+v, fetched %d of %d", prev, r.Fetched, len(m.Entries))
 	}
 }

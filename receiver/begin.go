@@ -319,6 +319,11 @@ func (p *Apply) Run(ctx context.Context, req Requester) error {
 	p.ran = true
 	p.a.req = req
 	if err := p.a.run(ctx, p.events); err != nil {
+		// Keep what arrived: write the staged chunks, make them durable and
+		// record them, so the next apply does not fetch them again.
+		if ferr := p.a.flushStaged(); ferr != nil {
+			p.log.Warn("write staged chunks after failure", "err", ferr)
+		}
 		if cerr := p.a.checkpoint(); cerr != nil {
 			p.log.Warn("checkpoint after failure", "err", cerr)
 		}
