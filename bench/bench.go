@@ -33,6 +33,9 @@ func newBench(ctx context.Context, cfg *Config, cl *Cleanup) (*Bench, error) {
 			return nil, err
 		}
 	}
+	// What a killed earlier run left: its processes (inside its namespaces)
+	// first, as they may hold its mounts and devices.
+	removeStaleNetns(ctx)
 	cleanStaleVolumes(ctx, cfg.Work)
 	// Run copies of the binaries that may be rebuilt while we run (make
 	// build in the same tree): every round uses the same voldelta, and the

@@ -76,7 +76,6 @@ func killNetnsPids(ctx context.Context, ns string) {
 }
 
 func setupTopology(ctx context.Context, cfg *Config, cl *Cleanup) (*Topology, error) {
-	removeStaleNetns(ctx)
 	for _, ns := range []string{nsSrc, nsDst} {
 		if _, err := sh(ctx, "ip", "netns", "add", ns); err != nil {
 			return nil, err
