@@ -140,9 +140,7 @@ func Sync(ctx context.Context, opt Options) (*Stats, error) {
 	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
 		return nil, err
 	}
-	if opt.Params == (chunk.Params{}) {
-		opt.Params = chunk.DefaultParams()
-	}
+	opt.Params = opt.Params.OrDefault()
 	if err := opt.Params.Validate(); err != nil {
 		return nil, err
 	}

@@ -59,6 +59,14 @@ func DefaultParams() Params {
 	}
 }
 
+// OrDefault returns p, or DefaultParams() if p is the zero value.
+func (p Params) OrDefault() Params {
+	if p == (Params{}) {
+		return DefaultParams()
+	}
+	return p
+}
+
 // ErrParams is wrapped by every error Validate returns.
 var ErrParams = errors.New("invalid chunk parameters")
 

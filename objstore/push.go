@@ -82,9 +82,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
 		return nil, err
 	}
-	if opt.Params == (chunk.Params{}) {
-		opt.Params = chunk.DefaultParams()
-	}
+	opt.Params = opt.Params.OrDefault()
 	if err := opt.Params.Validate(); err != nil {
 		return nil, err
 	}

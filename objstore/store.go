@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/voldelta/voldelta/internal/errkind"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -42,17 +43,9 @@ var (
 	ErrSourceChanged = errors.New("source changed while it was read")
 )
 
-// kindError is an error of one of the kinds above with its own message.
-type kindError struct {
-	kind error
-	err  error
-}
-
-func (e *kindError) Error() string   { return e.err.Error() }
-func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
-
+// failf returns an error that errors.Is kind, with the formatted message.
 func failf(kind error, format string, a ...any) error {
-	return &kindError{kind: kind, err: fmt.Errorf(format, a...)}
+	return errkind.Errorf(kind, format, a...)
 }
 
 // DefaultGrace is the gc grace period and the time a push has from reading

@@ -2,7 +2,7 @@ package receiver
 
 import (
 	"errors"
-	"fmt"
+	"github.com/voldelta/voldelta/internal/errkind"
 )
 
 // Errors an apply ends with, for callers to branch on (errors.Is). The
@@ -29,16 +29,7 @@ var (
 	ErrShutdown = errors.New("receiver shutting down")
 )
 
-// kindError is an error of one of the kinds above, with its own message.
-type kindError struct {
-	kind error
-	err  error
-}
-
-func (e *kindError) Error() string   { return e.err.Error() }
-func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
-
 // failf returns an error that errors.Is kind, with the formatted message.
 func failf(kind error, format string, a ...any) error {
-	return &kindError{kind: kind, err: fmt.Errorf(format, a...)}
+	return errkind.Errorf(kind, format, a...)
 }

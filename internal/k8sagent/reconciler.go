@@ -126,9 +126,7 @@ func New(o Options) (*Reconciler, error) {
 	if o.Sync == nil {
 		o.Sync = agent.Sync
 	}
-	if o.Params == (chunk.Params{}) {
-		o.Params = chunk.DefaultParams()
-	}
+	o.Params = o.Params.OrDefault()
 	if err := o.Params.Validate(); err != nil {
 		return nil, err
 	}
