@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/voldelta/voldelta/internal/errkind"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -23,6 +22,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/internal/errkind"
 )
 
 // Errors a store operation ends with, for callers to branch on (errors.Is).

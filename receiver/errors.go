@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"errors"
+
 	"github.com/voldelta/voldelta/internal/errkind"
 )
 
