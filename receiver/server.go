@@ -308,6 +308,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	if err != nil {
 		return err
 	}
+	ap.Close() // release the volume before waiting for the agent to hang up
 	if s.cfg.OnCommit != nil {
 		s.cfg.OnCommit(hello.Volume, sess.Peer(), r)
 	}
