@@ -3,26 +3,20 @@ package k8sagent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net/http"
 	"path/filepath"
 
-	"github.com/go-logr/logr"
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	"github.com/prometheus/client_golang/prometheus"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/internal/k8sutil"
 )
 
 // RunOptions configure the agent process (`voldelta agent`).
@@ -88,32 +82,12 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if err := Scheme(scheme); err != nil {
 		return nil, err
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Cache:                  CacheOptions(o.NodeName),
-		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
-		HealthProbeBindAddress: o.HealthAddr,
-		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
-		// One controller per manager; several managers may share a process
-		// (tests, `voldelta` commands run in-process).
-		Controller: config.Controller{SkipNameValidation: ptr(true)},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("controller manager: %w", err)
-	}
-	if o.HealthAddr != "0" && o.HealthAddr != "" {
-		if err := mgr.AddHealthzCheck("ping", func(_ *http.Request) error { return nil }); err != nil {
-			return nil, err
-		}
-		if err := mgr.AddReadyzCheck("ping", func(_ *http.Request) error { return nil }); err != nil {
-			return nil, err
-		}
-	}
-	kube, err := kubernetes.NewForConfig(cfg)
+	mgr, err := k8sutil.NewManager(cfg, k8sutil.ManagerOptions{Scheme: scheme, Cache: CacheOptions(o.NodeName),
+		MetricsAddr: o.MetricsAddr, HealthAddr: o.HealthAddr, Logger: o.Logger})
 	if err != nil {
 		return nil, err
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	kube, dyn, err := k8sutil.NewClients(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -158,5 +132,3 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	}
 	return mgr, nil
 }
-
-func ptr[T any](v T) *T { return &v }

@@ -3,30 +3,24 @@ package k8sreceiver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 
-	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/internal/k8sutil"
 	"github.com/voldelta/voldelta/receiver"
 )
 
@@ -79,32 +73,12 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if o.Namespace != "" {
 		copts.DefaultNamespaces = map[string]cache.Config{o.Namespace: {}}
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 scheme,
-		Cache:                  copts,
-		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
-		HealthProbeBindAddress: o.HealthAddr,
-		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
-		// One controller per manager; several managers may share a process
-		// (tests, `voldelta` commands run in-process).
-		Controller: config.Controller{SkipNameValidation: ptr(true)},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("controller manager: %w", err)
-	}
-	if o.HealthAddr != "0" && o.HealthAddr != "" {
-		if err := mgr.AddHealthzCheck("ping", func(*http.Request) error { return nil }); err != nil {
-			return nil, err
-		}
-		if err := mgr.AddReadyzCheck("ping", func(*http.Request) error { return nil }); err != nil {
-			return nil, err
-		}
-	}
-	kube, err := kubernetes.NewForConfig(cfg)
+	mgr, err := k8sutil.NewManager(cfg, k8sutil.ManagerOptions{Scheme: scheme, Cache: copts,
+		MetricsAddr: o.MetricsAddr, HealthAddr: o.HealthAddr, Logger: o.Logger})
 	if err != nil {
 		return nil, err
 	}
-	dyn, err := dynamic.NewForConfig(cfg)
+	kube, dyn, err := k8sutil.NewClients(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -159,5 +133,3 @@ func (t *Targets) SetupWithManager(mgr ctrl.Manager) error {
 		WatchesRawSource(source.Channel(t.events, &handler.EnqueueRequestForObject{})).
 		Complete(t)
 }
-
-func ptr[T any](v T) *T { return &v }
