@@ -3,10 +3,8 @@ package main
 import (
 	"os"
 
-	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/voldelta/voldelta/internal/k8sagent"
 )
@@ -45,7 +43,7 @@ It serves Prometheus metrics on --metrics-addr and health probes on
 			if o.Logger, err = lf.logger(c, stderr); err != nil {
 				return err
 			}
-			ctrl.SetLogger(logr.FromSlogHandler(o.Logger.Handler()))
+			setControllerLogger(o.Logger)
 			cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 			if err != nil {
 				return err

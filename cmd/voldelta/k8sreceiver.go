@@ -5,10 +5,8 @@ import (
 	"net"
 	"os"
 
-	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/tools/clientcmd"
-	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/voldelta/voldelta/internal/k8sreceiver"
 	"github.com/voldelta/voldelta/receiver"
@@ -68,7 +66,7 @@ whether the target is incomplete.`,
 			if o.Logger, err = lf.logger(c, stderr); err != nil {
 				return err
 			}
-			ctrl.SetLogger(logr.FromSlogHandler(o.Logger.Handler()))
+			setControllerLogger(o.Logger)
 			cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 			if err != nil {
 				return err
