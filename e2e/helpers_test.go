@@ -11,11 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/voldelta/voldelta/agent"
 	"github.com/voldelta/voldelta/chunk"
-	"github.com/voldelta/voldelta/internal/pki"
 	"github.com/voldelta/voldelta/receiver"
 	"github.com/voldelta/voldelta/transport"
 )
@@ -60,20 +58,8 @@ func newPair(t *testing.T, o pairOpts) *pair {
 	if o.insecure {
 		tc.Insecure = true
 	} else {
-		ca, err := pki.NewCA("test CA", time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv, err := ca.Issue("receiver", []string{"127.0.0.1"}, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cli, err := ca.Issue("agent-1", nil, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tc.TLS = transport.NewTLS(srv.TLS, ca.Pool(), true)
-		p.agentTLS = transport.NewTLS(cli.TLS, ca.Pool(), false)
+		certs := newTestCerts(t)
+		tc.TLS, p.agentTLS = certs.receiver, certs.agent
 	}
 	p.srvCfg = receiver.Config{
 		Targets: p.targets, StateDir: p.stateDir, Transport: tc, Verify: o.verify, ApplyBuffer: o.buffer,
