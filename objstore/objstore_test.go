@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"sync"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -524,4 +525,61 @@ func TestManifestWriteAnswerLost(t *testing.T) {
 	if st.Generation != 1 || st.Retries == 0 || countObjects(t, s, "manifests/") != 1 {
 		t.Fatalf("push with a lost answer: generation %d, %d retries, %d manifests", st.Generation, st.Retries, countObjects(t, s, "manifests/"))
 	}
+}
+
+// A push given the previous push's manifest and the extents changed since
+// reads only the segments those extents touch, stores the same generation
+// a full scan would, and reports its progress up to the uploaded bytes.
+func TestPushFromPreviousManifest(t *testing.T) {
+	cfg := testConfig(newBucket(t))
+	cfg.BandwidthLimit = 64 << 20 // paced connections carry the data unchanged
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := genVolume(11, volSize)
+	st1 := push(t, s, "vm", v1, PushOptions{})
+	if st1.Manifest == nil || st1.Manifest.Root.String() != st1.RootHash || st1.ReusedBytes != 0 {
+		t.Fatalf("first push: manifest %v, reused %d", st1.Manifest != nil, st1.ReusedBytes)
+	}
+	// Change 4 KiB in the second segment (smallParams: 4 MiB segments).
+	seg := smallParams().SegmentSize
+	v2 := bytes.Clone(v1)
+	at := int(seg) + 12345
+	for i := range 4096 {
+		v2[at+i] ^= 0x5a
+	}
+	var mu sync.Mutex
+	var last PushProgress
+	var calls int
+	st2 := push(t, s, "vm", v2, PushOptions{Previous: st1.Manifest,
+		Changed: []chunk.Extent{{Offset: uint64(at), Length: 4096}},
+		Progress: func(p PushProgress) {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			if p.ScannedBytes > last.ScannedBytes || p.UploadedBytes > last.UploadedBytes || p.ScanDone && !last.ScanDone {
+				last = p
+			}
+		}})
+	full, _, err := chunk.ScanManifest(context.Background(), bytes.NewReader(v2), uint64(len(v2)), smallParams(), chunk.ScanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.RootHash != full.Root.String() {
+		t.Fatalf("push from the previous manifest stored root %s, a full scan gives %s", st2.RootHash, full.Root)
+	}
+	if want := uint64(volSize) - seg; st2.ReusedBytes != want {
+		t.Errorf("reused %d bytes, want every segment but the changed one (%d)", st2.ReusedBytes, want)
+	}
+	if st2.ChunksUploaded == 0 || st2.ChunksUploaded > 3 {
+		t.Errorf("a 4 KiB change uploaded %d chunks", st2.ChunksUploaded)
+	}
+	if calls == 0 || !last.ScanDone || last.SourceBytes != uint64(len(v2)) || last.ScannedBytes != uint64(len(v2)) ||
+		last.UploadBytes != st2.BytesUploadedRaw || last.UploadedBytes != st2.BytesUploadedRaw {
+		t.Errorf("last progress %+v after %d calls; stats uploaded %d raw bytes", last, calls, st2.BytesUploadedRaw)
+	}
+	target := filepath.Join(t.TempDir(), "vm.img")
+	pull(t, s, PullOptions{Volume: "vm", Target: target, StateDir: filepath.Join(t.TempDir(), "state")})
+	assertFile(t, target, v2)
 }

@@ -36,11 +36,29 @@ type PushOptions struct {
 	ConfirmAll bool
 	// Grace: see DefaultGrace; it must not exceed gc's.
 	Grace time.Duration
+	// Previous and Changed let the scan reuse the entries of segments that
+	// did not change since the image Previous was made from (see
+	// chunk.ScanOptions): set both from storage with changed-block
+	// tracking, or neither.
+	Previous *chunk.Manifest
+	Changed  []chunk.Extent
+	// Progress, if set, is called as the scan and the uploads advance,
+	// from several goroutines; keep it short.
+	Progress func(PushProgress)
 
 	// Test hooks: afterUpload runs once the chunks were uploaded, before
 	// the refresh and the confirmation; beforeWrite just before the
 	// manifest is written.
 	afterUpload, beforeWrite func(ctx context.Context) error
+}
+
+// PushProgress is how far a push got.
+type PushProgress struct {
+	SourceBytes   uint64
+	ScannedBytes  uint64
+	UploadBytes   uint64 // chunk bytes the store lacks, known once the scan is done
+	UploadedBytes uint64 // of those, uploaded
+	ScanDone      bool
 }
 
 // PushStats describes a push; the JSON names are those of --stats-json.
@@ -56,6 +74,7 @@ type PushStats struct {
 	ChunksDistinct   uint64  `json:"chunks_distinct"` // distinct chunk IDs among them
 	ZeroRuns         uint64  `json:"zero_runs"`
 	ZeroBytes        uint64  `json:"zero_bytes"`
+	ReusedBytes      uint64  `json:"reused_bytes"`  // not read: Previous's entries for unchanged segments
 	ChunksReused     uint64  `json:"chunks_reused"` // distinct chunks the store already held
 	ChunksUploaded   uint64  `json:"chunks_uploaded"`
 	ChunksConfirmed  uint64  `json:"chunks_confirmed"` // HEAD requests for reused chunks
@@ -66,6 +85,9 @@ type PushStats struct {
 	Retries          uint64  `json:"retries"`
 	ScanSeconds      float64 `json:"scan_seconds"`
 	DurationSeconds  float64 `json:"duration_seconds"`
+
+	// Manifest is the generation's manifest (for the next push's Previous).
+	Manifest *chunk.Manifest `json:"-"`
 }
 
 // base is a manifest a push deduplicates against.
@@ -114,13 +136,20 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	known := unionIDs(bases)
 	log.Info("bases read", "manifests", len(bases), "known_chunks", len(known), "latest", latest)
 
+	progress := func(PushProgress) {}
+	if opt.Progress != nil {
+		progress = opt.Progress
+	}
 	scanStart := time.Now()
-	m, _, err := chunk.ScanManifest(ctx, src, size, opt.Params, chunk.ScanOptions{Workers: opt.ScanWorkers})
+	m, sst, err := chunk.ScanManifest(ctx, src, size, opt.Params, chunk.ScanOptions{Workers: opt.ScanWorkers,
+		Previous: opt.Previous, Changed: opt.Changed,
+		Progress: func(n uint64) { progress(PushProgress{SourceBytes: size, ScannedBytes: n}) }})
 	if err != nil {
 		return nil, fmt.Errorf("scan source: %w", err)
 	}
 	st.ScanSeconds = time.Since(scanStart).Seconds()
 	st.RootHash = m.Root.String()
+	st.ReusedBytes = sst.ReusedBytes
 
 	// One entry per distinct chunk, to read it from.
 	first := make(map[chunk.ID]chunk.Entry)
@@ -144,7 +173,15 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	}
 	st.ChunksDistinct = uint64(len(first))
 	st.ChunksReused = uint64(len(reused))
-	up := &uploader{s: s, src: src, comp: comp, parallel: opt.Parallel}
+	var need uint64
+	for _, e := range upload {
+		need += e.Length
+	}
+	up := &uploader{s: s, src: src, comp: comp, parallel: opt.Parallel,
+		progress: func(done uint64) {
+			progress(PushProgress{SourceBytes: size, ScannedBytes: size, ScanDone: true, UploadBytes: need, UploadedBytes: done})
+		}}
+	up.progress(0)
 	if err := up.upload(ctx, upload); err != nil {
 		return nil, err
 	}
@@ -230,6 +267,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	st.BytesUploaded = up.objBytes.Load() + st.ManifestBytes
 	st.Retries = s.Retries() - retries0
 	st.DurationSeconds = time.Since(start).Seconds()
+	st.Manifest = m
 	log.Info("generation stored", "generation", gen, "root", m.Root.Short(), "uploaded", st.ChunksUploaded, "reused", st.ChunksReused)
 	return st, nil
 }
@@ -435,6 +473,7 @@ type uploader struct {
 	src      io.ReaderAt
 	comp     *transport.Compressor
 	parallel int
+	progress func(uploaded uint64) // raw bytes uploaded so far
 	chunks   atomic.Uint64
 	rawBytes atomic.Uint64
 	objBytes atomic.Uint64
@@ -466,8 +505,11 @@ func (u *uploader) one(ctx context.Context, e chunk.Entry) error {
 		return err
 	}
 	u.chunks.Add(1)
-	u.rawBytes.Add(e.Length)
+	done := u.rawBytes.Add(e.Length)
 	u.objBytes.Add(uint64(len(obj)))
+	if u.progress != nil {
+		u.progress(done)
+	}
 	return nil
 }
 

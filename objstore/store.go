@@ -3,6 +3,7 @@ package objstore
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/internal/errkind"
+	"github.com/voldelta/voldelta/transport"
 )
 
 // Errors a store operation ends with, for callers to branch on (errors.Is).
@@ -84,6 +86,12 @@ type Config struct {
 	Creds *credentials.Credentials
 	// Transport; nil uses minio-go's default. Tests wrap it to inject faults.
 	Transport http.RoundTripper
+	// RootCAs, if set, are the CAs trusted for an HTTPS endpoint instead
+	// of the system's (a private CA); ignored with Transport.
+	RootCAs *x509.CertPool
+	// BandwidthLimit caps the bytes per second written to the store, over
+	// all connections; 0: unlimited. Ignored with Transport.
+	BandwidthLimit float64
 	// Retry; zero uses DefaultRetry.
 	Retry Retry
 	// Logger; nil logs nothing.
@@ -207,6 +215,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, err
 		}
 		t.MaxIdleConnsPerHost = 64
+		if cfg.RootCAs != nil && t.TLSClientConfig != nil {
+			t.TLSClientConfig.RootCAs = cfg.RootCAs
+		}
+		if p := transport.NewPacer(cfg.BandwidthLimit); p != nil {
+			dial := t.DialContext
+			t.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := dial(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return p.Conn(c), nil
+			}
+		}
 		tr = t
 	}
 	// Retries are ours (Retry), with our classification of what is

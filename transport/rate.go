@@ -52,12 +52,37 @@ type countingConn struct {
 }
 
 func newCountingConn(c net.Conn, bytesPerSec float64) *countingConn {
-	cc := &countingConn{Conn: c}
-	if bytesPerSec > 0 {
-		burst := int(min(max(bytesPerSec/20, 16<<10), 1<<20))
-		cc.limiter = rate.NewLimiter(rate.Limit(bytesPerSec), burst)
+	return &countingConn{Conn: c, limiter: newLimiter(bytesPerSec)}
+}
+
+// newLimiter returns a limiter of bytesPerSec, nil if it is not positive.
+func newLimiter(bytesPerSec float64) *rate.Limiter {
+	if bytesPerSec <= 0 {
+		return nil
 	}
-	return cc
+	burst := int(min(max(bytesPerSec/20, 16<<10), 1<<20))
+	return rate.NewLimiter(rate.Limit(bytesPerSec), burst)
+}
+
+// Pacer paces the writes of any number of connections to one shared rate
+// (e.g. every connection of an HTTP client's pool).
+type Pacer struct{ l *rate.Limiter }
+
+// NewPacer returns a Pacer of bytesPerSec; nil (which paces nothing) if
+// bytesPerSec is not positive.
+func NewPacer(bytesPerSec float64) *Pacer {
+	if bytesPerSec <= 0 {
+		return nil
+	}
+	return &Pacer{l: newLimiter(bytesPerSec)}
+}
+
+// Conn returns c with its writes paced; a nil Pacer returns c.
+func (p *Pacer) Conn(c net.Conn) net.Conn {
+	if p == nil {
+		return c
+	}
+	return &countingConn{Conn: c, limiter: p.l}
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {

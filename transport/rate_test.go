@@ -167,3 +167,38 @@ func TestLimiterBurst(t *testing.T) {
 		t.Errorf("write to a closed pipe: %d, %v, counted %d", n, err, c.written.Load())
 	}
 }
+
+// A Pacer's connections share one limiter; a nil Pacer leaves connections
+// as they are.
+func TestPacer(t *testing.T) {
+	if p := NewPacer(0); p != nil {
+		t.Fatalf("NewPacer(0) = %v, want nil", p)
+	}
+	a, _ := net.Pipe()
+	defer a.Close()
+	var none *Pacer
+	if none.Conn(a) != a {
+		t.Fatal("a nil Pacer wrapped the connection")
+	}
+	p := NewPacer(2 << 20)
+	c1, c2 := p.Conn(a).(*countingConn), p.Conn(a).(*countingConn)
+	if c1.limiter == nil || c1.limiter != c2.limiter {
+		t.Fatal("connections of one Pacer do not share its limiter")
+	}
+	if c1.limiter.Burst() != 2<<20/20 {
+		t.Fatalf("burst %d", c1.limiter.Burst())
+	}
+	// Data passes unchanged.
+	x, y := net.Pipe()
+	w := p.Conn(x)
+	data := seeded(2, 50_000)
+	done := make(chan []byte, 1)
+	go func() { got, _ := io.ReadAll(y); done <- got }()
+	if n, err := w.Write(data); n != len(data) || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	w.Close()
+	if got := <-done; !bytes.Equal(got, data) {
+		t.Fatal("bytes differ")
+	}
+}
