@@ -12,7 +12,8 @@ type VolumeSyncSpec struct {
 	// +kubebuilder:validation:MinLength=1
 	SourcePVC string `json:"sourcePVC"`
 
-	// Destination is the receiver and the volume name it knows the replica by.
+	// Destination is where the replica goes, a receiver or an object
+	// store, and the volume name it is known by there.
 	Destination Destination `json:"destination"`
 
 	// Trigger says when rounds run.
@@ -37,25 +38,41 @@ type VolumeSyncSpec struct {
 	Paused bool `json:"paused,omitempty"`
 }
 
-// Destination names the receiver of a VolumeSync.
+// Destination is where a VolumeSync's rounds go: a receiver (address and
+// tlsSecretName), which writes the replica in place as each round arrives,
+// or an object store (store), which keeps every round as a generation for
+// VolumeTargets (or `voldelta pull`) to pull.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.address) != has(self.store)",message="set either address (a receiver) or store (an object store)"
+// +kubebuilder:validation:XValidation:rule="has(self.address) == has(self.tlsSecretName)",message="tlsSecretName goes with address (and only with it)"
+// +kubebuilder:validation:XValidation:rule="!has(self.serverName) || has(self.address)",message="serverName goes with address"
 type Destination struct {
 	// Address is the receiver's host:port.
+	// +optional
 	// +kubebuilder:validation:MinLength=1
-	Address string `json:"address"`
+	Address string `json:"address,omitempty"`
 
 	// TLSSecretName names a Secret in the VolumeSync's namespace with the
 	// agent's client certificate for mutual TLS: ca.crt (the CA that signed
-	// the receiver's certificate), tls.crt and tls.key.
+	// the receiver's certificate), tls.crt and tls.key. Required with
+	// address.
+	// +optional
 	// +kubebuilder:validation:MinLength=1
-	TLSSecretName string `json:"tlsSecretName"`
+	TLSSecretName string `json:"tlsSecretName,omitempty"`
 
 	// ServerName, if set, is the name the receiver's certificate must
 	// carry; default the host part of Address.
 	// +optional
 	ServerName string `json:"serverName,omitempty"`
 
-	// VolumeName is the volume's name on the receiver (a VolumeTarget's
-	// spec.remoteVolume there). Default: <namespace>-<sourcePVC>.
+	// Store, instead of a receiver: every round is pushed to this object
+	// store as the next generation of volumeName (chunks the store holds
+	// already, for any volume, are not uploaded again).
+	// +optional
+	Store *Store `json:"store,omitempty"`
+
+	// VolumeName is the volume's name on the receiver or in the store (a
+	// VolumeTarget's spec.remoteVolume). Default: <namespace>-<sourcePVC>.
 	// +optional
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
 	VolumeName string `json:"volumeName,omitempty"`
@@ -104,23 +121,27 @@ const (
 
 // Condition reasons.
 const (
-	ReasonSynced            = "Synced"             // a round committed
-	ReasonNeverSynced       = "NeverSynced"        // no round committed yet
-	ReasonWaitingSnapshot   = "WaitingForSnapshot" // the snapshot is not ready yet
-	ReasonSending           = "Sending"            // reading the snapshot and sending
-	ReasonIdle              = "Idle"               // no round runs
-	ReasonPaused            = "Paused"             // spec.paused
-	ReasonSourceNotFound    = "SourceNotFound"     // PVC, PV or device missing
-	ReasonSnapshotFailed    = "SnapshotFailed"     // the VolumeSnapshot failed
-	ReasonSecretInvalid     = "TLSSecretInvalid"   // the TLS Secret is missing or malformed
-	ReasonSyncFailed        = "SyncFailed"         // the round itself failed
-	ReasonInvalidSpec       = "InvalidSpec"        // the spec cannot be acted on
-	ReasonRootMismatch      = "RootMismatch"       // the receiver committed another root
-	ReasonReceiverRefused   = "ReceiverRefused"    // the receiver refused the round
-	ReasonNoProblem         = "AsExpected"         // Degraded false
-	ReasonTargetIncomplete  = "Incomplete"         // VolumeTarget: an apply did not finish
-	ReasonTargetCommitted   = "Committed"          // VolumeTarget: a generation is committed
-	ReasonTargetUnavailable = "TargetUnavailable"  // VolumeTarget: its volume cannot be resolved
+	ReasonSynced            = "Synced"                  // a round committed
+	ReasonNeverSynced       = "NeverSynced"             // no round committed yet
+	ReasonWaitingSnapshot   = "WaitingForSnapshot"      // the snapshot is not ready yet
+	ReasonSending           = "Sending"                 // reading the snapshot and sending
+	ReasonIdle              = "Idle"                    // no round runs
+	ReasonPaused            = "Paused"                  // spec.paused
+	ReasonSourceNotFound    = "SourceNotFound"          // PVC, PV or device missing
+	ReasonSnapshotFailed    = "SnapshotFailed"          // the VolumeSnapshot failed
+	ReasonSecretInvalid     = "TLSSecretInvalid"        // the TLS Secret is missing or malformed
+	ReasonSyncFailed        = "SyncFailed"              // the round itself failed
+	ReasonInvalidSpec       = "InvalidSpec"             // the spec cannot be acted on
+	ReasonRootMismatch      = "RootMismatch"            // the receiver committed another root
+	ReasonReceiverRefused   = "ReceiverRefused"         // the receiver refused the round
+	ReasonNoProblem         = "AsExpected"              // Degraded false
+	ReasonTargetIncomplete  = "Incomplete"              // VolumeTarget: an apply did not finish
+	ReasonTargetCommitted   = "Committed"               // VolumeTarget: a generation is committed
+	ReasonTargetUnavailable = "TargetUnavailable"       // VolumeTarget: its volume cannot be resolved
+	ReasonStoreCredentials  = "StoreCredentialsInvalid" // the store's credentials Secret is missing or malformed
+	ReasonStoreUnavailable  = "StoreUnavailable"        // the store refused: bad credentials, missing bucket, unreachable
+	ReasonPulling           = "Pulling"                 // VolumeTarget: a pull from the store runs
+	ReasonPullFailed        = "PullFailed"              // VolumeTarget: the last pull failed; retrying
 )
 
 // VolumeSyncStatus is what the agent reports.
@@ -158,8 +179,8 @@ type VolumeSyncStatus struct {
 	// +optional
 	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`
 
-	// LastGeneration is the receiver's generation committed by the last
-	// successful round.
+	// LastGeneration is the generation committed by the last successful
+	// round: the receiver's, or the store's for a store destination.
 	// +optional
 	LastGeneration int64 `json:"lastGeneration,omitempty"`
 	// LastRootHash is the root hash (BLAKE3 over the manifest, hex) both
@@ -170,11 +191,12 @@ type VolumeSyncStatus struct {
 	// +optional
 	LastSourceBytes int64 `json:"lastSourceBytes,omitempty"`
 	// LastBytesSent is the uncompressed size of the chunks the last round
-	// sent.
+	// sent (uploaded, to a store).
 	// +optional
 	LastBytesSent int64 `json:"lastBytesSent,omitempty"`
 	// LastWireBytes is what the last round wrote to the network (TLS,
-	// framing and manifest included).
+	// framing and manifest included; to a store: the objects as stored,
+	// manifest included, without HTTP overhead).
 	// +optional
 	LastWireBytes int64 `json:"lastWireBytes,omitempty"`
 	// LastReusedBytes of the last round's snapshot were not read: the
@@ -231,15 +253,17 @@ type RoundProgress struct {
 	UpdateTime metav1.Time `json:"updateTime"`
 }
 
-// VolumeSync replicates a PersistentVolumeClaim to a voldelta receiver: the
-// agent on the node where the volume is attached takes a VolumeSnapshot per
-// round, sends what the receiver lacks, and reports here.
+// VolumeSync replicates a PersistentVolumeClaim to a voldelta receiver or
+// an object store: the agent on the node where the volume is attached takes
+// a VolumeSnapshot per round, sends what the receiver (or the store) lacks,
+// and reports here.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=vsync,categories=voldelta
 // +kubebuilder:printcolumn:name="Source",type=string,JSONPath=`.spec.sourcePVC`
 // +kubebuilder:printcolumn:name="Destination",type=string,JSONPath=`.spec.destination.address`
+// +kubebuilder:printcolumn:name="Store",type=string,JSONPath=`.spec.destination.store.url`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Gen",type=integer,JSONPath=`.status.lastGeneration`

@@ -8,10 +8,11 @@ import (
 // who may write it.
 //
 // +kubebuilder:validation:XValidation:rule="has(self.pvc) != has(self.longhornVolume)",message="set exactly one of pvc and longhornVolume"
+// +kubebuilder:validation:XValidation:rule="has(self.allowedIdentities) != has(self.store)",message="set either allowedIdentities (agents send to this target) or store (the receiver pulls it from a store)"
 type VolumeTargetSpec struct {
-	// RemoteVolume is the volume name agents send under (a VolumeSync's
-	// spec.destination.volumeName). Unique among the VolumeTargets a
-	// receiver serves.
+	// RemoteVolume is the volume name agents send under, or the volume in
+	// the store (a VolumeSync's spec.destination.volumeName). Unique among
+	// the VolumeTargets a receiver serves.
 	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
 	RemoteVolume string `json:"remoteVolume"`
 
@@ -29,17 +30,26 @@ type VolumeTargetSpec struct {
 	LonghornVolume string `json:"longhornVolume,omitempty"`
 
 	// AllowedIdentities are the client certificate names (common name,
-	// DNS SAN or URI SAN) allowed to write this target. Empty: nobody.
+	// DNS SAN or URI SAN) of the agents allowed to write this target.
+	// Exactly one of allowedIdentities and store is set.
+	// +optional
 	// +kubebuilder:validation:MinItems=1
-	AllowedIdentities []string `json:"allowedIdentities"`
+	AllowedIdentities []string `json:"allowedIdentities,omitempty"`
+
+	// Store, instead of agents sending: the receiver pulls every new
+	// generation of remoteVolume from this object store into the target,
+	// in place (only the chunks the target lacks are downloaded), and
+	// agents may not write it.
+	// +optional
+	Store *StoreSource `json:"store,omitempty"`
 }
 
 // VolumeTargetStatus is what the receiver reports.
 type VolumeTargetStatus struct {
 	// Phase: Pending (nothing committed yet), Idle (a generation is
-	// committed and nothing is being written), Syncing (an apply runs or
-	// was interrupted: the target is incomplete), Degraded (the volume
-	// cannot be resolved).
+	// committed and nothing is being written), Syncing (an apply or a
+	// pull runs or was interrupted: the target is incomplete), Degraded
+	// (the volume cannot be resolved, or the last pull failed).
 	// +optional
 	Phase Phase `json:"phase,omitempty"`
 	// Conditions: Ready (a verified generation is in place).
@@ -70,9 +80,29 @@ type VolumeTargetStatus struct {
 	// until the next round succeeds.
 	// +optional
 	Incomplete bool `json:"incomplete,omitempty"`
-	// LastWriter is the identity of the agent that committed last.
+	// LastWriter is the identity of the agent that committed last, or
+	// the store a pull came from.
 	// +optional
 	LastWriter string `json:"lastWriter,omitempty"`
+
+	// StoreGeneration is the store's generation of remoteVolume the
+	// target holds (store targets): an orchestrator waits for it to reach
+	// the VolumeSync's status.lastGeneration before a cutover.
+	// +optional
+	StoreGeneration int64 `json:"storeGeneration,omitempty"`
+	// LastPollTime is when the store was last looked at.
+	// +optional
+	LastPollTime *metav1.Time `json:"lastPollTime,omitempty"`
+	// LastPullDuration is how long the last successful pull took.
+	// +optional
+	LastPullDuration *metav1.Duration `json:"lastPullDuration,omitempty"`
+	// LastPullDownloadedBytes is what the last successful pull downloaded
+	// (chunk objects as stored, and the manifest).
+	// +optional
+	LastPullDownloadedBytes int64 `json:"lastPullDownloadedBytes,omitempty"`
+	// ConsecutiveFailures counts failed pulls since the last success.
+	// +optional
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
 }
 
 // VolumeTarget maps a remote volume name to a local volume on the
@@ -86,6 +116,7 @@ type VolumeTargetStatus struct {
 // +kubebuilder:printcolumn:name="PVC",type=string,JSONPath=`.spec.pvc`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Gen",type=integer,JSONPath=`.status.generation`
+// +kubebuilder:printcolumn:name="Store gen",type=integer,JSONPath=`.status.storeGeneration`,priority=1
 // +kubebuilder:printcolumn:name="Incomplete",type=boolean,JSONPath=`.status.incomplete`
 // +kubebuilder:printcolumn:name="Committed",type=date,JSONPath=`.status.committedTime`
 // +kubebuilder:printcolumn:name="Root",type=string,JSONPath=`.status.rootHash`,priority=1

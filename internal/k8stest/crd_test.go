@@ -33,6 +33,7 @@ func TestCRDValidation(t *testing.T) {
 		mod(&vs.Spec)
 		return vs
 	}
+	store := v1alpha1.Store{URL: "s3://replicas/prod", Endpoint: "minio:9000", CredentialsSecretName: "s3"}
 	for _, tc := range []struct {
 		name string
 		obj  interface {
@@ -53,6 +54,30 @@ func TestCRDValidation(t *testing.T) {
 		{"sync no pvc", sync("nopvc", func(s *v1alpha1.VolumeSyncSpec) { s.SourcePVC = "" }), "sourcePVC"},
 		{"sync no address", sync("noaddr", func(s *v1alpha1.VolumeSyncSpec) { s.Destination.Address = "" }), "address"},
 		{"sync bad volume", sync("badvol", func(s *v1alpha1.VolumeSyncSpec) { s.Destination.VolumeName = "a/b" }), "volumeName"},
+		{"sync store", sync("store", func(s *v1alpha1.VolumeSyncSpec) {
+			s.Destination = v1alpha1.Destination{Store: &store, VolumeName: "vol"}
+		}), ""},
+		{"sync store and address", sync("storeaddr", func(s *v1alpha1.VolumeSyncSpec) { s.Destination.Store = &store }), "either address"},
+		{"sync store with tls", sync("storetls", func(s *v1alpha1.VolumeSyncSpec) {
+			s.Destination = v1alpha1.Destination{Store: &store, TLSSecretName: "s"}
+		}), "tlsSecretName goes with address"},
+		{"sync address without tls", sync("notls", func(s *v1alpha1.VolumeSyncSpec) { s.Destination.TLSSecretName = "" }), "tlsSecretName goes with address"},
+		{"sync store bad url", sync("storeurl", func(s *v1alpha1.VolumeSyncSpec) {
+			bad := store
+			bad.URL = "http://bucket/x"
+			s.Destination = v1alpha1.Destination{Store: &bad}
+		}), "url"},
+		{"sync store no credentials", sync("storecreds", func(s *v1alpha1.VolumeSyncSpec) {
+			bad := store
+			bad.CredentialsSecretName = ""
+			s.Destination = v1alpha1.Destination{Store: &bad}
+		}), "credentialsSecretName"},
+		{"target store", target("store", func(s *v1alpha1.VolumeTargetSpec) {
+			s.AllowedIdentities, s.Store = nil, &v1alpha1.StoreSource{Store: store, PollInterval: &metav1.Duration{Duration: 10 * time.Second}}
+		}), ""},
+		{"target store and identities", target("storeids", func(s *v1alpha1.VolumeTargetSpec) {
+			s.Store = &v1alpha1.StoreSource{Store: store}
+		}), "either allowedIdentities"},
 	} {
 		var err error
 		switch o := tc.obj.(type) {
