@@ -1,4 +1,5 @@
 // Package k8sutil builds what the node agent's and the receiver's
 // controller managers share: the manager with its metrics and health
-// endpoints, and the typed and dynamic clients.
+// endpoints, the typed and dynamic clients, and object stores named by
+// the custom resources (with their credentials Secrets).
 package k8sutil
