@@ -306,7 +306,7 @@ func parseManifestKey(base, key string) (string, uint64, bool) {
 // Error classification.
 
 func (s *Store) noBucket() error {
-	return failf(ErrNoBucket, "bucket %q does not exist at %s (create it, or check --store and --endpoint)", s.bucket, strings.SplitN(s.where, " at ", 2)[1])
+	return failf(ErrNoBucket, "bucket %q does not exist at %s (create it, or check the store URL and the endpoint)", s.bucket, strings.SplitN(s.where, " at ", 2)[1])
 }
 
 // classify turns a failed request into one of the sentinel errors, or an

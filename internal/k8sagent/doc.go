@@ -9,9 +9,12 @@
 //	        → RequeueAfter(nextSyncTime − now)
 //	    no pending snapshot → status.pendingSnapshot = <name>-<time>, Syncing
 //	    EnsureSnapshot → not ready: RequeueAfter (or a watch event)
-//	    open its image (csi.ImageSource) → agent.Sync with the Secret's TLS,
-//	        and, if the last round's manifest is remembered and the image
-//	        source tracks changes (csi.ChangeTracker: Longhorn's chain), that
+//	    open its image (csi.ImageSource) → agent.Sync with the TLS Secret's
+//	        certificate to spec.destination.address, or objstore Push with
+//	        the credentials Secret to spec.destination.store (the round
+//	        becomes the store's next generation of the volume); either way,
+//	        if the last round's manifest is remembered and the image source
+//	        tracks changes (csi.ChangeTracker: Longhorn's chain), that
 //	        manifest and the extents changed since its snapshot, so that
 //	        unchanged segments are not read
 //	    failed → Degraded (reason), keep the snapshot, retry with backoff

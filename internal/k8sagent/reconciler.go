@@ -29,6 +29,8 @@ import (
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/internal/k8sutil"
+	"github.com/voldelta/voldelta/objstore"
 	"github.com/voldelta/voldelta/transport"
 )
 
@@ -247,9 +249,23 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{RequeueAfter: snap.RetryAfter}, nil
 	}
 
-	tcfg, err := r.transport(ctx, &vs, dest)
-	if err != nil {
-		return r.failed(ctx, orig, &vs, v1alpha1.ReasonSecretInvalid, err)
+	// A receiver's TLS Secret, or the store's credentials, before the
+	// snapshot is opened.
+	var tcfg transport.Config
+	var store *objstore.Store
+	if dest.store == nil {
+		if tcfg, err = r.transport(ctx, &vs, dest); err != nil {
+			return r.failed(ctx, orig, &vs, v1alpha1.ReasonSecretInvalid, err)
+		}
+	} else {
+		store, err = k8sutil.OpenStore(ctx, r.o.Kube, vs.Namespace, *dest.store,
+			k8sutil.StoreOptions{BandwidthLimit: dest.rate, Logger: log})
+		switch {
+		case errors.Is(err, k8sutil.ErrCredentials):
+			return r.failed(ctx, orig, &vs, v1alpha1.ReasonStoreCredentials, err)
+		case err != nil:
+			return r.failed(ctx, orig, &vs, v1alpha1.ReasonStoreUnavailable, err)
+		}
 	}
 	img, err := r.o.Images.Open(ctx, vol, snap)
 	if err != nil {
@@ -262,28 +278,21 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	defer img.Close()
 
 	setCondition(&vs, v1alpha1.ConditionSyncing, metav1.ConditionTrue, v1alpha1.ReasonSending,
-		fmt.Sprintf("sending snapshot %s to %s as %q", vs.Status.PendingSnapshot, dest.addr, dest.volume))
+		fmt.Sprintf("sending snapshot %s to %s as %q", vs.Status.PendingSnapshot, dest.where(), dest.volume))
 	if err := r.patchStatus(ctx, orig, &vs); err != nil {
 		return ctrl.Result{}, err
 	}
 	orig = vs.DeepCopy()
 
-	log.Info("round starts", "snapshot", vs.Status.PendingSnapshot, "receiver", dest.addr, "volume", dest.volume, "bytes", img.Size())
+	log.Info("round starts", "snapshot", vs.Status.PendingSnapshot, "destination", dest.where(), "volume", dest.volume, "bytes", img.Size())
 	prev, changed := r.changes(ctx, log, req.NamespacedName, &vs, vol, snap)
 	prog := r.reportProgress(ctx, &vs)
-	stats, err := r.o.Sync(ctx, agent.Options{
-		Previous:  prev,
-		Changed:   changed,
-		Progress:  prog.set,
-		Source:    vs.Namespace + "/" + vs.Status.PendingSnapshot,
-		Image:     img,
-		Addr:      dest.addr,
-		Volume:    dest.volume,
-		Params:    r.o.Params,
-		Transport: tcfg,
-		Logger:    log,
-		Name:      "voldelta-agent@" + r.o.NodeName,
-	})
+	var res round
+	if store == nil {
+		res, err = r.send(ctx, &vs, dest, tcfg, img, prev, changed, prog, log)
+	} else {
+		res, err = r.push(ctx, store, dest, img, prev, changed, prog)
+	}
 	prog.stop()
 	// Progress may be set on the server: make the next patch remove it.
 	orig.Status.Progress = &v1alpha1.RoundProgress{}
@@ -296,6 +305,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			reason = v1alpha1.ReasonRootMismatch
 		case errors.As(err, &re):
 			reason = v1alpha1.ReasonReceiverRefused
+		case errors.Is(err, objstore.ErrBadCredentials) || errors.Is(err, objstore.ErrNoBucket):
+			reason = v1alpha1.ReasonStoreUnavailable
 		}
 		log.Warn("round failed", "err", err)
 		return r.failed(ctx, orig, &vs, reason, err)
@@ -310,18 +321,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	endT := metav1.NewTime(end)
 	st.LastSyncTime = &endT
 	st.LastSyncDuration = &metav1.Duration{Duration: end.Sub(started).Round(time.Millisecond)}
-	st.LastGeneration = int64(stats.Generation)
-	st.LastRootHash = stats.RootHash
-	st.LastSourceBytes = int64(stats.SourceBytes)
-	st.LastBytesSent = int64(stats.BytesSentRaw)
-	st.LastWireBytes = stats.WireBytes
-	st.LastReusedBytes = int64(stats.ReusedBytes)
+	st.LastGeneration = int64(res.generation)
+	st.LastRootHash = res.root
+	st.LastSourceBytes = int64(res.source)
+	st.LastBytesSent = int64(res.sent)
+	st.LastWireBytes = res.wire
+	st.LastReusedBytes = int64(res.reused)
 	st.LastManualTrigger = st.PendingManualTrigger
 	st.PendingManualTrigger = ""
 	st.BaseSnapshot = st.PendingSnapshot
 	r.mu.Lock()
-	if stats.Manifest != nil {
-		r.bases[req.NamespacedName] = &base{snapshot: st.BaseSnapshot, handle: snap.Handle, manifest: stats.Manifest}
+	if res.manifest != nil {
+		r.bases[req.NamespacedName] = &base{snapshot: st.BaseSnapshot, handle: snap.Handle, manifest: res.manifest}
 	} else {
 		delete(r.bases, req.NamespacedName)
 	}
@@ -330,21 +341,74 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	st.Rounds++
 	st.ConsecutiveFailures = 0
 	setCondition(&vs, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonSynced,
-		fmt.Sprintf("generation %d committed: %d bytes sent of %d", stats.Generation, stats.BytesSentRaw, stats.SourceBytes))
+		fmt.Sprintf("generation %d committed: %d bytes sent of %d", res.generation, res.sent, res.source))
 	setCondition(&vs, v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonNoProblem, "")
 	_, wait := r.due(&vs, end)
 	r.idle(&vs, end)
 	if err := r.patchStatus(ctx, orig, &vs); err != nil {
 		return ctrl.Result{}, err
 	}
-	r.o.Metrics.success(vs.Namespace, vs.Name, started, end, stats.Generation, stats.BytesSentRaw, stats.WireBytes)
+	r.o.Metrics.success(vs.Namespace, vs.Name, started, end, res.generation, res.sent, res.wire)
 	r.event(&vs, corev1.EventTypeNormal, v1alpha1.ReasonSynced, "Sync", "generation %d committed on %s: %d of %d bytes sent (%d on the wire) in %s",
-		stats.Generation, dest.addr, stats.BytesSentRaw, stats.SourceBytes, stats.WireBytes, st.LastSyncDuration.Duration)
-	log.Info("round committed", "generation", stats.Generation, "sent", stats.BytesSentRaw, "wire", stats.WireBytes, "root", stats.RootHash)
+		res.generation, dest.where(), res.sent, res.source, res.wire, st.LastSyncDuration.Duration)
+	log.Info("round committed", "generation", res.generation, "sent", res.sent, "wire", res.wire, "root", res.root)
 	if err := r.pruneSnapshots(ctx, &vs); err != nil {
 		log.Warn("delete older snapshots", "err", err) // retried after the next round
 	}
 	return ctrl.Result{RequeueAfter: wait}, nil
+}
+
+// round is what a committed round reports, from a receiver or a store.
+type round struct {
+	generation           uint64
+	root                 string
+	source, sent, reused uint64
+	wire                 int64
+	manifest             *chunk.Manifest
+}
+
+// send runs the round against a receiver.
+func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest destination, tcfg transport.Config, img csi.Image,
+	prev *chunk.Manifest, changed []chunk.Extent, prog *progressReporter, log *slog.Logger) (round, error) {
+	stats, err := r.o.Sync(ctx, agent.Options{
+		Previous:  prev,
+		Changed:   changed,
+		Progress:  prog.set,
+		Source:    vs.Namespace + "/" + vs.Status.PendingSnapshot,
+		Image:     img,
+		Addr:      dest.addr,
+		Volume:    dest.volume,
+		Params:    r.o.Params,
+		Transport: tcfg,
+		Logger:    log,
+		Name:      "voldelta-agent@" + r.o.NodeName,
+	})
+	if err != nil {
+		return round{}, err
+	}
+	return round{generation: stats.Generation, root: stats.RootHash, source: stats.SourceBytes, sent: stats.BytesSentRaw,
+		reused: stats.ReusedBytes, wire: stats.WireBytes, manifest: stats.Manifest}, nil
+}
+
+// push runs the round against a store: the snapshot becomes the store's
+// next generation of the volume.
+func (r *Reconciler) push(ctx context.Context, store *objstore.Store, dest destination, img csi.Image,
+	prev *chunk.Manifest, changed []chunk.Extent, prog *progressReporter) (round, error) {
+	stats, err := store.Push(ctx, img, img.Size(), objstore.PushOptions{
+		Volume:   dest.volume,
+		Params:   r.o.Params,
+		Previous: prev,
+		Changed:  changed,
+		Progress: func(p objstore.PushProgress) {
+			prog.set(agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: p.ScannedBytes, ScanDone: p.ScanDone,
+				NeedBytes: p.UploadBytes, SentBytes: p.UploadedBytes})
+		},
+	})
+	if err != nil {
+		return round{}, fmt.Errorf("push to %s: %w", store, err)
+	}
+	return round{generation: stats.Generation, root: stats.RootHash, source: stats.SourceBytes, sent: stats.BytesUploadedRaw,
+		reused: stats.ReusedBytes, wire: int64(stats.BytesUploaded), manifest: stats.Manifest}, nil
 }
 
 // changes returns the previous round's manifest and the extents changed
@@ -545,18 +609,42 @@ func snapshotName(vs string, t time.Time, n int64, failures int32) string {
 
 type destination struct {
 	addr, serverName, volume string
+	store                    *v1alpha1.Store // instead of addr
 	rate                     float64
+}
+
+// where names the destination for messages.
+func (d destination) where() string {
+	if d.store != nil {
+		return d.store.URL
+	}
+	return d.addr
 }
 
 func (r *Reconciler) destination(vs *v1alpha1.VolumeSync) (destination, error) {
 	d := vs.Spec.Destination
-	out := destination{addr: d.Address, serverName: d.ServerName, volume: d.VolumeName}
-	host, _, err := net.SplitHostPort(d.Address)
-	if err != nil {
-		return out, fmt.Errorf("spec.destination.address %q: want host:port", d.Address)
-	}
-	if out.serverName == "" {
-		out.serverName = host
+	out := destination{addr: d.Address, serverName: d.ServerName, volume: d.VolumeName, store: d.Store}
+	switch {
+	case d.Store != nil && d.Address != "":
+		return out, errors.New("spec.destination: set either address (a receiver) or store (an object store), not both")
+	case d.Store != nil:
+		if _, _, err := objstore.ParseStoreURL(d.Store.URL); err != nil {
+			return out, fmt.Errorf("spec.destination.store.url: %v", err)
+		}
+		if d.Store.CredentialsSecretName == "" {
+			return out, errors.New("spec.destination.store.credentialsSecretName is empty")
+		}
+	default:
+		host, _, err := net.SplitHostPort(d.Address)
+		if err != nil {
+			return out, fmt.Errorf("spec.destination.address %q: want host:port", d.Address)
+		}
+		if out.serverName == "" {
+			out.serverName = host
+		}
+		if d.TLSSecretName == "" {
+			return out, errors.New("spec.destination.tlsSecretName is empty")
+		}
 	}
 	if out.volume == "" {
 		out.volume = vs.Namespace + "-" + vs.Spec.SourcePVC
@@ -565,12 +653,10 @@ func (r *Reconciler) destination(vs *v1alpha1.VolumeSync) (destination, error) {
 		return out, fmt.Errorf("spec.destination.volumeName: %v", err)
 	}
 	if bw := strings.TrimSpace(vs.Spec.BandwidthLimit); bw != "" {
+		var err error
 		if out.rate, err = transport.ParseRate(bw); err != nil {
 			return out, fmt.Errorf("spec.bandwidthLimit: %v", err)
 		}
-	}
-	if d.TLSSecretName == "" {
-		return out, errors.New("spec.destination.tlsSecretName is empty")
 	}
 	return out, nil
 }

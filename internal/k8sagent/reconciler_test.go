@@ -45,6 +45,7 @@ func (m memImage) Close() error { return nil }
 type images struct {
 	opened  []string
 	changes [][2]string
+	data    []byte // the image's bytes; nil: 4 KiB of zeros
 }
 
 func (i *images) Changed(_ context.Context, _ *csi.Volume, base, target string) ([]chunk.Extent, error) {
@@ -54,6 +55,9 @@ func (i *images) Changed(_ context.Context, _ *csi.Volume, base, target string) 
 
 func (i *images) Open(_ context.Context, _ *csi.Volume, s csi.SnapshotResult) (csi.Image, error) {
 	i.opened = append(i.opened, s.Handle)
+	if i.data != nil {
+		return memImage{bytes.NewReader(bytes.Clone(i.data))}, nil
+	}
 	return memImage{bytes.NewReader(make([]byte, 4096))}, nil
 }
 
