@@ -46,6 +46,7 @@ type PullStats struct {
 	ChunksFetched      uint64  `json:"chunks_fetched"`
 	ZeroRuns           uint64  `json:"chunks_zeroed"`     // zero runs written
 	BytesFetchedRaw    uint64  `json:"bytes_fetched_raw"` // chunk bytes after decompression
+	BytesCopied        uint64  `json:"bytes_copied"`      // copied within the target instead of downloaded
 	BytesDownloaded    uint64  `json:"bytes_downloaded"`  // objects as stored: chunks and the manifest
 	ManifestBytes      uint64  `json:"manifest_bytes"`
 	Retries            uint64  `json:"retries"`
@@ -131,6 +132,7 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 	st.LocalGeneration = r.Generation
 	st.Entries = uint64(len(m.Entries))
 	st.ChunksSkipped, st.ChunksCopied, st.ChunksFetched, st.ZeroRuns = r.Skipped, r.Copied, r.Fetched, r.Zeroed
+	st.BytesCopied = r.CopyBytes
 	for _, e := range m.Entries {
 		if !e.Zero {
 			st.ChunksTotal++

@@ -27,7 +27,8 @@ func TestK8sCommandsUsage(t *testing.T) {
 	for _, args := range [][]string{
 		{"agent"},
 		{"agent", "--node", "n", "--chunk-avg", "3"},
-		{"k8s-receiver", "--node", "n", "--state-dir", "d"},
+		{"k8s-receiver", "--node", "n", "--state-dir", "d", "--tls-ca", "ca.pem"}, // TLS without --listen
+		{"k8s-receiver", "--node", "n", "--state-dir", "d", "--pull-parallel", "0"},
 		{"k8s-receiver", "--listen", ":0", "--state-dir", "d"},
 		{"k8s-receiver", "--listen", ":0", "--node", "n", "--state-dir", "d"}, // no TLS
 	} {

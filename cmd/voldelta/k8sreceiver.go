@@ -23,8 +23,8 @@ func newK8sReceiverCmd() *cobra.Command {
 		buffer     string
 	)
 	c := &cobra.Command{
-		Use:   "k8s-receiver --listen HOST:PORT --state-dir DIR --tls-cert ... [flags]",
-		Short: "Run the receiver in Kubernetes mode: serve the volumes named by VolumeTargets",
+		Use:   "k8s-receiver [--listen HOST:PORT --tls-cert ...] --state-dir DIR [flags]",
+		Short: "Run the receiver in Kubernetes mode: serve the volumes named by VolumeTargets, pull those fed by a store",
 		Long: `k8s-receiver is 'voldelta receive' with its targets taken from
 voldelta.io/v1alpha1 VolumeTargets instead of --target flags. An agent's
 round for remote volume V is applied to the local volume of the VolumeTarget
@@ -32,17 +32,30 @@ whose spec.remoteVolume is V (a PVC's volume, or a Longhorn volume), if the
 agent's client certificate carries one of the VolumeTarget's
 spec.allowedIdentities (common name, DNS or URI SAN); others are refused.
 
+A VolumeTarget with spec.store instead of spec.allowedIdentities is fed by
+an object store: every spec.store.pollInterval (default 30s) the receiver
+looks for a newer generation of spec.remoteVolume there (a VolumeSync with
+spec.destination.store pushes them) and pulls it into the target in place,
+downloading only the chunks the target lacks; interrupted pulls resume.
+Agents may not write such a target. The store's credentials come from the
+Secret spec.store.credentialsSecretName in the VolumeTarget's namespace
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optional AWS_SESSION_TOKEN and
+ca.crt). Without --listen (and TLS flags) the receiver only pulls.
+
 With --attach (default), a target volume attached nowhere is attached to
 this node through a VolumeAttachment of its PV, removed again when the
 VolumeTarget is deleted. After every commit, and every 30 seconds, the
 VolumeTarget's status reports the committed generation, root hash and
 whether the target is incomplete.`,
 		Example: `  voldelta k8s-receiver --listen :7300 --state-dir /var/lib/voldelta \
-      --tls-cert /tls/tls.crt --tls-key /tls/tls.key --tls-ca /tls/ca.crt --host-root /host`,
+      --tls-cert /tls/tls.crt --tls-key /tls/tls.key --tls-ca /tls/ca.crt --host-root /host
+
+  # Only pull VolumeTargets fed by an object store: no port is opened.
+  voldelta k8s-receiver --state-dir /var/lib/voldelta --host-root /host`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if listen == "" {
-				return usagef(c, "--listen is required")
+			if o.PullParallel < 1 || o.PullParallel > 256 || o.Concurrency < 1 || o.Concurrency > 64 {
+				return usagef(c, "--pull-parallel %d, --concurrency %d: want 1-256 and 1-64", o.PullParallel, o.Concurrency)
 			}
 			if o.Server.StateDir == "" {
 				return usagef(c, "--state-dir is required")
@@ -51,8 +64,12 @@ whether the target is incomplete.`,
 				return usagef(c, "--node is required (or set NODE_NAME)")
 			}
 			var err error
-			if o.Server.Transport, err = tf.config(c, true); err != nil {
-				return err
+			if listen != "" {
+				if o.Server.Transport, err = tf.config(c, true); err != nil {
+					return err
+				}
+			} else if tf.cert != "" || tf.key != "" || tf.ca != "" || tf.insecure {
+				return usagef(c, "--tls-* and --insecure configure the server: give --listen too (or drop them to only pull store targets)")
 			}
 			if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
 				return usagef(c, "--verify %q: want written or full", verify)
@@ -71,21 +88,23 @@ whether the target is incomplete.`,
 			if err != nil {
 				return err
 			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w", listen, err)
+			if listen != "" {
+				if o.Listener, err = net.Listen("tcp", listen); err != nil {
+					return fmt.Errorf("listen on %s: %w", listen, err)
+				}
 			}
-			o.Listener = ln
 			mgr, err := k8sreceiver.NewManager(cfg, o)
 			if err != nil {
-				ln.Close()
+				if o.Listener != nil {
+					o.Listener.Close()
+				}
 				return err
 			}
 			return mgr.Start(c.Context())
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&listen, "listen", "", "address to listen on for agents, HOST:PORT (required)")
+	fs.StringVar(&listen, "listen", "", "address to listen on for agents, HOST:PORT (default: none, only pull store targets)")
 	fs.StringVar(&o.Server.StateDir, "state-dir", "", "directory for each volume's manifest, journal and state (required)")
 	fs.StringVar(&o.NodeName, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	fs.StringVar(&o.Namespace, "namespace", "", "serve only the VolumeTargets of this namespace (default: all)")
@@ -99,6 +118,8 @@ whether the target is incomplete.`,
 	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (every range written this round) or full (re-hash the whole target)")
 	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written and for breaking copy cycles")
 	fs.IntVar(&o.Server.Workers, "workers", 0, "parallelism of target scans and verification (default: all cores)")
+	fs.IntVar(&o.PullParallel, "pull-parallel", 8, "concurrent downloads of one pull from a store")
+	fs.IntVar(&o.Concurrency, "concurrency", 4, "VolumeTargets reconciled (and pulled) at once")
 	lf.register(fs, "info")
 	return c
 }

@@ -559,7 +559,7 @@ func (r *Reconciler) failed(ctx context.Context, orig, vs *v1alpha1.VolumeSync, 
 	if perr := r.patchStatus(ctx, orig, vs); perr != nil {
 		return ctrl.Result{}, perr
 	}
-	return ctrl.Result{RequeueAfter: Backoff(vs.Status.ConsecutiveFailures)}, nil
+	return ctrl.Result{RequeueAfter: k8sutil.Backoff(vs.Status.ConsecutiveFailures)}, nil
 }
 
 func (r *Reconciler) event(vs *v1alpha1.VolumeSync, typ, reason, action, note string, args ...any) {
@@ -568,14 +568,6 @@ func (r *Reconciler) event(vs *v1alpha1.VolumeSync, typ, reason, action, note st
 	}
 }
 
-// Backoff is the wait before retry n (1-based): 5s doubling up to 5m.
-func Backoff(n int32) time.Duration {
-	d := 5 * time.Second
-	for i := int32(1); i < n && d < 5*time.Minute; i++ {
-		d *= 2
-	}
-	return min(d, 5*time.Minute)
-}
 
 func (r *Reconciler) patchStatus(ctx context.Context, orig, vs *v1alpha1.VolumeSync) error {
 	if err := r.o.Client.Status().Patch(ctx, vs, client.MergeFrom(orig)); err != nil {

@@ -30,6 +30,7 @@ import (
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/k8sagent"
+	"github.com/voldelta/voldelta/internal/k8sutil"
 	"github.com/voldelta/voldelta/internal/pki"
 	"github.com/voldelta/voldelta/transport"
 )
@@ -402,7 +403,7 @@ func TestFailedRoundKeepsSnapshotAndBacksOff(t *testing.T) {
 	if vs.Status.PendingSnapshot != pending || vs.Status.ConsecutiveFailures != 1 || vs.Status.Phase != v1alpha1.PhaseDegraded {
 		t.Fatalf("status %+v", vs.Status)
 	}
-	if res.RequeueAfter != k8sagent.Backoff(1) {
+	if res.RequeueAfter != k8sutil.Backoff(1) {
 		t.Fatalf("requeue %v", res.RequeueAfter)
 	}
 	if ev := <-f.events.Events; !strings.HasPrefix(ev, "Warning ReceiverRefused attempt 1 failed") {
@@ -410,7 +411,7 @@ func TestFailedRoundKeepsSnapshotAndBacksOff(t *testing.T) {
 	}
 	f.syncErr = agent.ErrRootMismatch
 	res = f.reconcile()
-	if c := cond(f.get(), v1alpha1.ConditionDegraded); c.Reason != v1alpha1.ReasonRootMismatch || res.RequeueAfter != k8sagent.Backoff(2) {
+	if c := cond(f.get(), v1alpha1.ConditionDegraded); c.Reason != v1alpha1.ReasonRootMismatch || res.RequeueAfter != k8sutil.Backoff(2) {
 		t.Fatalf("Degraded = %+v, requeue %v", c, res.RequeueAfter)
 	}
 	// The retry reads the same snapshot and then succeeds.

@@ -13,6 +13,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -29,7 +30,9 @@ type RunOptions struct {
 	// Server configures the receiver; Targets must be empty: Resolve,
 	// Authorize and OnCommit are set here.
 	Server receiver.Config
-	// Listener accepts agents' connections. Required.
+	// Listener accepts agents' connections; nil runs no server: the
+	// receiver then only pulls store targets (VolumeTargets with
+	// spec.store).
 	Listener net.Listener
 	// NodeName is the receiver's node. Required.
 	NodeName string
@@ -39,6 +42,8 @@ type RunOptions struct {
 	HostRoot, LonghornNamespace string
 	// Attach: see Options.Attach.
 	Attach bool
+	// PullParallel and Concurrency: see Options.
+	PullParallel, Concurrency int
 	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
 	// /healthz and /readyz ("0" disables).
 	MetricsAddr, HealthAddr string
@@ -48,12 +53,10 @@ type RunOptions struct {
 	Logger *slog.Logger
 }
 
-// NewManager builds a controller manager that reconciles VolumeTargets and
-// runs the receiver server on o.Listener while it runs.
+// NewManager builds a controller manager that reconciles VolumeTargets
+// (pulling store targets) and runs the receiver server on o.Listener, if
+// set, while it runs.
 func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
-	if o.Listener == nil {
-		return nil, errors.New("k8sreceiver: no listener")
-	}
 	if len(o.Server.Targets) > 0 {
 		return nil, errors.New("k8sreceiver: static targets and VolumeTargets exclude each other")
 	}
@@ -91,12 +94,17 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		return nil, err
 	}
 	t, err := New(Options{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName,
-		StateDir: o.Server.StateDir, Attach: o.Attach, Metrics: m, Recorder: mgr.GetEventRecorder("voldelta-receiver"), Logger: o.Logger})
+		StateDir: o.Server.StateDir, Attach: o.Attach, Metrics: m, Recorder: mgr.GetEventRecorder("voldelta-receiver"), Logger: o.Logger,
+		Apply:        receiver.Options{Verify: o.Server.Verify, ApplyBuffer: o.Server.ApplyBuffer, Workers: o.Server.Workers, Logger: o.Logger},
+		PullParallel: o.PullParallel, Concurrency: o.Concurrency})
 	if err != nil {
 		return nil, err
 	}
 	if err := t.SetupWithManager(mgr); err != nil {
 		return nil, err
+	}
+	if o.Listener == nil {
+		return mgr, nil
 	}
 	scfg := o.Server
 	scfg.Resolve, scfg.Authorize, scfg.OnCommit = t.Resolve, t.Authorize, t.OnCommit
@@ -130,6 +138,7 @@ func (t *Targets) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("volumetarget").
 		For(&v1alpha1.VolumeTarget{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: t.o.Concurrency}).
 		WatchesRawSource(source.Channel(t.events, &handler.EnqueueRequestForObject{})).
 		Complete(t)
 }

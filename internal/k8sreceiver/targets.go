@@ -78,6 +78,15 @@ type Options struct {
 	Clock clock.PassiveClock
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
+
+	// Apply configures pulls into store targets (verification, memory).
+	Apply receiver.Options
+	// PullParallel is the number of concurrent downloads of one pull;
+	// default 8.
+	PullParallel int
+	// Concurrency is the number of VolumeTargets reconciled at once (a
+	// pull runs inside its target's reconcile); default 4.
+	Concurrency int
 }
 
 // Targets serves VolumeTargets to a receiver.Server and reconciles them.
@@ -106,6 +115,15 @@ func New(o Options) (*Targets, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Apply.Logger == nil {
+		o.Apply.Logger = o.Logger
+	}
+	if o.PullParallel <= 0 {
+		o.PullParallel = 8
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 4
 	}
 	return &Targets{o: o, events: make(chan event.GenericEvent, 64), writers: make(map[string]string)}, nil
 }
@@ -193,6 +211,10 @@ func (t *Targets) Authorize(volume string, peer transport.Identity) error {
 	if err != nil {
 		return err
 	}
+	if vt.Spec.Store != nil {
+		t.o.Metrics.refuse(volume, "forbidden")
+		return fmt.Errorf("volume %q is pulled from %s (VolumeTarget %s/%s has spec.store): agents may not write it", volume, vt.Spec.Store.URL, vt.Namespace, vt.Name)
+	}
 	for _, n := range peer.Names() {
 		if slices.Contains(vt.Spec.AllowedIdentities, n) {
 			return nil
@@ -269,6 +291,13 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 		return ctrl.Result{RequeueAfter: retry}, t.patch(ctx, orig, &vt)
 	}
 	st.DevicePath = path
+	if vt.Spec.Store != nil {
+		var wait time.Duration
+		if orig, wait, err = t.syncFromStore(ctx, orig, &vt, path); err != nil {
+			return ctrl.Result{}, err
+		}
+		retry = min(retry, wait)
+	}
 
 	vs, err := receiver.ReadStatus(t.o.StateDir, vt.Spec.RemoteVolume)
 	switch {
@@ -305,14 +334,21 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 		}
 		t.o.Metrics.state(vt.Spec.RemoteVolume, st.Generation, st.Incomplete)
 	}
+	if st.ConsecutiveFailures > 0 {
+		st.Phase = v1alpha1.PhaseDegraded
+	}
 	return ctrl.Result{RequeueAfter: retry}, t.patch(ctx, orig, &vt)
 }
 
 func (t *Targets) setReady(vt *v1alpha1.VolumeTarget, s metav1.ConditionStatus, reason, msg string) {
+	t.setCondition(vt, v1alpha1.ConditionReady, s, reason, msg)
+}
+
+func (t *Targets) setCondition(vt *v1alpha1.VolumeTarget, typ string, s metav1.ConditionStatus, reason, msg string) {
 	if len(msg) > 1024 {
 		msg = msg[:1024]
 	}
-	meta.SetStatusCondition(&vt.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionReady, Status: s,
+	meta.SetStatusCondition(&vt.Status.Conditions, metav1.Condition{Type: typ, Status: s,
 		Reason: reason, Message: msg, ObservedGeneration: vt.Generation})
 }
 

@@ -77,3 +77,12 @@ func TestStoreConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestBackoff(t *testing.T) {
+	for n, want := range map[int32]time.Duration{0: 5 * time.Second, 1: 5 * time.Second, 2: 10 * time.Second, 3: 20 * time.Second,
+		6: 160 * time.Second, 7: 5 * time.Minute, 100: 5 * time.Minute} {
+		if got := Backoff(n); got != want {
+			t.Errorf("Backoff(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
