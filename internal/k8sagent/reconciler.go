@@ -568,7 +568,6 @@ func (r *Reconciler) event(vs *v1alpha1.VolumeSync, typ, reason, action, note st
 	}
 }
 
-
 func (r *Reconciler) patchStatus(ctx context.Context, orig, vs *v1alpha1.VolumeSync) error {
 	if err := r.o.Client.Status().Patch(ctx, vs, client.MergeFrom(orig)); err != nil {
 		return fmt.Errorf("update status: %w", err)
