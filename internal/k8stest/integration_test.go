@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -35,7 +34,6 @@ import (
 
 	"github.com/voldelta/voldelta/agent"
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
-	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/k8sagent"
 	"github.com/voldelta/voldelta/internal/k8sreceiver"
@@ -302,42 +300,8 @@ func counterSum(t *testing.T, g prometheus.Gatherer, name string) float64 {
 func TestVolumeSyncEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c := newCluster(t)
-	for _, ns := range []string{srcNS, dstNS, "longhorn-system"} {
-		_, err := c.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		c.must(err)
-	}
-
-	// deploy/: the agent's and the receiver's objects are created (no
-	// controller runs them, but their RBAC is what the managers below run
-	// with); the examples are validated by a server-side dry run.
-	root := k8stest.RepoRoot()
-	for _, d := range []string{"agent", "receiver"} {
-		ms, err := k8stest.LoadKustomization(filepath.Join(root, "deploy", d), k8stest.ClusterScopedKinds)
-		c.must(err)
-		c.must(c.cp.Apply(ctx, ms, false))
-	}
-	_, err := c.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{})
-	c.must(err)
-	examples, err := k8stest.LoadKustomization(filepath.Join(root, "deploy", "examples"), k8stest.ClusterScopedKinds)
-	c.must(err)
-	c.must(c.cp.Apply(ctx, examples, true))
-
-	// Source: a Longhorn volume attached to node-a, with a replica there.
-	srcHost, rcvHost := t.TempDir(), t.TempDir()
-	replica, err := k8stest.NewLonghornReplica(filepath.Join(srcHost, "var", "lib", "longhorn"), srcHandle, volSize)
-	c.must(err)
-	want := make([]byte, volSize)
-	rng := rand.New(rand.NewPCG(1, 2))
-	for i := range want[:6<<20] {
-		want[i] = byte(rng.Uint32())
-	}
-	c.must(replica.WriteHead(want[:6<<20], 0))
-	c.boundPVC(ctx, srcNS, "data", "pv-src", srcHandle)
-	c.longhornVolume(ctx, srcHandle, srcNode, srcNS, "data", "pv-src")
-
-	// Destination: a PVC attached nowhere yet; the receiver attaches it.
-	c.boundPVC(ctx, dstNS, "replica", "pv-dst", dstHandle)
+	w := newWorld(t, ctx)
+	c, want, params := w.cluster, w.want, w.params
 
 	// TLS: one CA; the receiver's serving cert, agent-a's client cert.
 	ca, err := pki.NewCA("voldelta-test", time.Hour)
@@ -351,24 +315,6 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	_, err = c.kube.CoreV1().Secrets(srcNS).Create(ctx, tlsSecret(srcNS, "replica-tls", ca, agentLeaf), metav1.CreateOptions{})
 	c.must(err)
 
-	// The test's controllers.
-	bg, stopBG := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	bgErr := make(chan error, 4)
-	goBG := func(f func(context.Context) error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := f(bg); err != nil {
-				bgErr <- err
-			}
-		}()
-	}
-	defer func() { stopBG(); wg.Wait() }()
-	snapper := &snapshotController{c: c, replica: replica}
-	goBG(snapper.run)
-	goBG(func(ctx context.Context) error { return attacher(ctx, c, rcvHost) })
-
 	// Receiver (Kubernetes mode).
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	c.must(err)
@@ -381,22 +327,20 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	rcvMetrics, agentMetrics := freeAddr(t), freeAddr(t)
 	rmgr, err := k8sreceiver.NewManager(c.cp.ImpersonatedConfig("voldelta-system", "voldelta-receiver"), k8sreceiver.RunOptions{
 		Server:   receiver.Config{StateDir: t.TempDir(), Transport: rcvCfg, Name: "receiver-test"},
-		Listener: ln, NodeName: rcvNode, HostRoot: rcvHost, Attach: true,
+		Listener: ln, NodeName: rcvNode, HostRoot: w.rcvHost, Attach: true,
 		MetricsAddr: rcvMetrics, HealthAddr: "0", Logger: testLogger(t).With("side", "receiver"),
 	})
 	c.must(err)
-	goBG(rmgr.Start)
+	w.goBG(rmgr.Start)
 
 	// Agent of node-a, and an agent of another node that must stay out.
-	params := chunk.DefaultParams()
-	params.MinSize, params.AvgSize, params.MaxSize, params.SegmentSize = 16<<10, 64<<10, 256<<10, 4<<20
 	agentReg := crmetrics.Registry
 	agentRounds0 := counterSum(t, agentReg, "voldelta_agent_rounds_total")
 	rcvCommits0 := counterSum(t, rcvReg, "voldelta_receiver_commits_total")
 	rcvRefused0 := counterSum(t, rcvReg, "voldelta_receiver_refused_total")
 	var otherRounds sync.Map
 	for _, node := range []string{srcNode, "node-b"} {
-		o := k8sagent.RunOptions{NodeName: node, HostRoot: srcHost, MetricsAddr: "0", HealthAddr: "0",
+		o := k8sagent.RunOptions{NodeName: node, HostRoot: w.srcHost, MetricsAddr: "0", HealthAddr: "0",
 			Params: params, Registry: prometheus.NewRegistry(), Logger: testLogger(t).With("side", "agent", "node", node)}
 		if node == srcNode {
 			o.Registry, o.MetricsAddr = nil, agentMetrics
@@ -408,7 +352,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 		}
 		amgr, err := k8sagent.NewManager(c.cp.ImpersonatedConfig("voldelta-system", "voldelta-agent"), o)
 		c.must(err)
-		goBG(amgr.Start)
+		w.goBG(amgr.Start)
 	}
 
 	c.must(c.cl.Create(ctx, &v1alpha1.VolumeTarget{
@@ -426,34 +370,8 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	}
 	c.must(c.cl.Create(ctx, vsync))
 
-	waitSynced := func(trigger string) *v1alpha1.VolumeSync {
-		t.Helper()
-		var got v1alpha1.VolumeSync
-		err := k8stest.Eventually(ctx, func() (bool, string, error) {
-			select {
-			case err := <-bgErr:
-				return false, "", err
-			default:
-			}
-			if err := c.cl.Get(ctx, client.ObjectKeyFromObject(vsync), &got); err != nil {
-				return false, "", err
-			}
-			ready := meta.IsStatusConditionTrue(got.Status.Conditions, v1alpha1.ConditionReady)
-			return ready && got.Status.LastManualTrigger == trigger, fmt.Sprintf("status %+v", got.Status), nil
-		})
-		if err != nil {
-			t.Fatalf("VolumeSync did not sync trigger %s: %v", trigger, err)
-		}
-		return &got
-	}
-	targetBytes := func() []byte {
-		b, err := os.ReadFile(filepath.Join(rcvHost, "dev", "longhorn", dstHandle))
-		c.must(err)
-		return b
-	}
-
 	// Round 1: everything.
-	got := waitSynced("1")
+	got := w.waitSynced(vsync, "1")
 	st := got.Status
 	if st.Phase != v1alpha1.PhaseIdle || st.Node != srcNode || st.LastGeneration != 1 || st.LastRootHash == "" ||
 		st.LastSourceBytes != volSize || st.LastBytesSent < 6<<20 || st.LastWireBytes <= 0 ||
@@ -464,7 +382,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if c := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionDegraded); c == nil || c.Status != metav1.ConditionFalse {
 		t.Fatalf("Degraded after round 1: %+v", c)
 	}
-	if !bytes.Equal(targetBytes(), want) {
+	if !bytes.Equal(w.targetBytes(), want) {
 		t.Fatal("round 1: the target does not hold the snapshot's bytes")
 	}
 	first := st.BaseSnapshot
@@ -483,20 +401,9 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	}
 
 	// Round 2: 64 KiB change; bump the manual trigger.
-	change := make([]byte, 64<<10)
-	for i := range change {
-		change[i] = byte(rng.Uint32())
-	}
-	const changeAt = 3 << 20
-	snapper.mu.Lock()
-	err = replica.WriteHead(change, changeAt)
-	snapper.mu.Unlock()
-	c.must(err)
-	copy(want[changeAt:], change)
-	c.must(c.cl.Get(ctx, client.ObjectKeyFromObject(vsync), vsync))
-	vsync.Spec.Trigger.Manual = "2"
-	c.must(c.cl.Update(ctx, vsync))
-	got = waitSynced("2")
+	change := w.change(3<<20, 64<<10)
+	w.trigger(vsync, "2")
+	got = w.waitSynced(vsync, "2")
 	st2 := got.Status
 	// The second segment (4-8 MiB) is untouched since the first snapshot:
 	// Longhorn's chain says so, and it is not read again.
@@ -510,7 +417,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if st2.LastBytesSent <= 0 || st2.LastBytesSent > int64(len(change))+2*int64(params.MaxSize) {
 		t.Fatalf("round 2 sent %d bytes for a %d-byte change", st2.LastBytesSent, len(change))
 	}
-	if !bytes.Equal(targetBytes(), want) {
+	if !bytes.Equal(w.targetBytes(), want) {
 		t.Fatal("round 2: the target does not hold the snapshot's bytes")
 	}
 	// The first round's snapshot is deleted once the second committed.
@@ -550,7 +457,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	otherRounds.Range(func(k, _ any) bool { t.Errorf("the agent of node-b ran a round of %v", k); return true })
 
 	// A client whose certificate is not allowed is refused before any write.
-	before := targetBytes()
+	before := w.targetBytes()
 	ctls := transport.DefaultConfig()
 	ctls.TLS = transport.NewTLS(strangerLeaf.TLS, ca.Pool(), false)
 	ctls.TLS.ServerName = "127.0.0.1"
@@ -560,7 +467,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if !errors.As(err, &re) || re.Code != transport.ErrCodeForbidden {
 		t.Fatalf("agent-b: err = %v, want the receiver's FORBIDDEN", err)
 	}
-	if !bytes.Equal(targetBytes(), before) {
+	if !bytes.Equal(w.targetBytes(), before) {
 		t.Fatal("a refused client changed the target")
 	}
 	if n := counterSum(t, rcvReg, "voldelta_receiver_refused_total") - rcvRefused0; n < 1 {
