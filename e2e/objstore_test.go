@@ -191,7 +191,7 @@ func TestStoreCLI(t *testing.T) {
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, stderr, code := runEnv(t, env, append([]string{"push", "--source", src, "--volume", "db", "-q"}, store...)...); code != 0 {
+	if _, stderr, code := runEnv(t, env, append([]string{"push", "--source", src, "--volume", "db", "-q", "--bwlimit", "400MiB"}, store...)...); code != 0 {
 		t.Fatalf("push 2: exit %d: %s", code, stderr)
 	}
 	s3 := filepath.Join(dir, "pull3.json")
@@ -226,6 +226,7 @@ func TestStoreCLI(t *testing.T) {
 		{env, []string{"push", "--volume", "db", "--store", "s3://e2e/dc1"}, 2, "--source"},
 		{env, []string{"push", "--source", src, "--volume", "db", "--store", "e2e/dc1"}, 2, "s3://"},
 		{env, []string{"gc", "--store", "s3://e2e/dc1", "--keep", "-1"}, 2, "--keep"},
+		{env, []string{"push", "--source", src, "--volume", "db", "--store", "s3://e2e/dc1", "--bwlimit", "fast"}, 2, "--bwlimit"},
 	} {
 		_, stderr, code := runEnv(t, tc.env, tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.msg) {

@@ -33,6 +33,7 @@ type storeFlags struct {
 	url, endpoint, region string
 	insecure              bool
 	parallel              int
+	rate                  float64 // bytes per second written to the store; 0: unlimited
 }
 
 func (f *storeFlags) register(fs *pflag.FlagSet) {
@@ -69,7 +70,7 @@ func (f *storeFlags) open(c *cobra.Command, lf *logFlags) (*objstore.Store, erro
 		return nil, err
 	}
 	return objstore.Open(c.Context(), objstore.Config{Endpoint: ep, Insecure: f.insecure, Bucket: bucket, Prefix: prefix,
-		Region: f.region, Logger: log})
+		Region: f.region, BandwidthLimit: f.rate, Logger: log})
 }
 
 func newPushCmd() *cobra.Command {
@@ -80,6 +81,7 @@ func newPushCmd() *cobra.Command {
 		opt       objstore.PushOptions
 		source    string
 		compress  string
+		bwlimit   string
 		statsJSON string
 		quiet     bool
 	)
@@ -127,6 +129,11 @@ scan_seconds, duration_seconds, and more.`,
 			if opt.Grace <= 0 {
 				return usagef(c, "--grace %s: want a positive duration", opt.Grace)
 			}
+			if bwlimit != "" {
+				if sf.rate, err = transport.ParseRate(bwlimit); err != nil {
+					return usagef(c, "--bwlimit: %v", err)
+				}
+			}
 			s, err := sf.open(c, &lf)
 			if err != nil {
 				return err
@@ -163,6 +170,7 @@ scan_seconds, duration_seconds, and more.`,
 	fs.BoolVar(&opt.OwnVolumeOnly, "own-volume-only", false, "deduplicate only against this volume's latest generation")
 	fs.BoolVar(&opt.ConfirmAll, "confirm-all", false, "HEAD every chunk reused from earlier generations and upload any that is missing (after objects were deleted by hand)")
 	fs.DurationVar(&opt.Grace, "grace", objstore.DefaultGrace, "the gc grace period of this store (use gc's value)")
+	fs.StringVar(&bwlimit, "bwlimit", "", "cap the upload rate, e.g. 100Mbit, 12MiB (default: unlimited)")
 	fs.StringVar(&statsJSON, "stats-json", "", "write the push's statistics as JSON to this file ('-' for stdout)")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line")
 	cf.register(fs)
