@@ -20,7 +20,7 @@ func renderMarkdown(res *Results) string {
 	fmt.Fprintf(&b, "Machine: %d × %s, kernel %s, %s, %.0f GiB; load average %s at the start, %s at the end. ",
 		m.NProc, m.CPUModel, m.Kernel, m.GoVersion, m.MemGiB, m.LoadBefore, m.LoadAfter)
 	fmt.Fprintf(&b, "Run: `%s`, %s, %.1f min.\n\n", res.Command, res.Started, res.TotalSeconds/60)
-	fmt.Fprintf(&b, "GB = 10^9 bytes. Cutover downtime = the final delta transfer + the restore/apply at the target; voldelta and rsync apply in place during their sync, restic needs a restore after its backup.\n\n")
+	fmt.Fprintf(&b, "GB = 10^9 bytes. Cutover downtime = the final delta transfer + the restore/apply at the target; voldelta and rsync apply in place during their sync, restic needs a restore after its backup, voldelta via MinIO a pull after its push.\n\n")
 
 	// The study's shape.
 	fmt.Fprintf(&b, "## The study's table\n\n")
@@ -40,7 +40,7 @@ func renderMarkdown(res *Results) string {
 			switch {
 			case f.RestoreIsInTheSync:
 				restore = "in the sync (0 s after it)"
-			case strings.Contains(f.Flow, "in-place"):
+			case f.RestoreInPlace:
 				restore = fmt.Sprintf("%s, in place", secs(f.RestoreSeconds))
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %.3f GB | %s | %.3f GB/min (%s) | %s | **%s** | %s |\n",
@@ -72,20 +72,16 @@ func renderMarkdown(res *Results) string {
 			secs(ri.CutoverSeconds), ratio(v.CutoverSeconds, ri.CutoverSeconds))
 	}
 
+	renderStoreRows(&b, res)
+
 	// Every round.
 	fmt.Fprintf(&b, "\n## Every round\n\n")
-	fmt.Fprintf(&b, "CPU = user+system seconds and peak RSS per process from GNU time; peak RSS per side = the sum of the peak RSS of the side's processes (an upper bound: they run at once). Source side: voldelta send, restic backup, rsync client; destination side: voldelta receive, MinIO (+ restic restore), rsync daemon. syncfs of the target is part of restic's restores and rsync's rounds.\n\n")
+	fmt.Fprintf(&b, "CPU = user+system seconds and peak RSS per process from GNU time; peak RSS per side = the sum of the peak RSS of the side's processes (an upper bound: they run at once). Source side: voldelta send, voldelta push, restic backup, rsync client; destination side: voldelta receive, MinIO (+ restic restore, + voldelta pull), rsync daemon. syncfs of the target is part of restic's restores and rsync's rounds.\n\n")
 	fmt.Fprintf(&b, "| scenario | round | wall | link → | link ← | link-limited | CPU src | CPU dst | peak RSS src | peak RSS dst | verified |\n")
 	fmt.Fprintf(&b, "|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range res.Scenarios {
-		for _, t := range []*ToolResult{s.Voldelta, s.Restic, s.Rsync} {
-			if t == nil {
-				continue
-			}
-			for _, r := range []*Round{t.Initial, t.InitialRestore, t.Delta, t.FullRestore, t.InPlaceRestore} {
-				if r == nil {
-					continue
-				}
+		for _, t := range s.tools() {
+			for _, r := range t.rounds() {
 				ver := "—"
 				if r.VerifyNote != "" {
 					ver = yesNo(r.Verified)
@@ -111,6 +107,67 @@ func renderMarkdown(res *Results) string {
 	}
 	return b.String()
 }
+
+// renderStoreRows is the voldelta-via-MinIO section: per round, the push,
+// the pull and what each process cost.
+func renderStoreRows(b *strings.Builder, res *Results) {
+	fmt.Fprintf(b, "\n## voldelta via MinIO: push at the source, pull at the destination\n\n")
+	fmt.Fprintf(b, "The study's topology with voldelta: `voldelta push` reads the source device (frozen) and stores the new generation in MinIO at the destination, across the link; then `voldelta pull`, at the destination, applies it from the local MinIO to its own replica in place and verifies it. Total = push + pull; cutover downtime = the delta round's total (the pull is what a cutover waits for at the target after the last push). Link = both directions on the veth during push and pull. Uploaded and downloaded = chunk objects and manifest as stored, as push and pull report them. CPU and peak RSS per process: push, pull (GNU time), MinIO (charged per step: CPU summed, peak the larger of the two steps).\n\n")
+	fmt.Fprintf(b, "| scenario | round | push | pull | total | link | uploaded | downloaded | CPU push / pull / MinIO | peak RSS push / pull / MinIO | verified | cutover | ÷ voldelta | ÷ restic + in-place |\n")
+	fmt.Fprintf(b, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, s := range res.Scenarios {
+		t := s.VoldeltaMinio
+		if t == nil {
+			continue
+		}
+		for _, ph := range []struct {
+			name       string
+			push, pull *Round
+		}{{"initial", t.Initial, t.InitialPull}, {"delta", t.Delta, t.DeltaPull}} {
+			if ph.push == nil {
+				continue
+			}
+			pull := ph.pull
+			if pull == nil { // the pull did not run
+				pull = &Round{}
+			}
+			pu, _ := ph.push.Proc("voldelta push")
+			pl, _ := pull.Proc("voldelta pull")
+			m1, _ := ph.push.Proc("minio")
+			m2, _ := pull.Proc("minio")
+			ver := "—"
+			if pull.VerifyNote != "" {
+				ver = yesNo(pull.Verified)
+			}
+			cut, vsVd, vsRi := "—", "—", "—"
+			if f := s.flow("voldelta via MinIO"); f != nil && ph.name == "delta" {
+				cut = "**" + secs(f.CutoverSeconds) + "**"
+				if v := s.flow("voldelta"); v != nil {
+					vsVd = ratio(f.CutoverSeconds, v.CutoverSeconds)
+				}
+				if ri := s.flow("restic + in-place restore"); ri != nil {
+					vsRi = ratio(f.CutoverSeconds, ri.CutoverSeconds)
+				}
+			}
+			fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %.1f / %.1f / %.1f s | %.0f / %.0f / %.0f MiB | %s | %s | %s | %s |\n",
+				s.Name, ph.name, secs(ph.push.Seconds), secs(pull.Seconds), secs(ph.push.Seconds+pull.Seconds),
+				mbs(ph.push.LinkBytes()+pull.LinkBytes()), statMB(ph.push.Stats, "bytes_uploaded"), statMB(pull.Stats, "bytes_downloaded"),
+				pu.CPU(), pl.CPU(), m1.CPU()+m2.CPU(), kib2mib(pu.MaxRSSKiB), kib2mib(pl.MaxRSSKiB), kib2mib(max(m1.MaxRSSKiB, m2.MaxRSSKiB)),
+				ver, cut, vsVd, vsRi)
+		}
+	}
+}
+
+// statMB is a byte count of a voldelta --stats-json, in MB ("?" if absent).
+func statMB(stats map[string]any, key string) string {
+	n, ok := stats[key].(float64)
+	if !ok {
+		return "?"
+	}
+	return mbs(uint64(n))
+}
+
+func kib2mib(k int64) float64 { return float64(k) / 1024 }
 
 func secs(s float64) string {
 	switch {
@@ -148,7 +205,7 @@ func firstLine(s string) string {
 // the cutover downtime of each flow.
 func chartData(res *Results) string {
 	var b strings.Builder
-	flows := []string{"voldelta", "restic + full restore", "restic + in-place restore", "rsync --inplace"}
+	flows := []string{"voldelta", "restic + full restore", "restic + in-place restore", "rsync --inplace", "voldelta via MinIO"}
 	fmt.Fprintf(&b, "# scenario")
 	for _, f := range flows {
 		fmt.Fprintf(&b, " %q-delta %q-cutover", f, f)
@@ -174,7 +231,7 @@ func chartData(res *Results) string {
 
 // chartScript draws two clustered histograms; in a cluster of n bars with
 // gap 1, bar i stands at x + (i-(n-1)/2)/(n+1), where its value is printed.
-const chartScript = `set terminal pngcairo size 1200,900 font "sans,11"
+const chartScript = `set terminal pngcairo size 1400,900 font "sans,11"
 set output '%s'
 set multiplot layout 2,1 title "%s"
 set style data histograms
@@ -189,20 +246,24 @@ set offsets 0,0,graph 0.12,0
 lbl(v) = v > 0 ? sprintf("%%.1f", v) : ""
 set title "Delta transfer time (the last sync before cutover)"
 plot '%[3]s' using 2:xtic(1) title "voldelta" lc rgb "#1b9e77", \
+     '' using 10 title "voldelta push (to MinIO)" lc rgb "#66c2a5", \
      '' using 4 title "restic backup" lc rgb "#d95f02", \
      '' using 8 title "rsync --inplace" lc rgb "#7570b3", \
-     '' using ($0-0.25):2:(lbl($2)) with labels offset 0,0.7 notitle, \
-     '' using ($0):4:(lbl($4)) with labels offset 0,0.7 notitle, \
-     '' using ($0+0.25):8:(lbl($8)) with labels offset 0,0.7 notitle
+     '' using ($0-0.3):2:(lbl($2)) with labels offset 0,0.7 notitle, \
+     '' using ($0-0.1):10:(lbl($10)) with labels offset 0,0.7 notitle, \
+     '' using ($0+0.1):4:(lbl($4)) with labels offset 0,0.7 notitle, \
+     '' using ($0+0.3):8:(lbl($8)) with labels offset 0,0.7 notitle
 set title "Cutover downtime = delta transfer + restore/apply at the target"
 plot '%[3]s' using 3:xtic(1) title "voldelta (applied in the sync)" lc rgb "#1b9e77", \
+     '' using 11 title "voldelta push + pull via MinIO" lc rgb "#66c2a5", \
      '' using 5 title "restic + full restore (the study's flow)" lc rgb "#d95f02", \
      '' using 7 title "restic + in-place restore" lc rgb "#e6ab02", \
      '' using 9 title "rsync --inplace (applied in the sync)" lc rgb "#7570b3", \
-     '' using ($0-0.3):3:(lbl($3)) with labels offset 0,0.7 notitle, \
-     '' using ($0-0.1):5:(lbl($5)) with labels offset 0,0.7 notitle, \
-     '' using ($0+0.1):7:(lbl($7)) with labels offset 0,0.7 notitle, \
-     '' using ($0+0.3):9:(lbl($9)) with labels offset 0,0.7 notitle
+     '' using ($0-2/6.):3:(lbl($3)) with labels offset 0,0.7 notitle, \
+     '' using ($0-1/6.):11:(lbl($11)) with labels offset 0,0.7 notitle, \
+     '' using ($0):5:(lbl($5)) with labels offset 0,0.7 notitle, \
+     '' using ($0+1/6.):7:(lbl($7)) with labels offset 0,0.7 notitle, \
+     '' using ($0+2/6.):9:(lbl($9)) with labels offset 0,0.7 notitle
 unset multiplot
 `
 

@@ -57,20 +57,54 @@ type ScenarioResult struct {
 	DeltaBytes        int64       `json:"delta_bytes"`      // what the workload added or rewrote
 	Probe             LinkProbe   `json:"link_probe"`
 	Voldelta          *ToolResult `json:"voldelta,omitempty"`
+	VoldeltaMinio     *ToolResult `json:"voldelta_minio,omitempty"` // push at the source, pull at the destination
 	Restic            *ToolResult `json:"restic,omitempty"`
 	Rsync             *ToolResult `json:"rsync,omitempty"`
 	Summary           []FlowRow   `json:"summary,omitempty"`
 	Error             string      `json:"error,omitempty"`
 }
 
-// ToolResult holds a tool's rounds in one scenario.
+// newTools starts the scenario's (or a further round's) results of every
+// tool.
+func (s *ScenarioResult) newTools() {
+	s.Voldelta, s.VoldeltaMinio = &ToolResult{Tool: "voldelta"}, &ToolResult{Tool: "voldelta via MinIO"}
+	s.Restic, s.Rsync = &ToolResult{Tool: "restic"}, &ToolResult{Tool: "rsync"}
+}
+
+// tools are the scenario's tool results, in the order of the report.
+func (s *ScenarioResult) tools() []*ToolResult {
+	var ts []*ToolResult
+	for _, t := range []*ToolResult{s.Voldelta, s.VoldeltaMinio, s.Restic, s.Rsync} {
+		if t != nil {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+// ToolResult holds a tool's rounds in one scenario. For voldelta via
+// MinIO, Initial and Delta are the pushes and InitialPull and DeltaPull
+// the pulls that follow them.
 type ToolResult struct {
 	Tool           string `json:"tool"`
 	Initial        *Round `json:"initial,omitempty"`
 	InitialRestore *Round `json:"initial_restore,omitempty"`
+	InitialPull    *Round `json:"initial_pull,omitempty"`
 	Delta          *Round `json:"delta,omitempty"`
 	FullRestore    *Round `json:"full_restore,omitempty"`
 	InPlaceRestore *Round `json:"in_place_restore,omitempty"`
+	DeltaPull      *Round `json:"delta_pull,omitempty"`
+}
+
+// rounds are t's rounds in the order they ran.
+func (t *ToolResult) rounds() []*Round {
+	var rs []*Round
+	for _, r := range []*Round{t.Initial, t.InitialRestore, t.InitialPull, t.Delta, t.FullRestore, t.InPlaceRestore, t.DeltaPull} {
+		if r != nil {
+			rs = append(rs, r)
+		}
+	}
+	return rs
 }
 
 // Round is one timed step of one tool.
@@ -113,6 +147,16 @@ func (r *Round) RSSMiB(side Side) float64 {
 // LinkBytes is what crossed the link both ways.
 func (r *Round) LinkBytes() uint64 { return r.LinkTxBytes + r.LinkRxBytes }
 
+// Proc is the usage of the round's process called name.
+func (r *Round) Proc(name string) (Usage, bool) {
+	for _, p := range r.Procs {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return Usage{}, false
+}
+
 // LinkLimitedSeconds is the time the link alone needs for the round's
 // traffic: the busier direction's bytes over the measured per-direction
 // rate (both read off the same veth counters).
@@ -143,7 +187,17 @@ type FlowRow struct {
 	DeltaRSSSrcMiB     float64 `json:"delta_peak_rss_src_mib"`
 	DeltaRSSDstMiB     float64 `json:"delta_peak_rss_dst_mib"` // restore included (max of the steps)
 	RestoreIsInTheSync bool    `json:"restore_is_in_the_sync"`
+	RestoreInPlace     bool    `json:"restore_in_place"` // a separate step that updates the target in place
 }
+
+// apply is how a flow brings its target up to date.
+type apply int
+
+const (
+	applyInSync  apply = iota // the sync writes the target (voldelta send, rsync)
+	applyFull                 // a full restore into an empty target after the sync
+	applyInPlace              // a separate step after the sync updates the target in place
+)
 
 const gb = 1e9
 
@@ -157,11 +211,11 @@ func gbPerMin(bytes int64, secs float64) float64 {
 // summarize derives the flow rows of a scenario from its raw figures.
 func (s *ScenarioResult) summarize() {
 	s.Summary = nil
-	row := func(flow string, init, delta, restore *Round, inSync bool) {
+	row := func(flow string, how apply, init, delta, restore *Round) {
 		if delta == nil {
 			return
 		}
-		f := FlowRow{Flow: flow, RestoreIsInTheSync: inSync}
+		f := FlowRow{Flow: flow, RestoreIsInTheSync: how == applyInSync, RestoreInPlace: how == applyInPlace}
 		if init != nil {
 			f.InitialSeconds = init.Seconds
 			f.InitialGBMin = gbPerMin(s.DataBytes, init.Seconds)
@@ -189,14 +243,19 @@ func (s *ScenarioResult) summarize() {
 		s.Summary = append(s.Summary, f)
 	}
 	if t := s.Voldelta; t != nil {
-		row("voldelta", t.Initial, t.Delta, nil, true)
+		row("voldelta", applyInSync, t.Initial, t.Delta, nil)
+	}
+	if t := s.VoldeltaMinio; t != nil {
+		// The push is the transfer, the pull the apply at the target:
+		// cutover = the last push + its pull.
+		row("voldelta via MinIO", applyInPlace, t.Initial, t.Delta, t.DeltaPull)
 	}
 	if t := s.Restic; t != nil {
-		row("restic + full restore", t.Initial, t.Delta, t.FullRestore, false)
-		row("restic + in-place restore", t.Initial, t.Delta, t.InPlaceRestore, false)
+		row("restic + full restore", applyFull, t.Initial, t.Delta, t.FullRestore)
+		row("restic + in-place restore", applyInPlace, t.Initial, t.Delta, t.InPlaceRestore)
 	}
 	if t := s.Rsync; t != nil {
-		row("rsync --inplace", t.Initial, t.Delta, nil, true)
+		row("rsync --inplace", applyInSync, t.Initial, t.Delta, nil)
 	}
 }
 
