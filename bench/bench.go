@@ -116,19 +116,22 @@ func pinned(path, mod string) string {
 // world is one scenario's volumes and tool state; mariadb-update reuses
 // mariadb-insert's.
 type world struct {
-	name     string
-	size     int64
-	src      *Volume // ext4, mounted at mnt/src
-	vdDst    *Volume // raw replica of src
-	vdState  string
-	resticB  *Volume // ext4: the tree restored before, for in-place restores
-	rsyncDst *Volume // ext4: the rsync daemon's module
-	minioVol *Volume // ext4: MinIO's drive at the destination
-	minioDir string
-	bucket   string
-	minio    *Service
-	db       *MariaDB
-	round    int
+	name      string
+	size      int64
+	src       *Volume // ext4, mounted at mnt/src
+	vdDst     *Volume // raw replica of src (voldelta send → receive)
+	vdState   string
+	pullDst   *Volume // raw replica of src (voldelta push → MinIO → pull)
+	pullState string  // pull's --state-dir
+	vdBucket  string  // voldelta's bucket in the scenario's MinIO
+	resticB   *Volume // ext4: the tree restored before, for in-place restores
+	rsyncDst  *Volume // ext4: the rsync daemon's module
+	minioVol  *Volume // ext4: MinIO's drive at the destination
+	minioDir  string
+	bucket    string
+	minio     *Service
+	db        *MariaDB
+	round     int
 }
 
 func (b *Bench) mnt(name string) string { return filepath.Join(b.cfg.Work, "mnt", name) }
@@ -136,12 +139,16 @@ func (b *Bench) mnt(name string) string { return filepath.Join(b.cfg.Work, "mnt"
 func (b *Bench) newWorld(ctx context.Context, name string, size int64) (*world, error) {
 	size = (size + mib - 1) / mib * mib
 	w := &world{name: name, size: size, vdState: filepath.Join(b.cfg.Work, "vd-state-"+name),
-		bucket: "restic-" + name}
+		pullState: filepath.Join(b.cfg.Work, "vd-pull-state-"+name),
+		bucket:    "restic-" + name, vdBucket: "voldelta-" + name}
 	var err error
 	if w.src, err = b.ext4Volume(ctx, "src", size); err != nil {
 		return nil, err
 	}
 	if w.vdDst, err = newVolume(ctx, b.cl, b.cfg.Work, "voldelta-dst", size); err != nil {
+		return nil, err
+	}
+	if w.pullDst, err = newVolume(ctx, b.cl, b.cfg.Work, "voldelta-pull-dst", size); err != nil {
 		return nil, err
 	}
 	if w.resticB, err = b.ext4Volume(ctx, "restic-b", size); err != nil {
@@ -154,7 +161,7 @@ func (b *Bench) newWorld(ctx context.Context, name string, size int64) (*world, 
 		return nil, err
 	}
 	w.minioDir = filepath.Join(w.minioVol.Mount, "data")
-	for _, d := range []string{w.vdState, w.minioDir} {
+	for _, d := range []string{w.vdState, w.pullState, w.minioDir} {
 		os.RemoveAll(d)
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -180,24 +187,31 @@ func (w *world) close() {
 			log.Printf("cleanup: %v", err)
 		}
 	}
-	for _, v := range []*Volume{w.src, w.vdDst, w.resticB, w.rsyncDst, w.minioVol} {
-		if v != nil {
-			if err := v.Close(); err != nil {
-				log.Printf("cleanup: %s: %v", v.Name, err)
-			}
+	for _, v := range w.volumes() {
+		if err := v.Close(); err != nil {
+			log.Printf("cleanup: %s: %v", v.Name, err)
 		}
 	}
 	os.RemoveAll(w.vdState)
+	os.RemoveAll(w.pullState)
+}
+
+// volumes are the scenario's volumes created so far.
+func (w *world) volumes() []*Volume {
+	var vs []*Volume
+	for _, v := range []*Volume{w.src, w.vdDst, w.pullDst, w.resticB, w.rsyncDst, w.minioVol} {
+		if v != nil {
+			vs = append(vs, v)
+		}
+	}
+	return vs
 }
 
 // evict drops the caches above the loop devices of every volume of the
 // scenario (see evict), before each timed step.
 func (b *Bench) evict(ctx context.Context, w *world) error {
 	var trees, devs []string
-	for _, v := range []*Volume{w.src, w.vdDst, w.resticB, w.rsyncDst, w.minioVol} {
-		if v == nil {
-			continue
-		}
+	for _, v := range w.volumes() {
 		if v.Mount != "" {
 			trees = append(trees, v.Mount)
 		}
@@ -427,7 +441,7 @@ func (b *Bench) initialRound(ctx context.Context, sr *ScenarioResult, w *world) 
 	if err != nil {
 		return err
 	}
-	sr.Voldelta, sr.Restic, sr.Rsync = &ToolResult{Tool: "voldelta"}, &ToolResult{Tool: "restic"}, &ToolResult{Tool: "rsync"}
+	sr.newTools()
 	if sr.Voldelta.Initial, err = b.voldeltaRound(ctx, w, tree, "initial"); err != nil {
 		return err
 	}
@@ -437,7 +451,9 @@ func (b *Bench) initialRound(ctx context.Context, sr *ScenarioResult, w *world) 
 	if sr.Rsync.Initial, err = b.rsyncRound(ctx, w, tree, "initial"); err != nil {
 		return err
 	}
-	return nil
+	t := sr.VoldeltaMinio
+	t.Initial, t.InitialPull, err = b.voldeltaStoreRound(ctx, w, tree, "initial")
+	return err
 }
 
 // deltaRound: every tool's sync of the delta, restic's two restores.
@@ -450,7 +466,7 @@ func (b *Bench) deltaRound(ctx context.Context, sr *ScenarioResult, w *world) er
 		return err
 	}
 	if sr.Voldelta == nil { // mariadb-update: a further round on the same state
-		sr.Voldelta, sr.Restic, sr.Rsync = &ToolResult{Tool: "voldelta"}, &ToolResult{Tool: "restic"}, &ToolResult{Tool: "rsync"}
+		sr.newTools()
 	}
 	if sr.Voldelta.Delta, err = b.voldeltaRound(ctx, w, tree, "delta"); err != nil {
 		return err
@@ -461,7 +477,9 @@ func (b *Bench) deltaRound(ctx context.Context, sr *ScenarioResult, w *world) er
 	if sr.Rsync.Delta, err = b.rsyncRound(ctx, w, tree, "delta"); err != nil {
 		return err
 	}
-	return nil
+	t := sr.VoldeltaMinio
+	t.Delta, t.DeltaPull, err = b.voldeltaStoreRound(ctx, w, tree, "delta")
+	return err
 }
 
 // measure runs fn between two readings of the link counters and fills the
@@ -485,6 +503,45 @@ func (b *Bench) measure(ctx context.Context, r *Round, fn func() error) error {
 
 func (r *Round) add(u Usage) { r.Procs = append(r.Procs, u) }
 
+// measureCmd runs c as the round's timed step (see measure).
+func (b *Bench) measureCmd(ctx context.Context, r *Round, c *Cmd) error {
+	return b.measure(ctx, r, func() error {
+		u, err := c.Run(ctx)
+		r.add(u)
+		return err
+	})
+}
+
+// readFrozen runs c, a block-level read of the source device (voldelta
+// send or push), as the round's timed step with the source's ext4 frozen
+// around it (see Volume.Freeze).
+func (b *Bench) readFrozen(ctx context.Context, w *world, r *Round, c *Cmd) error {
+	thaw, err := w.src.Freeze(ctx)
+	if err != nil {
+		return err
+	}
+	err = b.measureCmd(ctx, r, c)
+	if terr := thaw(); err == nil {
+		err = terr
+	}
+	return err
+}
+
+// statsPath is where a voldelta command of the current scenario writes
+// its --stats-json.
+func (b *Bench) statsPath(name string) string {
+	return filepath.Join(b.cfg.Out, "logs", b.step+"-"+name+".json")
+}
+
+// readStats is a --stats-json file's object (nil when missing).
+func readStats(path string) map[string]any {
+	var m map[string]any
+	if raw, err := os.ReadFile(path); err == nil {
+		json.Unmarshal(raw, &m)
+	}
+	return m
+}
+
 func (b *Bench) voldeltaRound(ctx context.Context, w *world, tree Tree, phase string) (*Round, error) {
 	w.round++
 	r := &Round{Name: "voldelta " + phase}
@@ -504,23 +561,11 @@ func (b *Bench) voldeltaRound(ctx context.Context, w *world, tree Tree, phase st
 		recv.Stop()
 		return nil, err
 	}
-	thaw, err := w.src.Freeze(ctx)
-	if err != nil {
-		recv.Stop()
-		return nil, err
-	}
-	stats := filepath.Join(b.cfg.Out, "logs", fmt.Sprintf("%s-voldelta-%s-%d.json", b.step, phase, w.round))
-	err = b.measure(ctx, r, func() error {
-		u, err := (&Cmd{Name: "voldelta send", Side: SideSrc, Log: logf,
-			Args: []string{b.cfg.Voldelta, "send", "--source", w.src.Dev, "--to", proxyAddr(portVoldelta), "--volume", "vol",
-				"--tls-cert", b.pki + "/agent.pem", "--tls-key", b.pki + "/agent-key.pem", "--tls-ca", b.pki + "/ca.pem",
-				"--progress", "never", "--stats-json", stats}}).Run(ctx)
-		r.add(u)
-		return err
-	})
-	if terr := thaw(); err == nil {
-		err = terr
-	}
+	stats := b.statsPath(fmt.Sprintf("voldelta-%s-%d", phase, w.round))
+	err = b.readFrozen(ctx, w, r, &Cmd{Name: "voldelta send", Side: SideSrc, Log: logf,
+		Args: []string{b.cfg.Voldelta, "send", "--source", w.src.Dev, "--to", proxyAddr(portVoldelta), "--volume", "vol",
+			"--tls-cert", b.pki + "/agent.pem", "--tls-key", b.pki + "/agent-key.pem", "--tls-ca", b.pki + "/ca.pem",
+			"--progress", "never", "--stats-json", stats}})
 	u, serr := recv.Stop()
 	r.add(u)
 	if err == nil {
@@ -529,20 +574,73 @@ func (b *Bench) voldeltaRound(ctx context.Context, w *world, tree Tree, phase st
 	if err != nil {
 		return r, err
 	}
-	if raw, err := os.ReadFile(stats); err == nil {
-		json.Unmarshal(raw, &r.Stats)
-	}
+	r.Stats = readStats(stats)
 	log.Printf("voldelta %s: %.1fs, %s over the link", phase, r.Seconds, mb(r.LinkTxBytes+r.LinkRxBytes))
-	// Verify: the replica's root hash is the source's, and its ext4 holds
-	// the source's files.
-	t := time.Now()
-	r.Verified, r.VerifyNote = b.verifyVoldelta(ctx, w, tree, r.Stats)
-	r.VerifySeconds = time.Since(t).Seconds()
+	r.verify(func() (bool, string) { return b.verifyReplica(ctx, w.vdDst, tree, r.Stats) })
 	return r, nil
 }
 
-func (b *Bench) verifyVoldelta(ctx context.Context, w *world, tree Tree, stats map[string]any) (bool, string) {
-	out, err := sh(ctx, b.cfg.Voldelta, "hash", "--json", w.vdDst.Dev)
+// storePrefix is voldelta's prefix in its bucket.
+const storePrefix = "bench"
+
+// voldeltaStoreRound is the study's topology with voldelta: `voldelta push`
+// of the frozen source device to MinIO at the destination (across the
+// link), then at the destination `voldelta pull` of that generation from
+// the local MinIO into the row's own replica, in place. The pull is what a
+// cutover waits for at the target after the last push.
+func (b *Bench) voldeltaStoreRound(ctx context.Context, w *world, tree Tree, phase string) (push, pull *Round, err error) {
+	push, err = b.storeStep(ctx, w, "push", phase, SideSrc, true, "--source", w.src.Dev, "--endpoint", proxyAddr(portMinio))
+	if err != nil {
+		return push, nil, err
+	}
+	pull, err = b.storeStep(ctx, w, "pull", phase, SideDst, false, "--target", w.pullDst.Dev, "--state-dir", w.pullState,
+		"--endpoint", localAddr(portMinio))
+	if err != nil {
+		return push, pull, err
+	}
+	pull.verify(func() (bool, string) { return b.verifyReplica(ctx, w.pullDst, tree, push.Stats) })
+	return push, pull, nil
+}
+
+// storeStep runs `voldelta CMD` (push or pull) on the scenario's store,
+// volume "vol", with args, on side, as a timed step of its own (with the
+// source frozen around it if freeze), MinIO charged, and keeps its
+// --stats-json.
+func (b *Bench) storeStep(ctx context.Context, w *world, cmd, phase string, side Side, freeze bool, args ...string) (*Round, error) {
+	r := &Round{Name: "voldelta " + cmd + " " + phase}
+	mark, err := b.minioStep(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	stats := b.statsPath("voldelta-" + cmd + "-" + phase)
+	c := &Cmd{Name: "voldelta " + cmd, Side: side, Log: b.logPath("voldelta-minio"), Env: s3Env,
+		Args: append(append([]string{b.cfg.Voldelta, cmd, "--store", "s3://" + w.vdBucket + "/" + storePrefix, "--volume", "vol"},
+			args...), "--insecure", "--stats-json", stats)}
+	if freeze {
+		err = b.readFrozen(ctx, w, r, c)
+	} else {
+		err = b.measureCmd(ctx, r, c)
+	}
+	if err = r.chargeMinio(mark, err); err != nil {
+		return r, err
+	}
+	r.Stats = readStats(stats)
+	log.Printf("%s: %.1fs, %s over the link", r.Name, r.Seconds, mb(r.LinkBytes()))
+	return r, nil
+}
+
+// verify runs check as r's verification, timed.
+func (r *Round) verify(check func() (bool, string)) {
+	t := time.Now()
+	r.Verified, r.VerifyNote = check()
+	r.VerifySeconds = time.Since(t).Seconds()
+}
+
+// verifyReplica checks that the replica v holds what the source held when
+// a voldelta round read it: its root hash is the source's (stats: that
+// round's --stats-json), and its ext4 holds the source's files.
+func (b *Bench) verifyReplica(ctx context.Context, v *Volume, tree Tree, stats map[string]any) (bool, string) {
+	out, err := sh(ctx, b.cfg.Voldelta, "hash", "--json", v.Dev)
 	if err != nil {
 		return false, err.Error()
 	}
@@ -554,11 +652,11 @@ func (b *Bench) verifyVoldelta(ctx context.Context, w *world, tree Tree, stats m
 	if h.Root == "" || h.Root != want {
 		return false, fmt.Sprintf("replica root %q, source root %q", h.Root, want)
 	}
-	if err := w.vdDst.MountAt(ctx, b.mnt("voldelta-check"), true); err != nil {
+	if err := v.MountAt(ctx, b.mnt(v.Name+"-check"), true); err != nil {
 		return false, "replica root hash matches, but the replica does not mount: " + err.Error()
 	}
-	defer w.vdDst.Umount()
-	got, err := listTree(w.vdDst.Mount)
+	defer v.Umount()
+	got, err := listTree(v.Mount)
 	if err != nil {
 		return false, err.Error()
 	}

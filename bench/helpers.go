@@ -18,6 +18,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+
 	"github.com/voldelta/voldelta/internal/delayproxy"
 )
 
@@ -28,6 +31,7 @@ var helpers = map[string]func(args []string) error{
 	"sink":     helperSink,
 	"probe":    helperProbe,
 	"waitport": helperWaitPort,
+	"mkbucket": helperMkBucket,
 	"render":   helperRender,
 }
 
@@ -241,4 +245,25 @@ func helperWaitPort(args []string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// helperMkBucket: mkbucket ENDPOINT BUCKET creates BUCKET (unless it
+// exists) on the S3 server at ENDPOINT (plain HTTP), with the credentials
+// in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. voldelta push, unlike
+// restic init, does not create its bucket.
+func helperMkBucket(args []string) error {
+	if len(args) != 2 {
+		return errors.New("usage: mkbucket ENDPOINT BUCKET")
+	}
+	cl, err := minio.New(args[0], &minio.Options{
+		Creds: credentials.NewStaticV4(os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY"), "")})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if ok, err := cl.BucketExists(ctx, args[1]); err != nil || ok {
+		return err
+	}
+	return cl.MakeBucket(ctx, args[1], minio.MakeBucketOptions{})
 }

@@ -18,11 +18,15 @@ const (
 	resticPass    = "voldelta-bench"
 )
 
+// s3Env are MinIO's credentials, as restic and voldelta read them.
+var s3Env = []string{"AWS_ACCESS_KEY_ID=" + minioUser, "AWS_SECRET_ACCESS_KEY=" + minioPassword}
+
 // minio returns the scenario's MinIO, started on first use on the
 // destination's loopback (its delay proxy makes it reachable from the
-// source across the link), with a mark for measuring the next step: the
-// server runs for the whole scenario, as at a real destination, and each
-// step is charged the CPU time and peak RSS it caused.
+// source across the link) with restic's repository and voldelta's bucket,
+// and a mark for measuring the next step: the server runs for the whole
+// scenario, as at a real destination, and each step is charged the CPU
+// time and peak RSS it caused.
 func (b *Bench) minio(ctx context.Context, w *world) (procMark, error) {
 	if w.minio == nil {
 		s, err := (&Cmd{Name: "minio", Side: SideDst, Log: b.logPath("minio"),
@@ -40,6 +44,10 @@ func (b *Bench) minio(ctx context.Context, w *world) (procMark, error) {
 		if _, err := b.restic(w, SideSrc, "restic init", "init").Run(ctx); err != nil {
 			return procMark{}, err
 		}
+		if _, err := (&Cmd{Name: "create bucket " + w.vdBucket, Side: SideDst, Log: b.logPath("minio"), Env: s3Env,
+			Args: []string{b.cfg.Self, "mkbucket", localAddr(portMinio), w.vdBucket}}).Run(ctx); err != nil {
+			return procMark{}, err
+		}
 	}
 	if ended, err := w.minio.Exited(); ended {
 		return procMark{}, fmt.Errorf("minio ended: %v%s", err, tailOf(b.logPath("minio")))
@@ -51,6 +59,30 @@ func (b *Bench) minio(ctx context.Context, w *world) (procMark, error) {
 	return markProc(pid)
 }
 
+// minioStep prepares a step that uses MinIO: the server started, the
+// caches evicted, and a mark taken after the eviction (which is not the
+// step's).
+func (b *Bench) minioStep(ctx context.Context, w *world) (procMark, error) {
+	if _, err := b.minio(ctx, w); err != nil {
+		return procMark{}, err
+	}
+	if err := b.evict(ctx, w); err != nil {
+		return procMark{}, err
+	}
+	return b.minio(ctx, w)
+}
+
+// chargeMinio adds MinIO's usage since m to r; err, the step's own error,
+// comes first.
+func (r *Round) chargeMinio(m procMark, err error) error {
+	u, serr := m.Since("minio", SideDst)
+	r.add(u)
+	if err == nil {
+		err = serr
+	}
+	return err
+}
+
 func (b *Bench) restic(w *world, side Side, name string, args ...string) *Cmd {
 	host := proxyAddr(portMinio) // from the source: across the link
 	cache := filepath.Join(b.cfg.Work, "restic-cache-src")
@@ -59,9 +91,8 @@ func (b *Bench) restic(w *world, side Side, name string, args ...string) *Cmd {
 		cache = filepath.Join(b.cfg.Work, "restic-cache-dst")
 	}
 	return &Cmd{Name: name, Side: side, Log: b.logPath("restic"),
-		Env: []string{"AWS_ACCESS_KEY_ID=" + minioUser, "AWS_SECRET_ACCESS_KEY=" + minioPassword,
-			"RESTIC_PASSWORD=" + resticPass, "RESTIC_REPOSITORY=s3:http://" + host + "/" + w.bucket,
-			"RESTIC_CACHE_DIR=" + cache},
+		Env: append([]string{"RESTIC_PASSWORD=" + resticPass, "RESTIC_REPOSITORY=s3:http://" + host + "/" + w.bucket,
+			"RESTIC_CACHE_DIR=" + cache}, s3Env...),
 		Args: append([]string{b.cfg.Restic}, args...)}
 }
 
@@ -69,26 +100,11 @@ func (b *Bench) restic(w *world, side Side, name string, args ...string) *Cmd {
 // across the link.
 func (b *Bench) resticBackup(ctx context.Context, w *world, phase string) (*Round, error) {
 	r := &Round{Name: "restic backup " + phase}
-	mark, err := b.minio(ctx, w)
+	mark, err := b.minioStep(ctx, w)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.evict(ctx, w); err != nil {
-		return nil, err
-	}
-	if mark, err = b.minio(ctx, w); err != nil { // the eviction is not the step's
-		return nil, err
-	}
-	err = b.measure(ctx, r, func() error {
-		u, err := b.restic(w, SideSrc, "restic backup", "backup", "--host", "source", w.src.Mount).Run(ctx)
-		r.add(u)
-		return err
-	})
-	u, serr := mark.Since("minio", SideDst)
-	r.add(u)
-	if err == nil {
-		err = serr
-	}
+	err = r.chargeMinio(mark, b.measureCmd(ctx, r, b.restic(w, SideSrc, "restic backup", "backup", "--host", "source", w.src.Mount)))
 	log.Printf("restic backup %s: %.1fs, %s over the link", phase, r.Seconds, mb(r.LinkTxBytes+r.LinkRxBytes))
 	return r, err
 }
@@ -98,14 +114,8 @@ func (b *Bench) resticBackup(ctx context.Context, w *world, phase string) (*Roun
 // verifies it against tree.
 func (b *Bench) resticRestore(ctx context.Context, w *world, tree Tree, name, dir string, extra ...string) (*Round, error) {
 	r := &Round{Name: name}
-	mark, err := b.minio(ctx, w)
+	mark, err := b.minioStep(ctx, w)
 	if err != nil {
-		return nil, err
-	}
-	if err := b.evict(ctx, w); err != nil {
-		return nil, err
-	}
-	if mark, err = b.minio(ctx, w); err != nil { // the eviction is not the step's
 		return nil, err
 	}
 	args := append([]string{"restore", "latest:" + w.src.Mount, "--target", dir}, extra...)
@@ -120,18 +130,11 @@ func (b *Bench) resticRestore(ctx context.Context, w *world, tree Tree, name, di
 		r.SyncSeconds = time.Since(t).Seconds()
 		return err
 	})
-	u, serr := mark.Since("minio", SideDst)
-	r.add(u)
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
+	if err = r.chargeMinio(mark, err); err != nil {
 		return r, err
 	}
 	log.Printf("%s: %.1fs", name, r.Seconds)
-	t := time.Now()
-	r.Verified, r.VerifyNote = b.verifyTree(tree, dir)
-	r.VerifySeconds = time.Since(t).Seconds()
+	r.verify(func() (bool, string) { return b.verifyTree(tree, dir) })
 	return r, nil
 }
 
@@ -220,8 +223,6 @@ func (b *Bench) rsyncRound(ctx context.Context, w *world, tree Tree, phase strin
 		return r, err
 	}
 	log.Printf("rsync %s: %.1fs, %s over the link", phase, r.Seconds, mb(r.LinkTxBytes+r.LinkRxBytes))
-	t := time.Now()
-	r.Verified, r.VerifyNote = b.verifyTree(tree, w.rsyncDst.Mount)
-	r.VerifySeconds = time.Since(t).Seconds()
+	r.verify(func() (bool, string) { return b.verifyTree(tree, w.rsyncDst.Mount) })
 	return r, nil
 }
