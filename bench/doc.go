@@ -2,18 +2,20 @@
 // study's migration scenarios (one large file, many 10 MiB files, a MariaDB
 // database) over an emulated 100 Mbit/s, 20 ms RTT WAN and measures voldelta
 // against restic (+MinIO at the destination, the study's topology) and rsync
-// on the same link in the same run.
+// on the same link in the same run; voldelta also through MinIO (push at
+// the source, pull at the destination), the study's topology.
 //
 // Topology (root only; everything is created and removed by the run):
 //
 //	netns vdbench-src                         netns vdbench-dst
 //	┌──────────────────────┐  veth, tbf      ┌───────────────────────────────┐
 //	│ voldelta send        │  100 Mbit/s     │ delay proxy (10 ms each way)  │
-//	│ restic backup        │ ══════════════> │  :17300 → voldelta receive    │
-//	│ rsync client         │  each direction │  :19000 → MinIO               │
-//	│ mariadbd (workload)  │                 │  :18873 → rsync --daemon      │
-//	│ link probe client    │                 │  :15201 → link probe sink     │
-//	└──────────────────────┘                 │ restic restore (local MinIO)  │
+//	│ voldelta push        │ ══════════════> │  :17300 → voldelta receive    │
+//	│ restic backup        │  each direction │  :19000 → MinIO               │
+//	│ rsync client         │                 │  :18873 → rsync --daemon      │
+//	│ mariadbd (workload)  │                 │  :15201 → link probe sink     │
+//	│ link probe client    │                 │ restic restore, voldelta pull │
+//	└──────────────────────┘                 │  (local MinIO)                │
 //	 source loop device + ext4               └───────────────────────────────┘
 //	                                          destination loop devices
 //
