@@ -23,9 +23,11 @@ func newAgentCmd() *cobra.Command {
 VolumeSyncs. It handles only those whose source PVC's volume is attached to
 its own node (NODE_NAME): per round it takes a CSI VolumeSnapshot, waits for
 it to be ready, reads that point-in-time image (for Longhorn v1, from the
-volume's replica on this node), sends what the receiver lacks and reports the
-round in the VolumeSync's status. The previous round's snapshot is kept until
-the next round commits.
+volume's replica on this node), sends what the receiver lacks (or, for a
+VolumeSync whose spec.destination.store names an object store, pushes it as
+the store's next generation of the volume, uploading the chunks the store
+lacks) and reports the round in the VolumeSync's status. The previous round's
+snapshot is kept until the next round commits.
 
 It serves Prometheus metrics on --metrics-addr and health probes on
 --health-addr. Inside a cluster it uses the pod's service account; outside,
