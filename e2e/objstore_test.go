@@ -191,8 +191,10 @@ func TestStoreCLI(t *testing.T) {
 	if err := os.WriteFile(src, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, stderr, code := runEnv(t, env, append([]string{"push", "--source", src, "--volume", "db", "-q", "--bwlimit", "400MiB"}, store...)...); code != 0 {
+	if _, stderr, code := runEnv(t, env, append([]string{"push", "--source", src, "--volume", "db", "-q", "--bwlimit", "400MiB", "--progress", "always"}, store...)...); code != 0 {
 		t.Fatalf("push 2: exit %d: %s", code, stderr)
+	} else if !strings.Contains(stderr, "scanning") {
+		t.Errorf("push --progress always showed no progress bar: %q", stderr)
 	}
 	s3 := filepath.Join(dir, "pull3.json")
 	if _, stderr, code := runEnv(t, env, append(pull, "--endpoint", srv.Endpoint, "--stats-json", s3)...); code != 0 {

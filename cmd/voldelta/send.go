@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -81,13 +82,13 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 			if opt.Logger, err = lf.logger(c, stderr); err != nil {
 				return err
 			}
-			showBar := progress == "always" || progress == "auto" && !quiet && term.IsTerminal(int(os.Stderr.Fd()))
-			if progress != "auto" && progress != "always" && progress != "never" {
-				return usagef(c, "--progress %q: want auto, always or never", progress)
+			showBar, err := wantBar(c, progress, quiet)
+			if err != nil {
+				return err
 			}
 			var pb *sendBar
 			if showBar {
-				pb = newSendBar()
+				pb = newSendBar("send")
 				opt.Progress = pb.update
 			}
 			stats, err := agent.Sync(c.Context(), opt)
@@ -129,14 +130,25 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 	return c
 }
 
-// sendBar shows the scan, then the transfer, on one progress bar.
+// wantBar decides from --progress and --quiet whether to show a bar.
+func wantBar(c *cobra.Command, progress string, quiet bool) (bool, error) {
+	if progress != "auto" && progress != "always" && progress != "never" {
+		return false, usagef(c, "--progress %q: want auto, always or never", progress)
+	}
+	return progress == "always" || progress == "auto" && !quiet && term.IsTerminal(int(os.Stderr.Fd())), nil
+}
+
+// sendBar shows the scan, then the transfer, on one progress bar. It is
+// safe for concurrent use.
 type sendBar struct {
+	mu      sync.Mutex
 	bar     *progressbar.ProgressBar
+	verb    string // what the second phase does: send, upload
 	sending bool
 }
 
-func newSendBar() *sendBar {
-	return &sendBar{bar: newBar(-1, "scanning")}
+func newSendBar(verb string) *sendBar {
+	return &sendBar{bar: newBar(-1, "scanning"), verb: verb}
 }
 
 func newBar(max int64, desc string) *progressbar.ProgressBar {
@@ -153,17 +165,22 @@ func newBar(max int64, desc string) *progressbar.ProgressBar {
 }
 
 func (s *sendBar) update(p agent.Progress) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if !p.ScanDone {
+		if s.sending {
+			return // a late scan report
+		}
 		if s.bar.GetMax64() != int64(p.SourceBytes) {
 			s.bar.ChangeMax64(int64(p.SourceBytes))
 		}
-		s.bar.Describe(fmt.Sprintf("scan (sent %s)", humanBytes(p.SentBytes)))
+		s.bar.Describe(fmt.Sprintf("scan (%s %s)", s.verb, humanBytes(p.SentBytes)))
 		s.bar.Set64(int64(p.ScannedBytes))
 		return
 	}
 	if !s.sending {
 		s.sending = true
-		s.bar.Describe("send")
+		s.bar.Describe(s.verb)
 		s.bar.Set64(0)
 	}
 	if s.bar.GetMax64() != int64(p.NeedBytes) {
@@ -172,7 +189,11 @@ func (s *sendBar) update(p agent.Progress) {
 	s.bar.Set64(int64(p.SentBytes))
 }
 
-func (s *sendBar) finish() { s.bar.Finish() }
+func (s *sendBar) finish() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bar.Finish()
+}
 
 func writeJSON(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")

@@ -83,6 +83,7 @@ func newPushCmd() *cobra.Command {
 		compress  string
 		bwlimit   string
 		statsJSON string
+		progress  string
 		quiet     bool
 	)
 	c := &cobra.Command{
@@ -134,6 +135,10 @@ scan_seconds, duration_seconds, and more.`,
 					return usagef(c, "--bwlimit: %v", err)
 				}
 			}
+			showBar, err := wantBar(c, progress, quiet)
+			if err != nil {
+				return err
+			}
 			s, err := sf.open(c, &lf)
 			if err != nil {
 				return err
@@ -144,7 +149,18 @@ scan_seconds, duration_seconds, and more.`,
 			}
 			defer f.Close()
 			opt.Parallel = sf.parallel
+			var pb *sendBar
+			if showBar {
+				pb = newSendBar("upload")
+				opt.Progress = func(p objstore.PushProgress) {
+					pb.update(agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: p.ScannedBytes, ScanDone: p.ScanDone,
+						NeedBytes: p.UploadBytes, SentBytes: p.UploadedBytes})
+				}
+			}
 			st, err := s.Push(c.Context(), f, size, opt)
+			if pb != nil {
+				pb.finish()
+			}
 			if err != nil {
 				return fmt.Errorf("push %s: %w", opt.Volume, err)
 			}
@@ -172,7 +188,8 @@ scan_seconds, duration_seconds, and more.`,
 	fs.DurationVar(&opt.Grace, "grace", objstore.DefaultGrace, "the gc grace period of this store (use gc's value)")
 	fs.StringVar(&bwlimit, "bwlimit", "", "cap the upload rate, e.g. 100Mbit, 12MiB (default: unlimited)")
 	fs.StringVar(&statsJSON, "stats-json", "", "write the push's statistics as JSON to this file ('-' for stdout)")
-	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line")
+	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line or progress")
+	fs.StringVar(&progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
 	cf.register(fs)
 	lf.register(fs, "warn")
 	return c
