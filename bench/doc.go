@@ -2,8 +2,8 @@
 // study's migration scenarios (one large file, many 10 MiB files, a MariaDB
 // database) over an emulated 100 Mbit/s, 20 ms RTT WAN and measures voldelta
 // against restic (+MinIO at the destination, the study's topology) and rsync
-// on the same link in the same run; voldelta also through MinIO (push at
-// the source, pull at the destination), the study's topology.
+// on the same link in the same run, and voldelta through the same MinIO
+// (push at the source, pull at the destination).
 //
 // Topology (root only; everything is created and removed by the run):
 //
@@ -22,10 +22,10 @@
 // Per scenario: an initial round of every tool, the scenario's delta, a delta
 // round of every tool, verification of every target, and the figures (wall
 // time, bytes read off the veth counters, CPU seconds and peak RSS per side
-// from wait4) written to results.json, results.md and results.png.
+// from GNU time) written to results.json, results.md and results.png.
 //
 // The harness re-executes itself inside the namespaces for its helpers
-// (delay proxy, link probe, port wait); see subcommands in main.go.
+// (delay proxy, link probe, port wait, bucket creation); see helpers.go.
 //
 // Usage: see bench/README.md (`make bench`, `make bench-quick`).
 package main
