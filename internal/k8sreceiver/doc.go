@@ -1,5 +1,6 @@
 // Package k8sreceiver is the receiver's Kubernetes mode: VolumeTargets say
-// which local volume receives which remote volume and who may write it.
+// which local volume receives which remote volume and who may write it, or
+// which object store it is pulled from.
 //
 //	Reconcile(VolumeTarget): resolve spec.pvc (or spec.longhornVolume) to a
 //	    device on this node; ensure it is attached here (a VolumeAttachment
@@ -11,4 +12,11 @@
 //	Authorize(volume, identity) (receiver.Config.Authorize): the client
 //	    certificate must carry a name in spec.allowedIdentities
 //	OnCommit (receiver.Config.OnCommit): metrics, and a status refresh
+//
+// A VolumeTarget with spec.store is fed by an object store instead: every
+// poll interval its reconcile lists the remote volume's generations there
+// and, if the target does not hold the latest, pulls it in place
+// (objstore Pull: skip, copy locally, download the rest, verify, commit);
+// Authorize refuses agents for it. Pulls run inside the reconcile, so
+// Options.Concurrency bounds the targets pulled at once.
 package k8sreceiver
