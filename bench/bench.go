@@ -157,7 +157,9 @@ func (b *Bench) newWorld(ctx context.Context, name string, size int64) (*world, 
 	if w.rsyncDst, err = b.ext4Volume(ctx, "rsync-dst", size); err != nil {
 		return nil, err
 	}
-	if w.minioVol, err = b.ext4Volume(ctx, "minio", size); err != nil {
+	// MinIO's drive holds restic's repository and voldelta's chunks, each
+	// about the data's size, and MinIO refuses writes near a full drive.
+	if w.minioVol, err = b.ext4Volume(ctx, "minio", 3*size); err != nil {
 		return nil, err
 	}
 	w.minioDir = filepath.Join(w.minioVol.Mount, "data")
