@@ -21,9 +21,9 @@
 //	t0 = now
 //	bases = the latest manifest of this volume and of every other volume
 //	known = the chunk IDs the bases reference (never a listing of chunks/)
-//	scan the source into a manifest m
-//	upload every distinct chunk of m not in known (re-hashed after reading),
-//	    zstd-compressed when that pays, Parallel at a time, retried on transient errors
+//	scan the source into a manifest m; while it scans, upload every distinct
+//	    chunk of m not in known (re-hashed after reading), zstd-compressed
+//	    when that pays, Parallel at a time, retried on transient errors
 //	if now - t0 > Grace/2: refresh (re-read the bases, t0 = now, and "touch"
 //	    every chunk of m they do not reference with a server-side self-copy,
 //	    re-uploading any that is gone)

@@ -25,7 +25,7 @@ type GCOptions struct {
 	Grace time.Duration
 	// DryRun reports what would be removed and removes nothing.
 	DryRun bool
-	// Parallel is the number of concurrent requests; 0 means 8.
+	// Parallel is the number of concurrent requests; 0 means DefaultParallel.
 	Parallel int
 }
 
@@ -62,7 +62,7 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 		opt.Grace = 0
 	}
 	if opt.Parallel <= 0 {
-		opt.Parallel = 8
+		opt.Parallel = DefaultParallel
 	}
 	retries0 := s.Retries()
 	st := &GCStats{Store: s.String(), DryRun: opt.DryRun}

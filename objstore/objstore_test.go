@@ -444,6 +444,9 @@ func TestTransientErrorsRetried(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("gave up after %d attempts", cfg.Retry.Attempts)) {
 		t.Fatalf("push to a failing store: %v", err)
 	}
+	if gens, err := s.Generations(context.Background(), "w"); err != nil || len(gens) != 0 {
+		t.Fatalf("a failed push left generations %v (%v)", gens, err)
+	}
 }
 
 // Push and pull from the command line's point of view are covered in

@@ -20,7 +20,7 @@ type PullOptions struct {
 	Generation uint64 // 0: the latest
 	Target     string // file (created if missing) or block device
 	StateDir   string // the receiver's state lives in StateDir/Volume
-	// Parallel is the number of concurrent downloads; 0 means 8.
+	// Parallel is the number of concurrent downloads; 0 means DefaultParallel.
 	Parallel int
 	// Receiver tunes the apply (verify mode, buffer, workers, logger).
 	Receiver receiver.Options
@@ -80,7 +80,7 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 		return nil, fmt.Errorf("pull needs a target and a state directory")
 	}
 	if opt.Parallel <= 0 {
-		opt.Parallel = 8
+		opt.Parallel = DefaultParallel
 	}
 	retries0 := s.Retries()
 	st := &PullStats{Store: s.String(), Volume: opt.Volume}

@@ -21,7 +21,7 @@ import (
 type PushOptions struct {
 	Volume string       // validated with transport.ValidateVolumeName
 	Params chunk.Params // zero: chunk.DefaultParams()
-	// Parallel is the number of concurrent requests; 0 means 8.
+	// Parallel is the number of concurrent requests; 0 means DefaultParallel.
 	Parallel int
 	// Compression of chunk objects; "" means fastest.
 	Compression transport.CompressionLevel
@@ -56,7 +56,7 @@ type PushOptions struct {
 type PushProgress struct {
 	SourceBytes   uint64
 	ScannedBytes  uint64
-	UploadBytes   uint64 // chunk bytes the store lacks, known once the scan is done
+	UploadBytes   uint64 // bytes of the chunks the store lacks, found so far
 	UploadedBytes uint64 // of those, uploaded
 	ScanDone      bool
 }
@@ -83,7 +83,7 @@ type PushStats struct {
 	BytesUploaded    uint64  `json:"bytes_uploaded"` // chunk objects and the manifest as stored
 	ManifestBytes    uint64  `json:"manifest_bytes"`
 	Retries          uint64  `json:"retries"`
-	ScanSeconds      float64 `json:"scan_seconds"`
+	ScanSeconds      float64 `json:"scan_seconds"` // the scan, with the uploads it overlaps
 	DurationSeconds  float64 `json:"duration_seconds"`
 
 	// Manifest is the generation's manifest (for the next push's Previous).
@@ -109,7 +109,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 		return nil, err
 	}
 	if opt.Parallel <= 0 {
-		opt.Parallel = 8
+		opt.Parallel = DefaultParallel
 	}
 	if opt.Compression == "" {
 		opt.Compression = transport.CompressionFastest
@@ -140,52 +140,76 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	if opt.Progress != nil {
 		progress = opt.Progress
 	}
-	scanStart := time.Now()
-	m, sst, err := chunk.ScanManifest(ctx, src, size, opt.Params, chunk.ScanOptions{Workers: opt.ScanWorkers,
-		Previous: opt.Previous, Changed: opt.Changed,
-		Progress: func(n uint64) { progress(PushProgress{SourceBytes: size, ScannedBytes: n}) }})
-	if err != nil {
-		return nil, fmt.Errorf("scan source: %w", err)
-	}
-	st.ScanSeconds = time.Since(scanStart).Seconds()
-	st.RootHash = m.Root.String()
-	st.ReusedBytes = sst.ReusedBytes
-
-	// One entry per distinct chunk, to read it from.
-	first := make(map[chunk.ID]chunk.Entry)
-	var upload, reused []chunk.Entry
-	for _, e := range m.Entries {
-		if e.Zero {
-			st.ZeroRuns++
-			st.ZeroBytes += e.Length
-			continue
-		}
-		st.ChunksTotal++
-		if _, dup := first[e.ID]; dup {
-			continue
-		}
-		first[e.ID] = e
-		if _, ok := known[e.ID]; ok {
-			reused = append(reused, e)
-		} else {
-			upload = append(upload, e)
-		}
-	}
-	st.ChunksDistinct = uint64(len(first))
-	st.ChunksReused = uint64(len(reused))
-	var need uint64
-	for _, e := range upload {
-		need += e.Length
+	// Scan and upload at once: a chunk the store lacks is uploaded as soon
+	// as its segment is chunked (at most Parallel at a time; a full
+	// pipeline holds the scan back).
+	var (
+		pmu     sync.Mutex
+		prog    = PushProgress{SourceBytes: size}
+		first   = make(map[chunk.ID]chunk.Entry) // one entry per distinct chunk, to read it from
+		reused  []chunk.Entry
+		scanned bool
+	)
+	report := func(f func(*PushProgress)) {
+		pmu.Lock()
+		defer pmu.Unlock()
+		f(&prog)
+		progress(prog) // under the lock: reports never go back
 	}
 	up := &uploader{s: s, src: src, comp: comp, parallel: opt.Parallel,
-		progress: func(done uint64) {
-			progress(PushProgress{SourceBytes: size, ScannedBytes: size, ScanDone: true, UploadBytes: need, UploadedBytes: done})
-		}}
-	up.progress(0)
-	if err := up.upload(ctx, upload); err != nil {
+		progress: func(done uint64) { report(func(p *PushProgress) { p.UploadedBytes = max(p.UploadedBytes, done) }) }}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(opt.Parallel)
+	m := &chunk.Manifest{Params: opt.Params, Size: size}
+	b := chunk.NewBuilder(opt.Params, size)
+	scanStart := time.Now()
+	sst, err := chunk.Scan(gctx, src, size, opt.Params, chunk.ScanOptions{Workers: opt.ScanWorkers,
+		Previous: opt.Previous, Changed: opt.Changed,
+		Progress: func(n uint64) { report(func(p *PushProgress) { p.ScannedBytes = n }) }},
+		func(e chunk.Entry) error {
+			m.Entries = append(m.Entries, e)
+			if err := b.Add(e); err != nil {
+				return err
+			}
+			if e.Zero {
+				st.ZeroRuns++
+				st.ZeroBytes += e.Length
+				return nil
+			}
+			st.ChunksTotal++
+			if _, dup := first[e.ID]; dup {
+				return nil
+			}
+			first[e.ID] = e
+			if _, ok := known[e.ID]; ok {
+				reused = append(reused, e)
+				return nil
+			}
+			report(func(p *PushProgress) { p.UploadBytes += e.Length })
+			g.Go(func() error { return up.one(gctx, e) })
+			return gctx.Err()
+		})
+	scanDur := time.Since(scanStart)
+	if err == nil {
+		m.Root, err = b.Finish()
+		scanned = true
+	}
+	if werr := g.Wait(); werr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		err = werr // the upload's error, not the scan's cancellation
+	}
+	if err != nil {
+		if !scanned {
+			return nil, fmt.Errorf("scan source: %w", err)
+		}
 		return nil, err
 	}
-	log.Info("chunks uploaded", "chunks", len(upload), "reused", len(reused), "bytes", up.objBytes.Load())
+	st.ScanSeconds = scanDur.Seconds()
+	st.RootHash = m.Root.String()
+	st.ReusedBytes = sst.ReusedBytes
+	report(func(p *PushProgress) { p.ScannedBytes, p.ScanDone = size, true })
+	st.ChunksDistinct = uint64(len(first))
+	st.ChunksReused = uint64(len(reused))
+	log.Info("chunks uploaded", "chunks", up.chunks.Load(), "reused", len(reused), "bytes", up.objBytes.Load())
 
 	if opt.afterUpload != nil {
 		if err := opt.afterUpload(ctx); err != nil {

@@ -68,6 +68,12 @@ func DefaultRetry() Retry {
 	return Retry{Attempts: 8, Base: 200 * time.Millisecond, Max: 15 * time.Second}
 }
 
+// DefaultParallel is the number of concurrent requests of a push, pull or
+// gc when none is given: one object per chunk makes a WAN's round trips,
+// not its bandwidth, the limit for small or well-compressed chunks, and
+// S3-compatible stores serve many more requests at once than this.
+const DefaultParallel = 32
+
 // Config locates a store.
 type Config struct {
 	// Endpoint is HOST[:PORT] of the S3 API (see ParseEndpoint); default

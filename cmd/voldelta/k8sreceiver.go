@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/voldelta/voldelta/internal/k8sreceiver"
+	"github.com/voldelta/voldelta/objstore"
 	"github.com/voldelta/voldelta/receiver"
 )
 
@@ -118,7 +119,7 @@ whether the target is incomplete.`,
 	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (every range written this round) or full (re-hash the whole target)")
 	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written and for breaking copy cycles")
 	fs.IntVar(&o.Server.Workers, "workers", 0, "parallelism of target scans and verification (default: all cores)")
-	fs.IntVar(&o.PullParallel, "pull-parallel", 8, "concurrent downloads of one pull from a store")
+	fs.IntVar(&o.PullParallel, "pull-parallel", objstore.DefaultParallel, "concurrent downloads of one pull from a store")
 	fs.IntVar(&o.Concurrency, "concurrency", 4, "VolumeTargets reconciled (and pulled) at once")
 	lf.register(fs, "info")
 	return c

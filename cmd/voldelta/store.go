@@ -41,7 +41,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.endpoint, "endpoint", "", "S3 endpoint HOST:PORT or URL (default: $AWS_ENDPOINT_URL, else s3.amazonaws.com)")
 	fs.BoolVar(&f.insecure, "insecure", false, "speak plain HTTP to the endpoint instead of HTTPS (trusted networks and tests only)")
 	fs.StringVar(&f.region, "region", "", "bucket region (default: $AWS_REGION, else asked from the store)")
-	fs.IntVar(&f.parallel, "parallel", 8, "concurrent requests to the store (1-256)")
+	fs.IntVar(&f.parallel, "parallel", objstore.DefaultParallel, "concurrent requests to the store (1-256)")
 }
 
 func (f *storeFlags) open(c *cobra.Command, lf *logFlags) (*objstore.Store, error) {

@@ -27,6 +27,7 @@ import (
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/objstore"
 	"github.com/voldelta/voldelta/receiver"
 	"github.com/voldelta/voldelta/transport"
 )
@@ -82,7 +83,7 @@ type Options struct {
 	// Apply configures pulls into store targets (verification, memory).
 	Apply receiver.Options
 	// PullParallel is the number of concurrent downloads of one pull;
-	// default 8.
+	// default objstore.DefaultParallel.
 	PullParallel int
 	// Concurrency is the number of VolumeTargets reconciled at once (a
 	// pull runs inside its target's reconcile); default 4.
@@ -120,7 +121,7 @@ func New(o Options) (*Targets, error) {
 		o.Apply.Logger = o.Logger
 	}
 	if o.PullParallel <= 0 {
-		o.PullParallel = 8
+		o.PullParallel = objstore.DefaultParallel
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
