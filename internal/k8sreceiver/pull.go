@@ -65,15 +65,15 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 	if err != nil {
 		return orig, t.pullFailed(vt, v1alpha1.ReasonStoreUnavailable, fmt.Errorf("list generations of %q: %w", volume, err)), nil
 	}
-	t.setCondition(vt, v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonNoProblem, "")
-	st.ConsecutiveFailures = 0
 	if len(gens) == 0 {
 		log.Debug("no generation in the store yet")
+		t.pullSucceeded(vt)
 		return orig, every, nil
 	}
 	latest := gens[len(gens)-1]
 	if t.holds(store, volume, latest) {
 		st.StoreGeneration = int64(latest)
+		t.pullSucceeded(vt)
 		return orig, every, nil
 	}
 
@@ -98,6 +98,7 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 		return orig, t.pullFailed(vt, reason, fmt.Errorf("pull generation %d of %q: %w", latest, volume, err)), nil
 	}
 	st.StoreGeneration = int64(latest)
+	t.pullSucceeded(vt)
 	st.LastPullDuration = &metav1.Duration{Duration: time.Duration(ps.DurationSeconds * float64(time.Second)).Round(time.Millisecond)}
 	st.LastPullDownloadedBytes = int64(ps.BytesDownloaded)
 	t.mu.Lock()
@@ -122,6 +123,12 @@ func (t *Targets) holds(store *objstore.Store, volume string, gen uint64) bool {
 	}
 	rs, err := receiver.ReadStatus(t.o.StateDir, volume)
 	return err == nil && rs.Current && !rs.Incomplete && rs.Generation == ps.LocalGen && rs.Root == ps.Root
+}
+
+// pullSucceeded clears the failures of a store target.
+func (t *Targets) pullSucceeded(vt *v1alpha1.VolumeTarget) {
+	vt.Status.ConsecutiveFailures = 0
+	t.setCondition(vt, v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonNoProblem, "")
 }
 
 // pullFailed records a failed look at the store or pull in vt's status and

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -210,5 +211,36 @@ func TestStoreTargetFailures(t *testing.T) {
 	if c == nil || c.Reason != v1alpha1.ReasonStoreUnavailable || !strings.Contains(c.Message, `bucket "gone" does not exist`) ||
 		vt.Status.Phase != v1alpha1.PhaseDegraded || !meta.IsStatusConditionTrue(vt.Status.Conditions, v1alpha1.ConditionReady) {
 		t.Fatalf("missing bucket: %+v", vt.Status)
+	}
+}
+
+// A pull that keeps failing (its chunks are gone from the store) backs off
+// further with every attempt.
+func TestStoreTargetPullFailuresBackOff(t *testing.T) {
+	vt := storeTarget("replica", "shop-db", "", "s3://replicas/prod", "s3")
+	f, s, clk := storeFixture(t, vt)
+	pushBytes(t, s, "shop-db", bytes.Repeat([]byte("0123456789abcdef"), 1<<14))
+	ctx := context.Background()
+	cl, err := minio.New(f.get("replica").Spec.Store.Endpoint, &minio.Options{Creds: miniotest.Creds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for o := range cl.ListObjects(ctx, "replicas", minio.ListObjectsOptions{Prefix: "prod/chunks/", Recursive: true}) {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		if err := cl.RemoveObject(ctx, "replicas", o.Key, minio.RemoveObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clk.Step(time.Hour)
+	for n := int32(1); n <= 3; n++ {
+		res := f.reconcile("replica")
+		vt := f.get("replica")
+		c := meta.FindStatusCondition(vt.Status.Conditions, v1alpha1.ConditionDegraded)
+		if c == nil || c.Reason != v1alpha1.ReasonPullFailed || vt.Status.ConsecutiveFailures != n || res.RequeueAfter != k8sutil.Backoff(n) {
+			t.Fatalf("attempt %d: requeue %v, status %+v", n, res.RequeueAfter, vt.Status)
+		}
+		clk.Step(k8sutil.Backoff(n))
 	}
 }
