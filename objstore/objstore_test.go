@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -585,4 +586,47 @@ func TestPushFromPreviousManifest(t *testing.T) {
 	target := filepath.Join(t.TempDir(), "vm.img")
 	pull(t, s, PullOptions{Volume: "vm", Target: target, StateDir: filepath.Join(t.TempDir(), "state")})
 	assertFile(t, target, v2)
+}
+
+// failingReader fails reads at or past off.
+type failingReader struct {
+	r   io.ReaderAt
+	off int64
+}
+
+func (f failingReader) ReadAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > f.off {
+		return 0, errors.New("injected read error")
+	}
+	return f.r.ReadAt(p, off)
+}
+
+// A source that cannot be read half way fails the push with a scan error
+// (after the uploads it started stop) and stores no generation; an upload
+// that fails is reported as such, not as a scan error.
+func TestPushErrorsAreTheirOwn(t *testing.T) {
+	s := newStore(t)
+	v := genVolume(12, 16<<20)
+	_, err := s.Push(context.Background(), failingReader{bytes.NewReader(v), 10 << 20}, uint64(len(v)), PushOptions{Volume: "r", Params: smallParams()})
+	if err == nil || !strings.Contains(err.Error(), "scan source") || !strings.Contains(err.Error(), "injected read error") {
+		t.Fatalf("push of an unreadable source: %v", err)
+	}
+	if gens, err := s.Generations(context.Background(), "r"); err != nil || len(gens) != 0 {
+		t.Fatalf("a failed push left generations %v (%v)", gens, err)
+	}
+	cfg := testConfig(newBucket(t))
+	cfg.Transport = &faultyTransport{next: defaultTransport(t), fail: func(r *http.Request) (int, error) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/chunks/") {
+			return http.StatusForbidden, nil
+		}
+		return 0, nil
+	}}
+	s, err = Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Push(context.Background(), bytes.NewReader(v), uint64(len(v)), PushOptions{Volume: "u", Params: smallParams()})
+	if err == nil || strings.Contains(err.Error(), "scan source") || !strings.Contains(err.Error(), "upload chunk") {
+		t.Fatalf("push whose uploads are refused: %v", err)
+	}
 }

@@ -144,11 +144,10 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	// as its segment is chunked (at most Parallel at a time; a full
 	// pipeline holds the scan back).
 	var (
-		pmu     sync.Mutex
-		prog    = PushProgress{SourceBytes: size}
-		first   = make(map[chunk.ID]chunk.Entry) // one entry per distinct chunk, to read it from
-		reused  []chunk.Entry
-		scanned bool
+		pmu    sync.Mutex
+		prog   = PushProgress{SourceBytes: size}
+		first  = make(map[chunk.ID]chunk.Entry) // one entry per distinct chunk, to read it from
+		reused []chunk.Entry
 	)
 	report := func(f func(*PushProgress)) {
 		pmu.Lock()
@@ -158,7 +157,9 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	}
 	up := &uploader{s: s, src: src, comp: comp, parallel: opt.Parallel,
 		progress: func(done uint64) { report(func(p *PushProgress) { p.UploadedBytes = max(p.UploadedBytes, done) }) }}
-	g, gctx := errgroup.WithContext(ctx)
+	uctx, stopUploads := context.WithCancel(ctx)
+	defer stopUploads()
+	g, gctx := errgroup.WithContext(uctx)
 	g.SetLimit(opt.Parallel)
 	m := &chunk.Manifest{Params: opt.Params, Size: size}
 	b := chunk.NewBuilder(opt.Params, size)
@@ -192,16 +193,15 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	scanDur := time.Since(scanStart)
 	if err == nil {
 		m.Root, err = b.Finish()
-		scanned = true
 	}
-	if werr := g.Wait(); werr != nil && (err == nil || errors.Is(err, context.Canceled)) {
-		err = werr // the upload's error, not the scan's cancellation
+	if err != nil && !errors.Is(err, context.Canceled) {
+		stopUploads() // the scan failed: its uploads are moot
 	}
-	if err != nil {
-		if !scanned {
-			return nil, fmt.Errorf("scan source: %w", err)
-		}
-		return nil, err
+	switch upErr := g.Wait(); {
+	case upErr != nil && (err == nil || errors.Is(err, context.Canceled)):
+		return nil, upErr // an upload failed and cancelled the scan
+	case err != nil:
+		return nil, fmt.Errorf("scan source: %w", err)
 	}
 	st.ScanSeconds = scanDur.Seconds()
 	st.RootHash = m.Root.String()
