@@ -98,10 +98,8 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 			if err != nil {
 				return err
 			}
-			if statsJSON != "" {
-				if err := writeJSON(statsJSON, stats); err != nil {
-					return fmt.Errorf("write --stats-json: %w", err)
-				}
+			if err := writeStatsJSON(statsJSON, stats); err != nil {
+				return err
 			}
 			if !quiet {
 				fmt.Fprintf(stderr, "voldelta: %s generation %d committed (root %s): %d of %d chunks sent, %s of %s raw, %s on the wire, %d copied locally, in %.1fs\n",
@@ -193,6 +191,18 @@ func (s *sendBar) finish() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.bar.Finish()
+}
+
+// writeStatsJSON writes a command's statistics to --stats-json's path, if
+// one was given.
+func writeStatsJSON(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	if err := writeJSON(path, v); err != nil {
+		return fmt.Errorf("write --stats-json: %w", err)
+	}
+	return nil
 }
 
 func writeJSON(path string, v any) error {

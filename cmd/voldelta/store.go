@@ -164,10 +164,8 @@ scan_seconds, duration_seconds, and more.`,
 			if err != nil {
 				return fmt.Errorf("push %s: %w", opt.Volume, err)
 			}
-			if statsJSON != "" {
-				if err := writeJSON(statsJSON, st); err != nil {
-					return fmt.Errorf("write --stats-json: %w", err)
-				}
+			if err := writeStatsJSON(statsJSON, st); err != nil {
+				return err
 			}
 			if !quiet {
 				fmt.Fprintf(stderr, "voldelta: %s generation %d stored (root %s): %d of %d chunks uploaded (%d already in the store), %s of %s raw, %s stored, in %.1fs\n",
@@ -264,10 +262,8 @@ stored, manifest included), manifest_bytes, retries, duration_seconds.`,
 				}
 				return fmt.Errorf("pull %s: %w", opt.Volume, err)
 			}
-			if statsJSON != "" {
-				if err := writeJSON(statsJSON, st); err != nil {
-					return fmt.Errorf("write --stats-json: %w", err)
-				}
+			if err := writeStatsJSON(statsJSON, st); err != nil {
+				return err
 			}
 			if !quiet {
 				resumed := ""
@@ -343,10 +339,8 @@ chunks_removed, bytes_removed, trash_removed, duration_seconds, and more.`,
 			if err != nil {
 				return fmt.Errorf("gc: %w", err)
 			}
-			if statsJSON != "" {
-				if err := writeJSON(statsJSON, st); err != nil {
-					return fmt.Errorf("write --stats-json: %w", err)
-				}
+			if err := writeStatsJSON(statsJSON, st); err != nil {
+				return err
 			}
 			if !quiet {
 				what := "removed"
