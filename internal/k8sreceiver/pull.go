@@ -141,9 +141,3 @@ func (t *Targets) pullFailed(vt *v1alpha1.VolumeTarget, reason string, err error
 	t.o.Logger.Warn("pull failed", "volumetarget", vt.Namespace+"/"+vt.Name, "reason", reason, "err", err)
 	return k8sutil.Backoff(st.ConsecutiveFailures)
 }
-
-func (t *Targets) event(vt *v1alpha1.VolumeTarget, typ, reason, action, note string, args ...any) {
-	if t.o.Recorder != nil {
-		t.o.Recorder.Eventf(vt, nil, typ, reason, action, note, args...)
-	}
-}

@@ -222,9 +222,7 @@ func (t *Targets) Authorize(volume string, peer transport.Identity) error {
 		}
 	}
 	t.o.Metrics.refuse(volume, "forbidden")
-	if t.o.Recorder != nil {
-		t.o.Recorder.Eventf(vt, nil, corev1.EventTypeWarning, "Forbidden", "Authorize", "client %v may not write this target", peer.Names())
-	}
+	t.event(vt, corev1.EventTypeWarning, "Forbidden", "Authorize", "client %v may not write this target", peer.Names())
 	t.o.Logger.Warn("writer refused", "volume", volume, "identity", peer.Names(), "volumetarget", vt.Namespace+"/"+vt.Name)
 	return fmt.Errorf("client %v may not write volume %q (VolumeTarget %s/%s allows %v)", peer.Names(), volume, vt.Namespace, vt.Name, vt.Spec.AllowedIdentities)
 }
@@ -243,11 +241,9 @@ func (t *Targets) OnCommit(volume string, peer transport.Identity, r receiver.Re
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if vt, err := t.lookup(ctx, volume); err == nil {
-		if t.o.Recorder != nil {
-			t.o.Recorder.Eventf(vt, nil, corev1.EventTypeNormal, v1alpha1.ReasonTargetCommitted, "Commit",
-				"generation %d committed by %s: %d chunks fetched (%d bytes), %d copied locally, %d in place",
-				r.Generation, who, r.Fetched, r.FetchBytes, r.Copied, r.Skipped)
-		}
+		t.event(vt, corev1.EventTypeNormal, v1alpha1.ReasonTargetCommitted, "Commit",
+			"generation %d committed by %s: %d chunks fetched (%d bytes), %d copied locally, %d in place",
+			r.Generation, who, r.Fetched, r.FetchBytes, r.Copied, r.Skipped)
 		select {
 		case t.events <- event.GenericEvent{Object: vt}:
 		default: // a refresh is queued already or follows on the timer
@@ -339,6 +335,13 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 		st.Phase = v1alpha1.PhaseDegraded
 	}
 	return ctrl.Result{RequeueAfter: retry}, t.patch(ctx, orig, &vt)
+}
+
+// event records an Event on vt, if there is a recorder.
+func (t *Targets) event(vt *v1alpha1.VolumeTarget, typ, reason, action, note string, args ...any) {
+	if t.o.Recorder != nil {
+		t.o.Recorder.Eventf(vt, nil, typ, reason, action, note, args...)
+	}
 }
 
 func (t *Targets) setReady(vt *v1alpha1.VolumeTarget, s metav1.ConditionStatus, reason, msg string) {
