@@ -28,6 +28,20 @@ var (
 	ErrInterrupted = errors.New("apply interrupted")
 	// ErrShutdown: the receiver is stopping (retryable).
 	ErrShutdown = errors.New("receiver shutting down")
+	// ErrTargetFull: the target's filesystem, or the state directory, has
+	// no space left (ENOSPC) or the quota is exhausted (EDQUOT). Not
+	// retryable: someone must make room or grow the volume.
+	ErrTargetFull = errors.New("no space left for the target")
+	// ErrStateCorrupt: the volume's state file does not check out. The
+	// receiver refuses the round rather than restart the generation count;
+	// the message says how to recover.
+	ErrStateCorrupt = errors.New("volume state corrupt")
+	// ErrTargetClaimed: another volume's state already owns this target
+	// (the same file or device under two names).
+	ErrTargetClaimed = errors.New("target claimed by another volume")
+	// ErrTargetGone: the target was deleted or replaced while a round wrote
+	// it; nothing was committed.
+	ErrTargetGone = errors.New("target deleted or replaced during the round")
 )
 
 // failf returns an error that errors.Is kind, with the formatted message.

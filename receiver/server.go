@@ -219,6 +219,10 @@ func errorCode(ctx context.Context, err error) transport.ErrorCode {
 		return transport.ErrCodeCanceled
 	case errors.Is(err, ErrShutdown):
 		return transport.ErrCodeShutdown
+	case errors.Is(err, ErrTargetFull):
+		return transport.ErrCodeTargetFull
+	case errors.Is(err, ErrStateCorrupt), errors.Is(err, ErrTargetClaimed), errors.Is(err, ErrTargetGone):
+		return transport.ErrCodeTargetState
 	case errors.Is(err, chunk.ErrParams):
 		return transport.ErrCodeParams
 	case errors.Is(err, ErrBadInput), errors.Is(err, transport.ErrProtocol), errors.Is(err, transport.ErrFrameTooLarge):

@@ -23,6 +23,8 @@ const (
 	ErrCodeSourceChange ErrorCode = 10 // chunk bytes did not match the manifest: the source changed while being read
 	ErrCodeShutdown     ErrorCode = 11 // the receiver is shutting down
 	ErrCodeCanceled     ErrorCode = 12 // the agent gave up
+	ErrCodeTargetFull   ErrorCode = 13 // the target's filesystem or the state directory is full (ENOSPC, EDQUOT)
+	ErrCodeTargetState  ErrorCode = 14 // the receiver's state for the volume is corrupt or the target is claimed or gone: an operator must act
 )
 
 var codeNames = map[ErrorCode]string{
@@ -30,6 +32,7 @@ var codeNames = map[ErrorCode]string{
 	ErrCodeBusy: "busy", ErrCodeTooSmall: "target too small", ErrCodeParams: "chunk parameters",
 	ErrCodeApply: "apply failed", ErrCodeVerify: "verification failed", ErrCodeForbidden: "forbidden",
 	ErrCodeSourceChange: "source changed", ErrCodeShutdown: "shutting down", ErrCodeCanceled: "canceled",
+	ErrCodeTargetFull: "target full", ErrCodeTargetState: "target state",
 }
 
 func (c ErrorCode) String() string {

@@ -91,7 +91,9 @@ func TestErrorCodes(t *testing.T) {
 		{ErrCodeShutdown, 11, "shutting down", true},
 		{ErrCodeCanceled, 12, "canceled", false},
 		{0, 0, "error 0", false},
-		{13, 13, "error 13", false},
+		{ErrCodeTargetFull, 13, "target full", false},
+		{ErrCodeTargetState, 14, "target state", false},
+		{15, 15, "error 15", false},
 		{65535, 65535, "error 65535", false},
 	}
 	for _, tc := range cases {
