@@ -66,24 +66,52 @@ type Result struct {
 	Zeroed     uint64 // zero runs written
 	CopyBytes  uint64
 	FetchBytes uint64
+	// Repaired counts entries the index said were in place that did not
+	// read back right, and were written again.
+	Repaired uint64
+	// ReadBackBytes is what was read to check entries kept in place
+	// (resumed rounds, rounds whose target's fingerprint could not vouch
+	// for it, and --verify full).
+	ReadBackBytes uint64
 }
+
+// applyPhase is where an apply's plan stands.
+type applyPhase uint8
+
+const (
+	// phaseStreaming: the manifest is arriving. Entries are classified as
+	// they come; while the target's index holds data, fetched chunks that
+	// could overwrite a copy's source are held back.
+	phaseStreaming applyPhase = iota
+	// phasePlanned: the manifest is complete and its root checked, kept
+	// entries were read back where required, copies and zero runs are
+	// done: every fetched chunk goes straight to the target. The apply is
+	// complete once no fetch is pending.
+	phasePlanned
+)
 
 // applier runs one apply's plan and writes. Only the goroutine in run
 // touches the target, the index and the journal; deliveries are decoded
 // and verified by the senders' goroutines and handed over as events.
 type applier struct {
-	log    *slog.Logger
-	opt    *Options
-	t      *target
-	idx    *index
-	j      *journal
-	req    Requester
-	params chunk.Params
-	size   uint64
+	log     *slog.Logger
+	opt     *Options
+	t       *target
+	idx     *index
+	j       *journal
+	req     Requester
+	params  chunk.Params
+	size    uint64 // the source's size
+	oldSize uint64 // the target's size when the apply began
+	// readBack: entries kept in place are read and checked before NEED_END
+	// (and fetched if they do not match), because nothing vouches for the
+	// index or because --verify full asks for it.
+	readBack bool
 
 	mu      sync.RWMutex
 	entries []chunk.Entry // the sender's manifest so far; read by deliverers
 
+	phase       applyPhase
 	kind        []opKind
 	buffered    map[int]*[]byte
 	bufBytes    int64
@@ -93,15 +121,16 @@ type applier struct {
 	needQueue   []int
 	needTotal   uint64
 	pending     int  // fetches requested and not yet written
-	ordered     bool // writes wait for the copy plan
-	planned     bool // copies done: every write may go straight to the target
-	endSeen     bool
+	ordered     bool // the index holds data: writes wait for the copy plan
 
 	sinceCheckpoint []int
 	ckptBytes       uint64
 	written         []int // every entry written this session, for verification
 	result          Result
 }
+
+// complete reports whether every entry of the manifest is in place.
+func (a *applier) complete() bool { return a.phase == phasePlanned && a.pending == 0 }
 
 // entry returns manifest entry i for a deliverer.
 func (a *applier) entry(i uint64) (chunk.Entry, bool) {
@@ -125,7 +154,7 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 		}
 		a.buffered = nil
 	}()
-	for !(a.endSeen && a.planned && a.pending == 0) {
+	for !a.complete() {
 		var ev event
 		select {
 		case ev = <-events:
@@ -159,7 +188,7 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 }
 
 func (a *applier) onBatch(batch []chunk.Entry) error {
-	if a.endSeen {
+	if a.phase != phaseStreaming {
 		return failf(ErrBadInput, "MANIFEST after MANIFEST_END")
 	}
 	for _, e := range batch {
@@ -211,7 +240,7 @@ func (a *applier) onChunk(c *arrived) error {
 		return failf(ErrBadInput, "chunk %d was not asked for (or sent twice)", c.i)
 	}
 	e := a.entries[c.i]
-	if a.ordered && !a.planned && a.bufBytes+int64(e.Length) <= a.opt.ApplyBuffer {
+	if a.ordered && a.phase == phaseStreaming && a.bufBytes+int64(e.Length) <= a.opt.ApplyBuffer {
 		// Hold it: writing now could overwrite a region a later copy reads.
 		a.kind[c.i] = opBuffered
 		a.buffered[c.i] = c.buf
@@ -305,10 +334,9 @@ func (a *applier) checkpoint() error {
 }
 
 func (a *applier) onEnd(end manifestEnd) error {
-	if a.endSeen {
+	if a.phase != phaseStreaming {
 		return failf(ErrBadInput, "second MANIFEST_END")
 	}
-	a.endSeen = true
 	root, err := a.builder.Finish()
 	if err != nil {
 		return failf(ErrBadInput, "manifest: %w", err)
@@ -317,7 +345,26 @@ func (a *applier) onEnd(end manifestEnd) error {
 		return failf(ErrBadInput, "manifest damaged in transit: %d entries with root %s, agent says %d with root %s",
 			a.builder.Count(), root.Short(), end.count, end.root.Short())
 	}
+	if err := a.grow(); err != nil {
+		return err
+	}
 	return a.plan()
+}
+
+// grow extends a file target to the source's size, now that the manifest
+// was accepted: a HELLO alone never grows a target.
+func (a *applier) grow() error {
+	if a.t.block {
+		return nil
+	}
+	cur, err := a.t.size()
+	if err != nil {
+		return err
+	}
+	if cur < a.size {
+		return a.t.resize(a.size)
+	}
+	return nil
 }
 
 type copyOp struct {
@@ -340,6 +387,11 @@ func (a *applier) plan() error {
 	if err := a.flushStaged(); err != nil {
 		return err
 	}
+	if a.readBack {
+		if err := a.readBackKept(); err != nil {
+			return err
+		}
+	}
 	var ops []*copyOp
 	for i, k := range a.kind {
 		if k != opCopy {
@@ -361,10 +413,13 @@ func (a *applier) plan() error {
 	if err := a.j.flush(); err != nil {
 		return err
 	}
+	if err := a.reserve(); err != nil {
+		return err
+	}
 	if err := a.runCopies(ops); err != nil {
 		return err
 	}
-	a.planned = true
+	a.phase = phasePlanned
 	// Held-back chunks, in offset order, then zero runs.
 	held := make([]int, 0, len(a.buffered))
 	for i := range a.buffered {
@@ -398,6 +453,83 @@ func (a *applier) plan() error {
 		return err
 	}
 	return a.req.NeedEnd(a.needTotal)
+}
+
+// readBackKept reads every entry the plan keeps in place and checks it;
+// one that does not match is forgotten by the index and written again
+// (fetched, or zeroed). It runs before NEED_END, so a wrong index is
+// repaired within the round instead of failing its verification.
+func (a *applier) readBackKept() error {
+	var kept []int
+	for i, k := range a.kind {
+		if k == opSkip {
+			kept = append(kept, i)
+		}
+	}
+	start := time.Now()
+	var mu sync.Mutex
+	var bad []int
+	var g errgroup.Group
+	g.SetLimit(max(1, a.opt.Workers))
+	for _, i := range kept {
+		e := a.entries[i]
+		g.Go(func() error {
+			err := verifyEntry(a.t, e)
+			if errors.Is(err, errMismatch) {
+				mu.Lock()
+				bad = append(bad, i)
+				mu.Unlock()
+				return nil
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("read back the target: %w", err)
+	}
+	sort.Ints(bad)
+	for _, i := range bad {
+		e := a.entries[i]
+		a.idx.clobber(e.Offset, e.Length)
+		a.result.Skipped--
+		a.result.Repaired++
+		if e.Zero {
+			a.kind[i] = opZero
+		} else {
+			a.kind[i] = opFetch
+			a.needQueue = append(a.needQueue, i)
+		}
+	}
+	for _, i := range kept {
+		a.result.ReadBackBytes += a.entries[i].Length
+	}
+	if len(bad) > 0 {
+		a.log.Warn("entries kept in place did not read back right; writing them again", "entries", len(bad), "checked", len(kept))
+	}
+	a.log.Debug("read back kept entries", "entries", len(kept), "bytes", a.result.ReadBackBytes, "took", elapsed(start))
+	return nil
+}
+
+// reserve allocates the file blocks of every range still to be written,
+// so that a full filesystem fails the round here (ErrTargetFull), before
+// the copies, rather than half way through its writes.
+func (a *applier) reserve() error {
+	var off, n uint64
+	for i, k := range a.kind {
+		if k != opCopy && k != opFetch && k != opBuffered {
+			continue
+		}
+		e := a.entries[i]
+		if n > 0 && off+n == e.Offset {
+			n += e.Length
+			continue
+		}
+		if err := a.t.reserve(off, n); err != nil {
+			return err
+		}
+		off, n = e.Offset, e.Length
+	}
+	return a.t.reserve(off, n)
 }
 
 // runCopies performs ops in dependency order (Kahn's algorithm): an op

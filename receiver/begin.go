@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
@@ -137,23 +138,23 @@ func Begin(ctx context.Context, vol Volume, opt Options, h Header) (_ *Apply, er
 	if p.t.block && tsize < h.Size {
 		return nil, failf(ErrTooSmall, "block device %s holds %d bytes, the source %d: give the target at least the source's size", vol.Path, tsize, h.Size)
 	}
-	exts, err := p.prepare(ctx, tsize, h)
+	if err := claimTarget(vol.StateDir, vol.Name, p.t); err != nil {
+		return nil, err
+	}
+	k, err := p.prepare(ctx, tsize, h)
 	if err != nil {
 		return nil, err
 	}
-	// Grow a file target now; shrink it only after the copies, which may
-	// read past the new end.
-	idx := newIndex(exts)
+	// A file target grows only once the manifest was accepted (the applier
+	// does it when the manifest's root checked out); until then the index
+	// already knows the new tail as zeros. It shrinks after the copies,
+	// which may read past the new end.
+	idx := newIndex(k.exts)
 	if !p.t.block && tsize < h.Size {
-		if err := p.t.resize(h.Size); err != nil {
-			return nil, err
-		}
 		idx = newIndex(withZeroTail(idx.live(), tsize, h.Size))
 	}
-	if p.j, err = p.vd.createJournal(); err != nil {
-		return nil, err
-	}
-	p.a = &applier{log: p.log, opt: &p.opt, t: p.t, idx: idx, j: p.j, params: h.Params, size: h.Size}
+	readBack := k.readBack || p.opt.Verify == VerifyFull
+	p.a = &applier{log: p.log, opt: &p.opt, t: p.t, idx: idx, j: p.j, params: h.Params, size: h.Size, oldSize: tsize, readBack: readBack}
 	p.events = make(chan event, 16)
 	return p, nil
 }
@@ -187,60 +188,84 @@ func lockVolume(vd volumeDir, name string) (func(), error) {
 	return func() { f.Close(); unbusy() }, nil
 }
 
-// prepare loads or rebuilds the index of the target and saves the state
-// as applying.
-func (p *Apply) prepare(ctx context.Context, tsize uint64, h Header) ([]chunk.Entry, error) {
+// prepare loads or rebuilds the index of the target, opens a new journal
+// and saves the state as applying. A state file that does not check out
+// ends the round (ErrStateCorrupt): the receiver never restarts a
+// volume's generations on its own.
+func (p *Apply) prepare(ctx context.Context, tsize uint64, h Header) (known, error) {
 	st, err := p.vd.loadState()
 	switch {
 	case errors.Is(err, ErrNoState):
 		st = &State{Volume: p.vol.Name}
 	case err != nil:
-		p.log.Warn("state unreadable; rescanning the target", "err", err)
-		st = &State{Volume: p.vol.Name}
+		return known{}, err
 	}
 	p.st = st
-	p.prev = Previous{Generation: st.Generation, Incomplete: st.Phase == PhaseApplying}
+	resuming := st.Phase == PhaseApplying
+	p.prev = Previous{Generation: st.Generation, Incomplete: resuming}
 	p.prev.Root, _ = chunk.ParseID(st.Root)
 
-	exts, how, err := loadIndex(ctx, p.log, p.vd, p.t, tsize, st, h.Params, p.vol.Path)
+	k, err := loadIndex(ctx, p.log, p.vd, p.t, tsize, st, h.Params, p.vol.Path)
 	if err != nil {
-		return nil, err
+		return known{}, err
 	}
-	if exts == nil {
-		// Index all of a file (data past the new end may still be copied),
-		// the source's size of a device.
-		scanSize := tsize
-		if p.t.block {
-			scanSize = min(tsize, h.Size)
-		}
-		if scanSize == 0 {
-			how = "empty target"
-		} else {
-			p.log.Info("indexing the target by reading it", "reason", how, "bytes", scanSize)
-			start := time.Now()
-			m, _, err := chunk.ScanManifest(ctx, p.t, scanSize, h.Params, chunk.ScanOptions{Workers: p.opt.Workers})
-			if err != nil {
-				return nil, fmt.Errorf("scan target %s: %w", p.vol.Path, err)
-			}
-			exts = m.Entries
-			how = fmt.Sprintf("rescanned (%s) in %s", how, elapsed(start))
+	if k.exts == nil {
+		if k.exts, k.how, err = p.rescan(ctx, tsize, h, k.how); err != nil {
+			return known{}, err
 		}
 	}
-	name, err := p.vd.writeExtents(h.Params, exts)
+	name, err := p.vd.writeExtents(h.Params, k.exts)
 	if err != nil {
-		return nil, err
+		return known{}, err
+	}
+	// The journal and the state must name each other. Coming from a
+	// commit, the new journal is made first: a crash before the state is
+	// saved leaves a stray journal the committed state ignores. Resuming,
+	// the old journal is needed until the state records what it recovered,
+	// so the state goes first: a crash between leaves a nonce mismatch,
+	// which makes the next round rescan.
+	nonce := rand.Uint64()
+	if !resuming {
+		if p.j, err = p.vd.createJournalWith(nonce); err != nil {
+			return known{}, err
+		}
 	}
 	st.Target = p.vol.Path
 	st.Params = h.Params
 	st.Extents = name
+	st.Rescan = ""
 	st.Phase = PhaseApplying
-	st.Applying = &Applying{Size: h.Size, StartedAt: time.Now().UTC(), Peer: h.Peer}
+	st.Applying = &Applying{Size: h.Size, StartedAt: time.Now().UTC(), Peer: h.Peer, Journal: nonce}
 	if err := p.vd.saveState(st); err != nil {
-		return nil, err
+		return known{}, err
+	}
+	if resuming {
+		if p.j, err = p.vd.createJournalWith(nonce); err != nil {
+			return known{}, err
+		}
 	}
 	p.log.Info("apply started", "size", h.Size, "previous_generation", p.prev.Generation, "resuming", p.prev.Incomplete,
-		"index", how, "known_extents", len(exts))
-	return exts, nil
+		"index", k.how, "known_extents", len(k.exts), "read_back", k.readBack)
+	return k, nil
+}
+
+// rescan indexes the target by reading it: all of a file (data past the
+// new end may still be copied), the source's size of a device.
+func (p *Apply) rescan(ctx context.Context, tsize uint64, h Header, why string) ([]chunk.Entry, string, error) {
+	scanSize := tsize
+	if p.t.block {
+		scanSize = min(tsize, h.Size)
+	}
+	if scanSize == 0 {
+		return []chunk.Entry{}, "empty target", nil
+	}
+	p.log.Info("indexing the target by reading it", "reason", why, "bytes", scanSize)
+	start := time.Now()
+	m, _, err := chunk.ScanManifest(ctx, p.t, scanSize, h.Params, chunk.ScanOptions{Workers: p.opt.Workers})
+	if err != nil {
+		return nil, "", fmt.Errorf("scan target %s: %w", p.vol.Path, err)
+	}
+	return m.Entries, fmt.Sprintf("rescanned (%s) in %s", why, elapsed(start)), nil
 }
 
 // Previous returns what the target held when the apply began.
@@ -333,11 +358,14 @@ func (p *Apply) Run(ctx context.Context, req Requester) error {
 }
 
 // Commit makes the applied generation durable and current: shrink a file
-// target, fsync it, verify it against the manifest's root, then write the
-// new extents and state. Call it after Run returned nil.
+// target, fsync it, check it is still the file or device the round opened,
+// verify it against the manifest, then write the new extents and state.
+// Call it after Run returned nil. A failed verification commits nothing
+// and records that the index may not be used: the next round re-indexes
+// the target by reading it and repairs what is wrong.
 func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	a := p.a
-	if !p.ran || !a.endSeen || !a.planned || a.pending != 0 {
+	if !p.ran || !a.complete() {
 		return Result{}, errors.New("commit before the apply completed")
 	}
 	if err := p.t.resize(a.size); err != nil {
@@ -346,23 +374,18 @@ func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	if err := p.t.sync(); err != nil {
 		return Result{}, err
 	}
+	if err := p.t.stillAt(); err != nil {
+		return Result{}, err
+	}
 	root, _ := a.builder.Finish()
 	start := time.Now()
-	switch p.opt.Verify {
-	case VerifyFull:
-		m, _, err := chunk.ScanManifest(ctx, p.t, a.size, a.params, chunk.ScanOptions{Workers: p.opt.Workers})
-		if err != nil {
-			return Result{}, fmt.Errorf("verify: scan target: %w", err)
+	if err := a.verifyWritten(ctx); err != nil {
+		if errors.Is(err, errMismatch) {
+			return Result{}, p.verifyFailed(fmt.Errorf("target %s after the apply: %w", p.vol.Path, err))
 		}
-		if m.Root != root {
-			return Result{}, failf(ErrVerify, "target %s hashes to %s after the apply, the sender's root is %s", p.vol.Path, m.Root.Short(), root.Short())
-		}
-	default:
-		if err := a.verifyWritten(ctx); err != nil {
-			return Result{}, failf(ErrVerify, "target %s after the apply: %w", p.vol.Path, err)
-		}
+		return Result{}, fmt.Errorf("verify target %s: %w", p.vol.Path, err)
 	}
-	p.log.Debug("verified", "mode", p.opt.Verify, "took", elapsed(start))
+	p.log.Debug("verified", "mode", p.opt.Verify, "read_back", a.readBack, "took", elapsed(start))
 	name, err := p.vd.writeExtents(a.params, a.entries)
 	if err != nil {
 		return Result{}, err
@@ -381,6 +404,7 @@ func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	st.Extents = name
 	st.Fingerprint = fp
 	st.Applying = nil
+	st.Rescan = ""
 	st.History = append(st.History, Committed{Generation: st.Generation, Root: st.Root, Size: st.Size, At: now})
 	if len(st.History) > historyLen {
 		st.History = st.History[len(st.History)-historyLen:]
@@ -395,8 +419,20 @@ func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	a.result.Root = root
 	r := a.result
 	p.log.Info("generation committed", "generation", r.Generation, "root", r.Root.Short(), "skipped", r.Skipped, "copied", r.Copied,
-		"fetched", r.Fetched, "zeroed", r.Zeroed, "fetched_bytes", r.FetchBytes, "duration", elapsed(p.started))
+		"fetched", r.Fetched, "zeroed", r.Zeroed, "fetched_bytes", r.FetchBytes, "repaired", r.Repaired, "read_back_bytes", r.ReadBackBytes,
+		"duration", elapsed(p.started))
 	return r, nil
+}
+
+// verifyFailed records that the target did not verify, so that the next
+// round rescans it instead of trusting the index again, and returns the
+// ErrVerify error.
+func (p *Apply) verifyFailed(cause error) error {
+	p.st.Rescan = fmt.Sprintf("the round of %s failed its verification (%v)", time.Now().UTC().Format(time.RFC3339), cause)
+	if err := p.vd.saveState(p.st); err != nil {
+		p.log.Error("could not record the failed verification", "err", err)
+	}
+	return failf(ErrVerify, "%v; nothing was committed, and the next round re-indexes the target by reading it and repairs it", cause)
 }
 
 // Close releases the volume. Without a commit the target stays incomplete.

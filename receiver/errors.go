@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"errors"
+	"syscall"
 
 	"github.com/voldelta/voldelta/internal/errkind"
 )
@@ -47,4 +48,16 @@ var (
 // failf returns an error that errors.Is kind, with the formatted message.
 func failf(kind error, format string, a ...any) error {
 	return errkind.Errorf(kind, format, a...)
+}
+
+// classifySpace gives err the kind ErrTargetFull if it says that where
+// (the target, the state directory) has no space or quota left.
+func classifySpace(err error, where string) error {
+	if err == nil || errors.Is(err, ErrTargetFull) {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return failf(ErrTargetFull, "%s has no space left: %w (make room or grow it, then sync again; the progress so far is kept)", where, err)
+	}
+	return err
 }

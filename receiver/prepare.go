@@ -2,73 +2,85 @@ package receiver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
 )
 
-// loadIndex returns the extents the state proves, or nil and the reason
-// why the target must be rescanned.
-func loadIndex(ctx context.Context, log *slog.Logger, vd volumeDir, t *target, tsize uint64, st *State, params chunk.Params, path string) ([]chunk.Entry, string, error) {
-	if st.Extents == "" {
-		return nil, "no state", nil
-	}
-	if st.Params != params {
-		return nil, "chunk parameters changed", nil
-	}
-	if st.Target != path {
-		return nil, fmt.Sprintf("target path changed from %s", st.Target), nil
+// known is what a round may believe of its target before it reads it.
+type known struct {
+	exts []chunk.Entry // the index; nil: none, the target is re-indexed by reading it
+	how  string        // where it came from, or why there is none
+	// readBack: the index comes from before and nothing vouches that the
+	// target still matches it, so every entry the round keeps in place is
+	// read and checked before the commit (and fetched if it does not match).
+	readBack bool
+}
+
+// loadIndex returns what the state proves of the target: the committed
+// manifest when the target's fingerprint vouches that nothing changed it,
+// what an interrupted apply's journal recovered (to be read back), or no
+// index and the reason why the target must be rescanned.
+func loadIndex(ctx context.Context, log *slog.Logger, vd volumeDir, t *target, tsize uint64, st *State, params chunk.Params, path string) (known, error) {
+	switch {
+	case st.Rescan != "":
+		return known{how: st.Rescan}, nil
+	case st.Extents == "":
+		return known{how: "no state"}, nil
+	case st.Params != params:
+		return known{how: "chunk parameters changed"}, nil
+	case st.Target != path:
+		return known{how: fmt.Sprintf("target path changed from %s", st.Target)}, nil
 	}
 	p, exts, err := vd.readExtents(st.Extents)
 	if err != nil {
-		log.Warn("extents file unreadable", "err", err)
-		return nil, "extents file unreadable", nil
+		log.Warn("extents file unreadable; rescanning the target", "err", err)
+		return known{how: fmt.Sprintf("extents file unreadable (%v)", err)}, nil
 	}
 	if p != params {
-		return nil, "extents file has other chunk parameters", nil
+		return known{how: "extents file has other chunk parameters"}, nil
 	}
 	switch st.Phase {
 	case PhaseCommitted:
 		fp, err := t.fingerprint()
 		if err != nil {
-			return nil, "", err
+			return known{}, err
 		}
-		if !t.block && fp != st.Fingerprint {
-			return nil, "target changed outside voldelta (size, mtime or inode differ)", nil
+		switch v, why := st.Fingerprint.compare(fp); v {
+		case changedContent:
+			return known{how: "target changed outside voldelta: " + why}, nil
+		case unknownContent:
+			return known{exts: exts, how: "committed manifest, read back: " + why, readBack: true}, nil
 		}
-		if t.block {
-			if fp.Size != st.Fingerprint.Size {
-				return nil, "block device size changed", nil
-			}
-			if err := spotCheck(t, exts, 16); err != nil {
-				log.Warn("spot check failed", "err", err)
-				return nil, "block device content changed outside voldelta (spot check)", nil
-			}
-		}
-		return exts, "committed manifest", nil
+		return known{exts: exts, how: "committed manifest"}, nil
 	case PhaseApplying:
-		intents, done, err := vd.readJournal()
+		intents, done, err := vd.readJournalFor(st.Applying.Journal)
+		if errors.Is(err, errJournalLost) || errors.Is(err, errJournalDamaged) || errors.Is(err, errJournalOther) {
+			log.Warn("the interrupted apply's journal cannot be used; rescanning the target", "err", err)
+			return known{how: fmt.Sprintf("interrupted apply, %v", err)}, nil
+		}
 		if err != nil {
-			return nil, "", err
+			return known{}, err
 		}
 		start := time.Now()
 		exts, verified, err := recoverExtents(ctx, t, tsize, exts, intents, done)
 		if err != nil {
-			return nil, "", err
+			return known{}, err
 		}
 		log.Info("resuming an interrupted apply", "intents", len(intents), "done", len(done), "verified_by_reading", verified, "took", elapsed(start))
-		return exts, "recovered from the journal", nil
+		return known{exts: exts, how: "recovered from the journal, read back", readBack: true}, nil
 	}
-	return nil, fmt.Sprintf("unknown phase %q", st.Phase), nil
+	return known{}, failf(ErrStateCorrupt, "unknown phase %q in %s", st.Phase, vd.path("state.json"))
 }
 
 // recoverExtents rebuilds what the target holds after an interrupted
 // apply: the base extents minus every range that had an intent, plus the
 // entries recorded as done, plus the other intended entries that read back
-// correctly.
+// correctly. The result is only a plan: the round reads back every entry
+// it keeps before it commits.
 func recoverExtents(ctx context.Context, t *target, tsize uint64, base, intents, done []chunk.Entry) ([]chunk.Entry, int, error) {
 	x := newIndex(base)
 	for _, e := range intents {
@@ -102,26 +114,4 @@ func recoverExtents(ctx context.Context, t *target, tsize uint64, base, intents,
 		list = append(list, e)
 	}
 	return merge(x.live(), list), verified, nil
-}
-
-// spotCheck reads up to n data extents spread over the target and checks
-// their hashes.
-func spotCheck(t *target, exts []chunk.Entry, n int) error {
-	var data []chunk.Entry
-	for _, e := range exts {
-		if !e.Zero {
-			data = append(data, e)
-		}
-	}
-	if len(data) == 0 {
-		return nil
-	}
-	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
-	for k := 0; k < n && k < len(data); k++ {
-		e := data[r.IntN(len(data))]
-		if err := verifyEntry(t, e); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -86,6 +86,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.StateDir == "" {
 		return nil, errors.New("no state directory: give --state-dir")
 	}
+	if err := CheckDistinctTargets(cfg.Targets); err != nil {
+		return nil, err
+	}
 	if err := cfg.Transport.Validate(); err != nil {
 		return nil, err
 	}

@@ -2,18 +2,20 @@ package receiver
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/internal/atomicfile"
 	"github.com/zeebo/blake3"
 )
 
@@ -29,20 +31,75 @@ const (
 	PhaseApplying Phase = "applying"
 )
 
-// Fingerprint is what the receiver remembers of a target after committing,
-// to notice changes made outside voldelta. For a regular file it is the
-// size, modification time and inode; a block device has no reliable
-// modification time, so only its size is kept and the index is spot-checked
-// by reading a sample of chunks (see doc.go).
+// Fingerprint is what the receiver remembers of a target after
+// committing, to notice changes made outside voldelta before it trusts its
+// index again. For a regular file it is the size, modification and change
+// times and the inode: ctime cannot be set back from user space, so a write
+// whose mtime was restored is still seen. For a block device, which has no
+// such times, it is the size and the kernel's write and discard counters of
+// the device (/sys/dev/block/MAJ:MIN/stat) together with the boot ID they
+// count since: any write through the device, a mount included, moves them.
+// Where the counters cannot be read (no sysfs, or after a reboot), the
+// fingerprint cannot vouch for the content and the next round reads back
+// every range it keeps (see doc.go).
 type Fingerprint struct {
 	Size    int64  `json:"size"`
 	MtimeNs int64  `json:"mtime_ns,omitempty"`
+	CtimeNs int64  `json:"ctime_ns,omitempty"`
 	Inode   uint64 `json:"inode,omitempty"`
 	Device  uint64 `json:"device,omitempty"`
 	Block   bool   `json:"block_device,omitempty"`
+	// Writes are a block device's I/O counters, nil where unreadable.
+	Writes *BlockWrites `json:"writes,omitempty"`
 }
 
-// State is a volume's state.json in the state directory.
+// BlockWrites are the counters of /sys/dev/block/MAJ:MIN/stat that change
+// when the device's content may have changed, and the boot they count in.
+type BlockWrites struct {
+	BootID         string `json:"boot_id"`
+	WriteIOs       uint64 `json:"write_ios"`
+	WriteSectors   uint64 `json:"write_sectors"`
+	DiscardIOs     uint64 `json:"discard_ios"`
+	DiscardSectors uint64 `json:"discard_sectors"`
+}
+
+// verdict is what a fingerprint says of a target's content.
+type verdict int
+
+const (
+	sameContent    verdict = iota // nothing changed it since the fingerprint was taken
+	unknownContent                // it may have changed: the fingerprint cannot tell
+	changedContent                // it was changed outside voldelta
+)
+
+// compare says whether a target fingerprinted now as cur still holds what
+// it held when fp was taken, and if not, why.
+func (fp Fingerprint) compare(cur Fingerprint) (verdict, string) {
+	switch {
+	case fp.Block != cur.Block:
+		return changedContent, "the target changed between a file and a block device"
+	case fp.Size != cur.Size:
+		return changedContent, fmt.Sprintf("its size changed from %d to %d bytes", fp.Size, cur.Size)
+	case !fp.Block && (fp.Inode != cur.Inode || fp.Device != cur.Device):
+		return changedContent, "it is another file now (inode changed)"
+	case !fp.Block && (fp.MtimeNs != cur.MtimeNs || fp.CtimeNs != cur.CtimeNs):
+		return changedContent, "it was modified or its times were set (mtime or ctime changed)"
+	case fp.Block && fp.Device != cur.Device:
+		return changedContent, "it is another device now"
+	case fp.Block && (fp.Writes == nil || cur.Writes == nil):
+		return unknownContent, "the device's write counters are not readable (/sys/dev/block), so outside writes cannot be ruled out"
+	case fp.Block && fp.Writes.BootID != cur.Writes.BootID:
+		return unknownContent, "the host rebooted since the commit, so the device's write counters cannot vouch for it"
+	case fp.Block && *fp.Writes != *cur.Writes:
+		return changedContent, fmt.Sprintf("the device was written outside voldelta (%d write and %d discard requests since the commit)",
+			cur.Writes.WriteIOs-fp.Writes.WriteIOs, cur.Writes.DiscardIOs-fp.Writes.DiscardIOs)
+	}
+	return sameContent, ""
+}
+
+// State is a volume's state.json in the state directory. It is replaced
+// atomically and carries a checksum over its own content, so a damaged
+// file is refused (ErrStateCorrupt) instead of read as something else.
 type State struct {
 	Volume      string       `json:"volume"`
 	Target      string       `json:"target"`
@@ -54,9 +111,14 @@ type State struct {
 	Params      chunk.Params `json:"params"`                // chunk parameters of the extents file
 	Extents     string       `json:"extents"`               // file name of the known extents, in the volume's directory
 	Fingerprint Fingerprint  `json:"fingerprint,omitzero"`  // of the target at commit
-	Applying    *Applying    `json:"applying,omitempty"`    // set while PhaseApplying
-	History     []Committed  `json:"history,omitempty"`     // recent commits, newest last
-	Updated     time.Time    `json:"updated"`
+	// Rescan, if set, says why the index may not be used: the next round
+	// re-indexes the target by reading it (set when a verification failed).
+	Rescan   string      `json:"rescan,omitempty"`
+	Applying *Applying   `json:"applying,omitempty"` // set while PhaseApplying
+	History  []Committed `json:"history,omitempty"`  // recent commits, newest last
+	Updated  time.Time   `json:"updated"`
+	// Checksum is BLAKE3-256 (hex) of the file's JSON with this field empty.
+	Checksum string `json:"checksum"`
 }
 
 // Applying describes an apply in progress (or interrupted).
@@ -65,6 +127,9 @@ type Applying struct {
 	Size      uint64    `json:"size"`
 	StartedAt time.Time `json:"started_at"`
 	Peer      string    `json:"peer,omitempty"`
+	// Journal is the nonce in the header of this apply's journal: a
+	// journal with another nonce belongs to another apply and is not used.
+	Journal uint64 `json:"journal"`
 }
 
 // Committed is one entry of a volume's commit history.
@@ -92,67 +157,95 @@ func (v volumeDir) path(name string) string { return filepath.Join(v.dir, name) 
 // ErrNoState is returned by loadState when a volume has never been synced.
 var ErrNoState = errors.New("no state")
 
+// loadState reads and checks state.json. A missing file is ErrNoState
+// unless the directory holds an index or journal, which only a lost state
+// file leaves behind; a file that does not parse or whose checksum does
+// not match is ErrStateCorrupt. Neither is ever read as "never synced".
 func (v volumeDir) loadState() (*State, error) {
-	b, err := os.ReadFile(v.path("state.json"))
+	path := v.path("state.json")
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
+		if left := v.leftovers(); len(left) > 0 {
+			return nil, failf(ErrStateCorrupt, "%s is missing but the directory holds %s: the volume was synced before and its state was lost. "+
+				"To start over at generation 1 (the target is re-indexed by reading it), move the directory %s aside", path, strings.Join(left, ", "), v.dir)
+		}
 		return nil, ErrNoState
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read state: %w", err)
 	}
+	st, err := decodeState(b)
+	if err != nil {
+		return nil, failf(ErrStateCorrupt, "%s: %v. voldelta will not guess the generation from a damaged file: restore it from a backup, "+
+			"or move the directory %s aside to start over at generation 1 (the target is re-indexed by reading it)", path, err, v.dir)
+	}
+	return st, nil
+}
+
+// leftovers lists the files a synced volume keeps besides state.json.
+func (v volumeDir) leftovers() []string {
+	var out []string
+	for _, pat := range []string{"extents-*.bin", journalName} {
+		m, _ := filepath.Glob(v.path(pat))
+		for _, f := range m {
+			out = append(out, filepath.Base(f))
+		}
+	}
+	return out
+}
+
+func decodeState(b []byte) (*State, error) {
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", v.path("state.json"), err)
+		return nil, fmt.Errorf("does not parse: %w", err)
+	}
+	want := st.Checksum
+	if want == "" {
+		return nil, errors.New("has no checksum")
+	}
+	got, err := stateChecksum(&st)
+	if err != nil {
+		return nil, err
+	}
+	if got != want {
+		return nil, errors.New("checksum mismatch (the file was changed or damaged)")
+	}
+	switch st.Phase {
+	case PhaseCommitted, PhaseApplying:
+	default:
+		return nil, fmt.Errorf("unknown phase %q", st.Phase)
+	}
+	if st.Phase == PhaseApplying && st.Applying == nil {
+		return nil, errors.New("phase applying without an apply")
 	}
 	return &st, nil
 }
 
+// stateChecksum is the checksum st must carry: BLAKE3-256 of its JSON
+// with Checksum empty. It leaves st.Checksum as it was.
+func stateChecksum(st *State) (string, error) {
+	c := *st
+	c.Checksum = ""
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return "", err
+	}
+	sum := blake3.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
 func (v volumeDir) saveState(st *State) error {
 	st.Updated = time.Now().UTC()
+	sum, err := stateChecksum(st)
+	if err != nil {
+		return err
+	}
+	st.Checksum = sum
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(v.path("state.json"), append(b, '\n'))
-}
-
-// writeFileAtomic writes data to path through a temporary file that is
-// fsynced and renamed over path; the directory is fsynced after.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
-	}
-	return nil
+	return classifySpace(atomicfile.Write(v.path("state.json"), append(b, '\n'), 0o644), "the state directory "+v.dir)
 }
 
 // Extents files: magic "VDEXTNT1", params, count u64, count × 49-byte
@@ -215,8 +308,8 @@ func (v volumeDir) writeExtents(p chunk.Params, exts []chunk.Entry) (string, err
 	if _, err := os.Stat(v.path(name)); err == nil {
 		return name, nil // content-addressed: already stored
 	}
-	if err := writeFileAtomic(v.path(name), b); err != nil {
-		return "", err
+	if err := atomicfile.Write(v.path(name), b, 0o644); err != nil {
+		return "", classifySpace(err, "the state directory "+v.dir)
 	}
 	return name, nil
 }
@@ -242,40 +335,55 @@ func (v volumeDir) removeStaleExtents(keep string) {
 	}
 }
 
-// Journal records. Each is: kind u8, entry (49 bytes), CRC-32C of both (u32).
-// An intent is written and fsynced before the entry's range of the target is
-// written; a done record after the target was fsynced with the entry in
-// place. A torn last record (crash while appending) is ignored: its write
-// had not started.
+// The journal starts with a 16-byte header, magic "VDJRNL02" and the
+// apply's nonce (u64), then records. Each record is: kind u8, entry (49
+// bytes), CRC-32C of both (u32). An intent is written and fsynced before
+// the entry's range of the target is written; a done record after the
+// target was fsynced with the entry in place. Only the tail may be torn (a
+// crash while appending): a partial last record, or a last record that does
+// not check out, is ignored, as its write had not started. A record that
+// does not check out followed by more records means the journal was
+// damaged: it is not used (errJournalDamaged), and the target is
+// re-indexed by reading it.
 const (
-	recIntent   = 1
-	recDone     = 2
-	journalRec  = 1 + chunk.EntrySize + 4
-	journalName = "journal"
+	recIntent     = 1
+	recDone       = 2
+	journalRec    = 1 + chunk.EntrySize + 4
+	journalName   = "journal"
+	journalMagic  = "VDJRNL02"
+	journalHeader = len(journalMagic) + 8
+)
+
+// Why a journal cannot be used; prepare then re-indexes the target.
+var (
+	errJournalLost    = errors.New("journal missing")
+	errJournalDamaged = errors.New("journal damaged")
+	errJournalOther   = errors.New("journal belongs to another apply")
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type journal struct {
-	f   *os.File
-	buf []byte
+	f     *os.File
+	nonce uint64
+	buf   []byte
 }
 
-// createJournal truncates (or creates) the journal and fsyncs it empty.
-func (v volumeDir) createJournal() (*journal, error) {
-	f, err := os.OpenFile(v.path(journalName), os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND, 0o644)
+// createJournal replaces the journal with an empty one under a new random
+// nonce, durably (temporary file, fsync, rename, directory fsync).
+func (v volumeDir) createJournal() (*journal, error) { return v.createJournalWith(rand.Uint64()) }
+
+// createJournalWith is createJournal with a given nonce.
+func (v volumeDir) createJournalWith(nonce uint64) (*journal, error) {
+	hdr := binary.BigEndian.AppendUint64([]byte(journalMagic), nonce)
+	if err := atomicfile.Write(v.path(journalName), hdr, 0o644); err != nil {
+		return nil, classifySpace(fmt.Errorf("create journal: %w", err), "the state directory "+v.dir)
+	}
+	f, err := os.OpenFile(v.path(journalName), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
-		return nil, fmt.Errorf("create journal: %w", err)
+		return nil, fmt.Errorf("open journal: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("fsync journal: %w", err)
-	}
-	if err := syncDir(v.dir); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &journal{f: f}, nil
+	return &journal{f: f, nonce: nonce}, nil
 }
 
 func (j *journal) add(kind byte, e chunk.Entry) {
@@ -291,10 +399,10 @@ func (j *journal) flush() error {
 		return nil
 	}
 	if _, err := j.f.Write(j.buf); err != nil {
-		return fmt.Errorf("append journal: %w", err)
+		return classifySpace(fmt.Errorf("append journal: %w", err), "the state directory")
 	}
 	if err := j.f.Sync(); err != nil {
-		return fmt.Errorf("fsync journal: %w", err)
+		return classifySpace(fmt.Errorf("fsync journal: %w", err), "the state directory")
 	}
 	j.buf = j.buf[:0]
 	return nil
@@ -302,39 +410,68 @@ func (j *journal) flush() error {
 
 func (j *journal) close() error { return j.f.Close() }
 
-// readJournal returns the intents and done entries recorded, stopping at the
-// first record that does not check out.
+// readJournal returns the intents and done entries of the journal,
+// whatever its nonce.
 func (v volumeDir) readJournal() (intents, done []chunk.Entry, err error) {
-	f, err := os.Open(v.path(journalName))
+	_, intents, done, err = v.readJournalNonce()
+	return intents, done, err
+}
+
+// readJournalFor returns the records of the journal of the apply with
+// this nonce; errJournalLost, errJournalOther or errJournalDamaged if it
+// cannot be used.
+func (v volumeDir) readJournalFor(nonce uint64) (intents, done []chunk.Entry, err error) {
+	got, intents, done, err := v.readJournalNonce()
+	if err == nil && got != nonce {
+		return nil, nil, fmt.Errorf("%w (nonce %x, the state names %x)", errJournalOther, got, nonce)
+	}
+	return intents, done, err
+}
+
+func (v volumeDir) readJournalNonce() (nonce uint64, intents, done []chunk.Entry, err error) {
+	b, err := os.ReadFile(v.path(journalName))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil
+		return 0, nil, nil, errJournalLost
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("open journal: %w", err)
+		return 0, nil, nil, fmt.Errorf("read journal: %w", err)
 	}
-	defer f.Close()
-	b, err := io.ReadAll(f)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read journal: %w", err)
+	if len(b) < journalHeader || string(b[:len(journalMagic)]) != journalMagic {
+		return 0, nil, nil, fmt.Errorf("%w: bad header", errJournalDamaged)
 	}
-	for len(b) >= journalRec {
+	nonce = binary.BigEndian.Uint64(b[len(journalMagic):])
+	intents, done, err = decodeJournalRecords(b[journalHeader:])
+	return nonce, intents, done, err
+}
+
+// decodeJournalRecords decodes records, ignoring a torn tail only.
+func decodeJournalRecords(b []byte) (intents, done []chunk.Entry, err error) {
+	for n := 0; len(b) >= journalRec; n++ {
 		rec := b[:journalRec]
 		b = b[journalRec:]
-		if crc32.Checksum(rec[:journalRec-4], castagnoli) != binary.BigEndian.Uint32(rec[journalRec-4:]) {
-			break
+		e, ok := decodeJournalRecord(rec)
+		if !ok {
+			if len(b) >= journalRec {
+				return nil, nil, fmt.Errorf("%w: record %d does not check out and %d bytes follow it", errJournalDamaged, n, len(b))
+			}
+			return intents, done, nil // the torn last record
 		}
-		e, err := chunk.DecodeEntry(rec[1:])
-		if err != nil {
-			break
-		}
-		switch rec[0] {
-		case recIntent:
+		if rec[0] == recIntent {
 			intents = append(intents, e)
-		case recDone:
+		} else {
 			done = append(done, e)
-		default:
-			return intents, done, nil
 		}
 	}
 	return intents, done, nil
+}
+
+func decodeJournalRecord(rec []byte) (chunk.Entry, bool) {
+	if crc32.Checksum(rec[:journalRec-4], castagnoli) != binary.BigEndian.Uint32(rec[journalRec-4:]) {
+		return chunk.Entry{}, false
+	}
+	if rec[0] != recIntent && rec[0] != recDone {
+		return chunk.Entry{}, false
+	}
+	e, err := chunk.DecodeEntry(rec[1:])
+	return e, err == nil && e.Length > 0
 }

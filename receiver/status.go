@@ -11,20 +11,27 @@ import (
 	"github.com/voldelta/voldelta/transport"
 )
 
-// VolumeStatus is what a receiver's state directory says of one volume.
-// Current is true only when the target holds a committed generation and no
-// apply has started since: a partly written target is never current.
+// VolumeStatus is what a receiver's state directory says of one volume,
+// checked against the target as it is now. Current is true only when the
+// target holds a committed generation, no apply has started since (a partly
+// written target is never current), and the target's fingerprint still
+// vouches that nothing changed it since the commit (see Fingerprint). When
+// it does not, Current is false and Problem says why; the next round finds
+// and repairs what changed.
 type VolumeStatus struct {
-	Volume        string      `json:"volume"`
-	Target        string      `json:"target"`
-	Current       bool        `json:"current"`
-	Incomplete    bool        `json:"incomplete"`
-	Generation    uint64      `json:"generation"`
-	Root          string      `json:"root_hash,omitempty"`
-	Size          uint64      `json:"size"`
-	CommittedAt   *time.Time  `json:"committed_at,omitempty"`
-	ApplyingSince *time.Time  `json:"applying_since,omitempty"`
-	History       []Committed `json:"history,omitempty"`
+	Volume        string     `json:"volume"`
+	Target        string     `json:"target"`
+	Current       bool       `json:"current"`
+	Incomplete    bool       `json:"incomplete"`
+	Generation    uint64     `json:"generation"`
+	Root          string     `json:"root_hash,omitempty"`
+	Size          uint64     `json:"size"`
+	CommittedAt   *time.Time `json:"committed_at,omitempty"`
+	ApplyingSince *time.Time `json:"applying_since,omitempty"`
+	// Problem says why a committed target is not current: changed or
+	// possibly changed outside voldelta, gone, or a failed verification.
+	Problem string      `json:"problem,omitempty"`
+	History []Committed `json:"history,omitempty"`
 }
 
 // ReadStatus returns the status of volume in stateDir; ErrNoState if it
@@ -41,7 +48,7 @@ func ReadStatus(stateDir, volume string) (*VolumeStatus, error) {
 		Volume: st.Volume, Target: st.Target, Generation: st.Generation, Root: st.Root, Size: st.Size,
 		Incomplete: st.Phase == PhaseApplying, History: st.History,
 	}
-	vs.Current = st.Phase == PhaseCommitted && st.Generation > 0
+	vs.Current, vs.Problem = judge(st)
 	if !st.CommittedAt.IsZero() {
 		t := st.CommittedAt
 		vs.CommittedAt = &t
@@ -51,6 +58,31 @@ func ReadStatus(stateDir, volume string) (*VolumeStatus, error) {
 		vs.ApplyingSince = &t
 	}
 	return vs, nil
+}
+
+// judge decides whether the state's committed generation is what its
+// target holds now, and if not, why.
+func judge(st *State) (bool, string) {
+	switch {
+	case st.Phase != PhaseCommitted:
+		if st.Rescan != "" {
+			return false, st.Rescan
+		}
+		return false, ""
+	case st.Generation == 0:
+		return false, ""
+	}
+	fp, err := observeTarget(st.Target)
+	if err != nil {
+		return false, fmt.Sprintf("the target cannot be checked: %v", err)
+	}
+	switch v, why := st.Fingerprint.compare(fp); v {
+	case changedContent:
+		return false, "the target was changed outside voldelta since the commit: " + why
+	case unknownContent:
+		return false, "nothing vouches that the target still holds the committed generation: " + why + "; the next round reads it back"
+	}
+	return true, ""
 }
 
 // ListStatus returns the status of every volume in stateDir.

@@ -46,7 +46,7 @@ func (c ErrorCode) String() string {
 // started again unchanged.
 func (c ErrorCode) Retryable() bool {
 	switch c {
-	case ErrCodeBusy, ErrCodeShutdown, ErrCodeSourceChange, ErrCodeApply:
+	case ErrCodeBusy, ErrCodeShutdown, ErrCodeSourceChange, ErrCodeApply, ErrCodeVerify:
 		return true
 	}
 	return false

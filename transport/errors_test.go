@@ -85,7 +85,7 @@ func TestErrorCodes(t *testing.T) {
 		{ErrCodeTooSmall, 5, "target too small", false},
 		{ErrCodeParams, 6, "chunk parameters", false},
 		{ErrCodeApply, 7, "apply failed", true},
-		{ErrCodeVerify, 8, "verification failed", false},
+		{ErrCodeVerify, 8, "verification failed", true},
 		{ErrCodeForbidden, 9, "forbidden", false},
 		{ErrCodeSourceChange, 10, "source changed", true},
 		{ErrCodeShutdown, 11, "shutting down", true},
