@@ -82,6 +82,23 @@ type FrameReader struct {
 	max uint32
 	hdr [HeaderSize]byte
 	buf []byte
+	// budget, if set, bounds payloads above smallFrame: held bytes are
+	// reserved from it from the header until the next Next (or release).
+	budget *budget
+	held   int64
+}
+
+// smallFrame is the largest payload a FrameReader keeps in its own buffer
+// without asking its budget.
+const smallFrame = 64 << 10
+
+// release gives back a large payload buffer and its reservation.
+func (fr *FrameReader) release() {
+	if fr.held > 0 {
+		fr.budget.release(fr.held)
+		fr.held = 0
+		fr.buf = nil
+	}
 }
 
 // NewFrameReader reads frames of at most max payload bytes from r.
@@ -92,6 +109,7 @@ func NewFrameReader(r io.Reader, max uint32) *FrameReader {
 // Next reads one frame. It returns io.EOF only when the stream ends cleanly
 // between frames; a stream cut inside a frame is io.ErrUnexpectedEOF.
 func (fr *FrameReader) Next() (FrameType, []byte, error) {
+	fr.release()
 	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
 		return 0, nil, err
 	}
@@ -103,7 +121,16 @@ func (fr *FrameReader) Next() (FrameType, []byte, error) {
 	if n > fr.max { // checked before allocating
 		return 0, nil, fmt.Errorf("%w: %v frame of %d bytes, limit %d", ErrFrameTooLarge, t, n, fr.max)
 	}
-	if cap(fr.buf) < int(n) {
+	fr.release()
+	if fr.budget != nil && n > smallFrame {
+		// Reserve before allocating: streams holding partial frames are
+		// bounded together, not each by the frame limit.
+		if err := fr.budget.acquire(int64(n)); err != nil {
+			return 0, nil, err
+		}
+		fr.held = int64(n)
+		fr.buf = make([]byte, n)
+	} else if cap(fr.buf) < int(n) {
 		fr.buf = make([]byte, n)
 	}
 	fr.buf = fr.buf[:n]

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -49,6 +50,9 @@ type countingConn struct {
 	limiter *rate.Limiter
 	written atomic.Int64
 	read    atomic.Int64
+	// lastRead is when bytes last came from the peer (UnixNano), for the
+	// stall watchdog (Config.StallTimeout).
+	lastRead atomic.Int64
 }
 
 func newCountingConn(c net.Conn, bytesPerSec float64) *countingConn {
@@ -110,6 +114,9 @@ func (c *countingConn) Write(p []byte) (int, error) {
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
+	if n > 0 {
+		c.read.Add(int64(n))
+		c.lastRead.Store(time.Now().UnixNano())
+	}
 	return n, err
 }

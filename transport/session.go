@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,14 +42,39 @@ type Config struct {
 	// WriteTimeout bounds how long one frame may wait to be written before
 	// the session is considered dead.
 	WriteTimeout time.Duration
-	// KeepAlive is the interval of yamux keep-alive pings.
+	// KeepAlive is the interval of yamux keep-alive pings; the session
+	// pings at least every StallTimeout/3, so that a live peer is never
+	// taken for a stalled one.
 	KeepAlive time.Duration
+	// StallTimeout ends the session with ErrStalled when no byte came from
+	// the peer for this long. Both ends ping (KeepAlive) and answer pings
+	// while they work, so only a dead link or a hung peer is silent.
+	StallTimeout time.Duration
+	// IdleTimeout bounds how long the receiver waits for the agent's next
+	// MANIFEST frame (the first one after WELCOME included): an agent that
+	// says HELLO and then nothing does not hold the volume for longer.
+	IdleTimeout time.Duration
+	// PrepareTimeout bounds how long the agent waits for WELCOME after
+	// HELLO: the receiver may index a target it has no state for first.
+	PrepareTimeout time.Duration
+	// WindowBudget bounds, on the receiver, the stream windows of one
+	// session: once HELLO announced n data streams, each stream's window is
+	// min(StreamWindow, WindowBudget/(n+1)).
+	WindowBudget uint64
+	// FrameBudget bounds, on the receiver, the bytes of frame payloads
+	// (above 64 KiB each) that one session's streams hold at once, partly
+	// read frames included; a stream waits for room before it reads a
+	// large frame. At least MaxFrameSize.
+	FrameBudget uint64
 	// Logger receives yamux's diagnostics; nil discards them.
 	Logger *slog.Logger
 }
 
 // DefaultConfig returns the defaults: 4 data streams, 8 MiB stream
-// windows, 9 MiB frames, 30 s handshake, 5 min write timeout.
+// windows, 9 MiB frames, 30 s handshake, 5 min write timeout, a stall
+// detected after 45 s without a byte from the peer, 2 min for the next
+// manifest frame, 30 min for the receiver to prepare the target, and per
+// receiver session 128 MiB of windows and 64 MiB of frames.
 func DefaultConfig() Config {
 	return Config{
 		Streams:          4,
@@ -57,8 +83,22 @@ func DefaultConfig() Config {
 		HandshakeTimeout: 30 * time.Second,
 		WriteTimeout:     5 * time.Minute,
 		KeepAlive:        30 * time.Second,
+		StallTimeout:     DefaultStallTimeout,
+		IdleTimeout:      2 * time.Minute,
+		PrepareTimeout:   30 * time.Minute,
+		WindowBudget:     DefaultWindowBudget,
+		FrameBudget:      DefaultFrameBudget,
 	}
 }
+
+// Defaults of the session bounds; see Config.
+const (
+	DefaultStallTimeout = 45 * time.Second
+	DefaultWindowBudget = 128 << 20
+	DefaultFrameBudget  = 64 << 20
+	// MaxDataStreams is the most data streams a session may have.
+	MaxDataStreams = 64
+)
 
 // ErrNoTLS is returned by Validate when neither TLS nor Insecure is set.
 var ErrNoTLS = errors.New("no TLS configuration: give --tls-cert, --tls-key and --tls-ca, or --insecure for plain TCP")
@@ -70,8 +110,8 @@ func (c Config) Validate() error {
 		return ErrNoTLS
 	case c.TLS != nil && c.Insecure:
 		return errors.New("both TLS and --insecure given: choose one")
-	case c.Streams < 1 || c.Streams > 64:
-		return fmt.Errorf("streams %d: want 1..64", c.Streams)
+	case c.Streams < 1 || c.Streams > MaxDataStreams:
+		return fmt.Errorf("streams %d: want 1..%d", c.Streams, MaxDataStreams)
 	case c.MaxFrameSize < 1<<20+ChunkHeaderSize || c.MaxFrameSize > MaxFrameSizeLimit:
 		return fmt.Errorf("max frame size %d: want %d..%d", c.MaxFrameSize, 1<<20+ChunkHeaderSize, MaxFrameSizeLimit)
 	case c.BandwidthLimit < 0:
@@ -80,15 +120,34 @@ func (c Config) Validate() error {
 		return fmt.Errorf("stream window %d: want >= 256 KiB", c.StreamWindow)
 	case c.HandshakeTimeout <= 0 || c.WriteTimeout <= 0 || c.KeepAlive <= 0:
 		return errors.New("timeouts must be positive")
+	case c.StallTimeout < 100*time.Millisecond:
+		return fmt.Errorf("stall timeout %v: want at least 100ms", c.StallTimeout)
+	case c.IdleTimeout <= 0 || c.PrepareTimeout <= 0:
+		return errors.New("idle and prepare timeouts must be positive")
+	case c.WindowBudget < 2*(256<<10):
+		return fmt.Errorf("window budget %d: want at least 512 KiB", c.WindowBudget)
+	case c.FrameBudget < uint64(c.MaxFrameSize):
+		return fmt.Errorf("frame budget %d: want at least the max frame size %d", c.FrameBudget, c.MaxFrameSize)
 	}
 	return nil
 }
 
-func (c Config) yamux() *yamux.Config {
+// keepAlive is the ping interval: KeepAlive, but at most a third of the
+// stall timeout.
+func (c Config) keepAlive() time.Duration { return min(c.KeepAlive, c.StallTimeout/3) }
+
+func (c Config) yamux(client bool) *yamux.Config {
 	y := yamux.DefaultConfig()
 	y.MaxStreamWindowSize = c.StreamWindow
 	y.ConnectionWriteTimeout = c.WriteTimeout
-	y.KeepAliveInterval = c.KeepAlive
+	y.KeepAliveInterval = c.keepAlive()
+	// Streams the peer opened and this end has not accepted yet each hold
+	// up to yamux's initial window (256 KiB): the receiver takes the
+	// control stream and 64 data streams, the agent none.
+	y.AcceptBacklog = 1 + MaxDataStreams
+	if client {
+		y.AcceptBacklog = 1
+	}
 	y.StreamCloseTimeout = c.WriteTimeout
 	y.LogOutput = nil
 	if c.Logger != nil {
@@ -102,12 +161,18 @@ func (c Config) yamux() *yamux.Config {
 // Session is one authenticated, multiplexed connection between an agent
 // and a receiver.
 type Session struct {
-	cfg   Config
-	raw   *countingConn
-	conn  net.Conn // raw, or TLS over raw
-	mux   *yamux.Session
-	peer  Identity
-	close sync.Once
+	cfg    Config
+	raw    *countingConn
+	conn   net.Conn // raw, or TLS over raw
+	ycfg   *yamux.Config
+	mux    *yamux.Session
+	peer   Identity
+	close  sync.Once
+	frames *budget // receiver: bounds the frame payloads being read
+	done   chan struct{}
+	// stalled is set (before the session is closed) when the watchdog
+	// found the peer silent for StallTimeout.
+	stalled atomic.Pointer[error]
 }
 
 // Identity is what the peer's certificate says it is.
@@ -128,6 +193,9 @@ func (id Identity) Names() []string {
 }
 
 // Dial connects to a receiver at addr ("host:port") and opens a session.
+// It returns once the receiver answered over the new session, so that a
+// receiver refusing this agent's certificate (which TLS 1.3 only says after
+// the handshake) fails Dial with ErrTLS and a message naming the cause.
 func Dial(ctx context.Context, addr string, cfg Config) (*Session, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -173,13 +241,24 @@ func Server(ctx context.Context, c net.Conn, cfg Config) (*Session, error) {
 }
 
 func newSession(ctx context.Context, c net.Conn, cfg Config, client bool, addr string) (*Session, error) {
-	s := &Session{cfg: cfg, raw: newCountingConn(c, cfg.BandwidthLimit)}
+	if addr == "" {
+		addr = c.RemoteAddr().String()
+	}
+	s := &Session{cfg: cfg, raw: newCountingConn(c, cfg.BandwidthLimit), done: make(chan struct{})}
 	s.conn = s.raw
+	// Until the session runs, the handshake is bounded by ctx through the
+	// connection's deadline (a plain receiver peeks, a client pings).
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var rec *recordingConn
 	if cfg.TLS != nil {
 		tc := cfg.TLS.Clone()
 		var t *tls.Conn
 		if client {
-			if tc.ServerName == "" && addr != "" {
+			if tc.ServerName == "" {
 				if host, _, err := net.SplitHostPort(addr); err == nil {
 					tc.ServerName = host
 				}
@@ -189,7 +268,7 @@ func newSession(ctx context.Context, c net.Conn, cfg Config, client bool, addr s
 			t = tls.Server(s.raw, tc)
 		}
 		if err := t.HandshakeContext(ctx); err != nil {
-			return nil, fmt.Errorf("TLS handshake with %s: %w (both ends need certificates from the same CA; a peer started with --insecure cannot talk TLS)", c.RemoteAddr(), err)
+			return nil, tlsFailure(addr, client, err, false)
 		}
 		st := t.ConnectionState()
 		if len(st.PeerCertificates) > 0 {
@@ -200,18 +279,129 @@ func newSession(ctx context.Context, c net.Conn, cfg Config, client bool, addr s
 			}
 		}
 		s.conn = t
+	} else if !client {
+		p, err := peekPlain(s.raw)
+		if err != nil {
+			return nil, plainFailure(addr, client, err, nil)
+		}
+		s.conn = p
 	}
+	if client {
+		rec = &recordingConn{Conn: s.conn}
+		s.conn = rec
+	}
+	s.ycfg = cfg.yamux(client)
 	var err error
 	if client {
-		s.mux, err = yamux.Client(s.conn, cfg.yamux())
+		s.mux, err = yamux.Client(s.conn, s.ycfg)
 	} else {
-		s.mux, err = yamux.Server(s.conn, cfg.yamux())
+		s.mux, err = yamux.Server(s.conn, s.ycfg)
+		s.frames = newBudget(int64(cfg.FrameBudget))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start multiplexer: %w", err)
 	}
+	if client {
+		// One round trip over the session: the receiver's verdict on our
+		// certificate, or its refusal to speak our protocol, arrives now.
+		if _, err := s.mux.Ping(); err != nil {
+			s.mux.Close()
+			if ctx.Err() != nil && rec.readErr() == nil {
+				return nil, fmt.Errorf("receiver %s did not answer within %v after the handshake: %w", addr, cfg.HandshakeTimeout, ctx.Err())
+			}
+			if cfg.TLS != nil {
+				return nil, tlsFailure(addr, client, firstErr(rec.readErr(), err), true)
+			}
+			return nil, plainFailure(addr, client, firstErr(rec.readErr(), err), rec.first())
+		}
+	}
+	if !stop() {
+		s.mux.Close()
+		return nil, fmt.Errorf("start session with %s: %w", addr, context.Cause(ctx))
+	}
+	c.SetDeadline(time.Time{})
+	s.raw.lastRead.Store(time.Now().UnixNano())
+	go s.watch()
 	return s, nil
 }
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// watch ends the session with ErrStalled once no byte came from the peer
+// for StallTimeout, and closes s.done when the session ends.
+func (s *Session) watch() {
+	defer close(s.done)
+	defer s.frames.close()
+	d := s.cfg.StallTimeout
+	tick := time.NewTicker(max(d/8, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.mux.CloseChan():
+			return
+		case now := <-tick.C:
+			if idle := now.Sub(time.Unix(0, s.raw.lastRead.Load())); idle >= d {
+				err := fmt.Errorf("%w: no data from the peer for %v (the network or the peer hung; the next sync resumes)", ErrStalled, d)
+				s.stalled.Store(&err)
+				s.Close()
+				return
+			}
+		}
+	}
+}
+
+// ErrStalled ends a session whose peer sent nothing for Config.StallTimeout
+// while the connection stayed open (no FIN, no reset): a dead link, a lost
+// route or a hung peer. A later session may succeed (IsConnLost).
+var ErrStalled = errors.New("connection stalled")
+
+// ErrIdle is returned when the peer, although alive, did not send a
+// message the protocol expected within its deadline (RecvWithin).
+var ErrIdle = errors.New("peer sent nothing")
+
+// Err returns why the session ended if this end decided it (ErrStalled),
+// nil otherwise.
+func (s *Session) Err() error {
+	if p := s.stalled.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// cause replaces err by the session's own verdict, if it has one.
+func (s *Session) cause(err error) error {
+	if err == nil {
+		return nil
+	}
+	if se := s.Err(); se != nil {
+		return se
+	}
+	return err
+}
+
+// LimitStreams applies the window budget once the receiver knows how many
+// data streams the agent announced: every stream's window becomes
+// min(StreamWindow, WindowBudget/(n+1)), at least 256 KiB. Call it before
+// any data stream is accepted and while no stream is being read: yamux
+// reads the value when a stream reads or is accepted.
+func (s *Session) LimitStreams(n int) {
+	w := min(uint64(s.cfg.StreamWindow), s.cfg.WindowBudget/uint64(n+1))
+	s.ycfg.MaxStreamWindowSize = uint32(max(w, 256<<10))
+}
+
+// StreamWindow returns the window of this session's streams.
+func (s *Session) StreamWindow() uint32 { return s.ycfg.MaxStreamWindowSize }
+
+// FramesHeld returns the bytes of frame payloads this (receiver) session
+// holds now, and the most it ever held.
+func (s *Session) FramesHeld() (now, peak int64) { return s.frames.held() }
 
 // Peer returns the identity from the peer's certificate (empty without TLS).
 func (s *Session) Peer() Identity { return s.peer }
@@ -230,22 +420,22 @@ func (s *Session) WireBytesRead() int64 { return s.raw.read.Load() }
 func (s *Session) Open(ctx context.Context) (*Stream, error) {
 	st, err := s.mux.OpenStream()
 	if err != nil {
-		return nil, fmt.Errorf("open stream: %w", err)
+		return nil, fmt.Errorf("open stream: %w", s.cause(err))
 	}
-	return newStream(st, s.cfg.MaxFrameSize), nil
+	return newStream(s, st), nil
 }
 
 // Accept waits for the peer to open a stream.
 func (s *Session) Accept(ctx context.Context) (*Stream, error) {
 	st, err := s.mux.AcceptStreamWithContext(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("accept stream: %w", err)
+		return nil, fmt.Errorf("accept stream: %w", s.cause(err))
 	}
-	return newStream(st, s.cfg.MaxFrameSize), nil
+	return newStream(s, st), nil
 }
 
 // Done is closed when the session ends.
-func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
+func (s *Session) Done() <-chan struct{} { return s.done }
 
 // Close ends the session and its connection.
 func (s *Session) Close() error {
@@ -260,14 +450,19 @@ func (s *Session) Close() error {
 // Stream is a framed, bidirectional stream of a session. Send may be called
 // from one goroutine while another calls Recv.
 type Stream struct {
-	st  *yamux.Stream
-	fr  *FrameReader
-	mu  sync.Mutex
-	buf []byte
+	sess *Session
+	st   *yamux.Stream
+	dr   *deadlineReader
+	fr   *FrameReader
+	mu   sync.Mutex
+	buf  []byte
 }
 
-func newStream(st *yamux.Stream, max uint32) *Stream {
-	return &Stream{st: st, fr: NewFrameReader(st, max)}
+func newStream(sess *Session, st *yamux.Stream) *Stream {
+	dr := &deadlineReader{st: st}
+	fr := NewFrameReader(dr, sess.cfg.MaxFrameSize)
+	fr.budget = sess.frames
+	return &Stream{sess: sess, st: st, dr: dr, fr: fr}
 }
 
 // Send writes one message as a single frame.
@@ -285,7 +480,7 @@ func (s *Stream) Send(m Message) error {
 		s.buf = b
 	}
 	if _, err := s.st.Write(b); err != nil {
-		return fmt.Errorf("send %v: %w", m.FrameType(), err)
+		return fmt.Errorf("send %v: %w", m.FrameType(), s.sess.cause(err))
 	}
 	return nil
 }
@@ -300,7 +495,7 @@ func (s *Stream) SendError(code ErrorCode, format string, a ...any) {
 func (s *Stream) Recv() (Message, error) {
 	t, payload, err := s.fr.Next()
 	if err != nil {
-		return nil, err
+		return nil, s.sess.cause(err)
 	}
 	m, err := Decode(t, payload)
 	if err != nil {
@@ -312,11 +507,45 @@ func (s *Stream) Recv() (Message, error) {
 	return m, nil
 }
 
+// RecvWithin is Recv, failing with ErrIdle (naming what, e.g. "HELLO")
+// when no byte of the next frame came for d; a frame still arriving keeps
+// it waiting. The deadline applies to this call only.
+func (s *Stream) RecvWithin(d time.Duration, what string) (Message, error) {
+	s.dr.idle = d
+	defer func() { s.dr.idle = 0; s.st.SetReadDeadline(time.Time{}) }()
+	m, err := s.Recv()
+	if err != nil && errors.Is(err, yamux.ErrTimeout) {
+		return nil, fmt.Errorf("%w: no %s within %v", ErrIdle, what, d)
+	}
+	return m, err
+}
+
+// deadlineReader re-arms the stream's read deadline before every read
+// while idle is set: the deadline bounds silence, not the frame's length.
+type deadlineReader struct {
+	st   *yamux.Stream
+	idle time.Duration // only touched by the reading goroutine
+}
+
+func (r *deadlineReader) Read(p []byte) (int, error) {
+	if r.idle > 0 {
+		r.st.SetReadDeadline(time.Now().Add(r.idle))
+	}
+	return r.st.Read(p)
+}
+
+// Release gives back the frame buffer the last Recv returned (a Chunk's
+// Data) before the next Recv, so that a stream that waits does not hold it.
+func (s *Stream) Release() { s.fr.release() }
+
 // CloseWrite says this end sends nothing more; the peer's Recv sees io.EOF.
 func (s *Stream) CloseWrite() error { return s.st.Close() }
 
 // Close closes the stream.
-func (s *Stream) Close() error { return s.st.Close() }
+func (s *Stream) Close() error {
+	s.fr.release()
+	return s.st.Close()
+}
 
 // LoadTLS builds a TLS 1.3 configuration with mutual authentication from
 // PEM files: this end's certificate and key, and the CA that signs the
@@ -364,5 +593,5 @@ func IsConnLost(err error) bool {
 		errors.Is(err, yamux.ErrConnectionReset) ||
 		errors.Is(err, yamux.ErrConnectionWriteTimeout) || errors.Is(err, yamux.ErrKeepAliveTimeout) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, ErrStalled) || errors.Is(err, ErrSessionEnded)
 }

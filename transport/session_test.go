@@ -760,58 +760,34 @@ func useSession(t *testing.T, s *Session) error {
 	return err
 }
 
-// A plain end and a TLS end never talk, and neither waits forever.
+// A plain end and a TLS end never talk, neither waits forever, and each
+// says which end spoke what: the session fails to start on both sides.
 func TestPlainAndTLSDoNotMix(t *testing.T) {
 	for _, k := range []kind{kinds[2], kinds[3]} {
 		t.Run("plain agent/"+k.name, func(t *testing.T) {
 			ccfg, scfg := configs(t, k)
 			ccfg.TLS, ccfg.Insecure = nil, true
-			c, sc := rawConns(t, k)
-			ctx, cancel := context.WithTimeout(t.Context(), safety)
-			defer cancel()
-			serrc := make(chan error, 1)
-			go func() {
-				s, err := Server(ctx, sc, scfg)
-				if err != nil {
-					sc.Close()
-				} else {
-					s.Close()
-				}
-				serrc <- err
-			}()
-			cli, err := Client(ctx, c, ccfg)
-			if err != nil {
-				t.Fatalf("a plain client has no handshake to fail: %v", err)
-			}
-			defer cli.Close()
-			// The receiver's TLS handshake reads the agent's first yamux
-			// frame, which is not a ClientHello, and gives up at once.
-			if err := useSession(t, cli); err == nil {
-				t.Fatal("plain agent got an answer")
-			}
-			serr := <-serrc
-			if serr == nil {
-				t.Fatal("TLS receiver accepted a plain agent")
-			}
+			_, _, cerr, serr := connect(t, k, ccfg, scfg)
+			t.Logf("agent: %v", cerr)
 			t.Logf("receiver: %v", serr)
-			if errors.Is(serr, context.DeadlineExceeded) || !strings.Contains(serr.Error(), "TLS handshake") {
-				t.Errorf("receiver error %q: want a handshake failure, not a timeout", serr)
+			if !errors.Is(cerr, ErrTLS) || !strings.Contains(cerr.Error(), "--insecure") {
+				t.Errorf("agent error %v: want ErrTLS naming --insecure", cerr)
+			}
+			if !errors.Is(serr, ErrTLS) || !strings.Contains(serr.Error(), "did not speak TLS") {
+				t.Errorf("receiver error %v: want ErrTLS saying the client did not speak TLS", serr)
 			}
 		})
 		t.Run("TLS agent/plain "+k.name, func(t *testing.T) {
 			ccfg, scfg := configs(t, k)
 			scfg.TLS, scfg.Insecure = nil, true
-			_, srv, cerr, serr := connect(t, k, ccfg, scfg)
-			if serr != nil {
-				t.Fatalf("a plain server has no handshake to fail: %v", serr)
-			}
-			if cerr == nil {
-				t.Fatal("TLS agent accepted a plain receiver")
-			}
+			_, _, cerr, serr := connect(t, k, ccfg, scfg)
 			t.Logf("agent: %v", cerr)
-			// yamux refused the ClientHello as a frame and closed.
-			if _, err := srv.Accept(t.Context()); err == nil {
-				t.Fatal("plain receiver accepted a stream")
+			t.Logf("receiver: %v", serr)
+			if !errors.Is(serr, ErrTLS) || !strings.Contains(serr.Error(), "client at") || !strings.Contains(serr.Error(), "spoke TLS but this receiver is plain (--insecure)") {
+				t.Errorf("receiver error %v: want ErrTLS saying the client spoke TLS to a plain receiver", serr)
+			}
+			if !errors.Is(cerr, ErrTLS) || !strings.Contains(cerr.Error(), "does not speak TLS") {
+				t.Errorf("agent error %v: want ErrTLS saying the receiver does not speak TLS", cerr)
 			}
 		})
 	}
