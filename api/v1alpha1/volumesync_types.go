@@ -142,6 +142,9 @@ const (
 	ReasonStoreUnavailable  = "StoreUnavailable"        // the store refused: bad credentials, missing bucket, unreachable
 	ReasonPulling           = "Pulling"                 // VolumeTarget: a pull from the store runs
 	ReasonPullFailed        = "PullFailed"              // VolumeTarget: the last pull failed; retrying
+	ReasonTargetFull        = "TargetFull"              // the target's filesystem (or the receiver's state directory) is full
+	ReasonTargetState       = "TargetStateInvalid"      // the receiver's state is corrupt, the target is claimed by another volume, or it vanished
+	ReasonTargetModified    = "TargetModified"          // VolumeTarget: changed (or possibly changed) outside voldelta since its commit
 )
 
 // VolumeSyncStatus is what the agent reports.

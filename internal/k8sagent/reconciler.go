@@ -303,6 +303,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		switch {
 		case errors.Is(err, agent.ErrRootMismatch):
 			reason = v1alpha1.ReasonRootMismatch
+		case errors.As(err, &re) && re.Code == transport.ErrCodeTargetFull:
+			reason = v1alpha1.ReasonTargetFull
+		case errors.As(err, &re) && re.Code == transport.ErrCodeTargetState:
+			reason = v1alpha1.ReasonTargetState
 		case errors.As(err, &re):
 			reason = v1alpha1.ReasonReceiverRefused
 		case errors.Is(err, objstore.ErrBadCredentials) || errors.Is(err, objstore.ErrNoBucket):

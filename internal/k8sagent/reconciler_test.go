@@ -3,6 +3,7 @@ package k8sagent_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -413,6 +414,17 @@ func TestFailedRoundKeepsSnapshotAndBacksOff(t *testing.T) {
 	res = f.reconcile()
 	if c := cond(f.get(), v1alpha1.ConditionDegraded); c.Reason != v1alpha1.ReasonRootMismatch || res.RequeueAfter != k8sutil.Backoff(2) {
 		t.Fatalf("Degraded = %+v, requeue %v", c, res.RequeueAfter)
+	}
+	// A full target and a receiver state an operator must repair have reasons of their own.
+	for k, c := range []struct {
+		code   transport.ErrorCode
+		reason string
+	}{{transport.ErrCodeTargetFull, v1alpha1.ReasonTargetFull}, {transport.ErrCodeTargetState, v1alpha1.ReasonTargetState}} {
+		f.syncErr = fmt.Errorf("sync: %w", &transport.RemoteError{Code: c.code, Message: "no space left"})
+		res = f.reconcile()
+		if got := cond(f.get(), v1alpha1.ConditionDegraded); got.Reason != c.reason || res.RequeueAfter != k8sutil.Backoff(int32(3+k)) {
+			t.Fatalf("code %v: Degraded = %+v, requeue %v", c.code, got, res.RequeueAfter)
+		}
 	}
 	// The retry reads the same snapshot and then succeeds.
 	f.syncErr = nil

@@ -92,8 +92,13 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 			return orig, 0, fmt.Errorf("pull of %q interrupted (the next pull resumes it): %w", volume, err)
 		}
 		reason := v1alpha1.ReasonPullFailed
-		if errors.Is(err, objstore.ErrBadCredentials) || errors.Is(err, objstore.ErrNoBucket) {
+		switch {
+		case errors.Is(err, objstore.ErrBadCredentials) || errors.Is(err, objstore.ErrNoBucket):
 			reason = v1alpha1.ReasonStoreUnavailable
+		case errors.Is(err, receiver.ErrTargetFull):
+			reason = v1alpha1.ReasonTargetFull
+		case errors.Is(err, receiver.ErrStateCorrupt) || errors.Is(err, receiver.ErrTargetClaimed) || errors.Is(err, receiver.ErrTargetGone):
+			reason = v1alpha1.ReasonTargetState
 		}
 		return orig, t.pullFailed(vt, reason, fmt.Errorf("pull generation %d of %q: %w", latest, volume, err)), nil
 	}

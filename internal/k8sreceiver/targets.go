@@ -322,6 +322,10 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 			st.Phase = v1alpha1.PhaseSyncing
 			t.setReady(&vt, metav1.ConditionFalse, v1alpha1.ReasonTargetIncomplete,
 				"a round started writing and has not committed: the target holds no consistent image until the next round succeeds")
+		case !vs.Current && vs.Generation > 0 && vs.Problem != "":
+			st.Phase = v1alpha1.PhaseDegraded
+			t.setReady(&vt, metav1.ConditionFalse, v1alpha1.ReasonTargetModified,
+				fmt.Sprintf("generation %d is not current: %s", vs.Generation, vs.Problem))
 		case vs.Current:
 			st.Phase = v1alpha1.PhaseIdle
 			t.setReady(&vt, metav1.ConditionTrue, v1alpha1.ReasonTargetCommitted, fmt.Sprintf("generation %d verified and committed", vs.Generation))
