@@ -75,3 +75,11 @@ bench-tools:
 
 clean:
 	rm -rf bin
+
+## faults: the fault suite (root; <= 15 min): SIGKILLs of either side, cut and stalled links, a full
+## disk, tampered replicas, lost journals, corrupt state, MinIO killed or damaged (docs/reliability.md).
+## Knobs: FAULTS_KILLS=20, FAULTS_ONLY=regexp, FAULTS_SEED, FAULTS_JSON=path; FAULTSFLAGS for more.
+.PHONY: faults
+faults:
+	GO=$(GO) ./scripts/ensure-minio.sh >/dev/null
+	$(GO) run ./faults $(FAULTSFLAGS)
