@@ -107,6 +107,10 @@ type Stats struct {
 // the agent's: the target does not hold the source.
 var ErrRootMismatch = errors.New("receiver committed a different root hash")
 
+// ErrSourceRead is wrapped by a round that failed because the source could
+// not be read (it shrank, or a read failed): the connection is not to blame.
+var ErrSourceRead = errors.New("source read failed")
+
 // OpenSource opens a file or block device for reading and returns its size.
 func OpenSource(path string) (*os.File, uint64, error) {
 	f, err := os.Open(path)
@@ -230,8 +234,13 @@ func (r *round) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m, err := recvCtx(ctx, r.sess, ctrl)
-	if err != nil {
+	m, err := recvCtx(ctx, r.sess, ctrl, r.opt.Transport.PrepareTimeout, "WELCOME after HELLO")
+	switch {
+	case errors.Is(err, transport.ErrIdle):
+		return fmt.Errorf("receiver %s did not answer HELLO for volume %q: %w (it may be indexing a large target it has no state for: raise --prepare-timeout)", r.opt.Addr, r.opt.Volume, err)
+	case err != nil && transport.IsConnLost(err):
+		return fmt.Errorf("connection to receiver %s lost before it answered HELLO: %w", r.opt.Addr, err)
+	case err != nil:
 		return fmt.Errorf("receiver %s refused volume %q: %w", r.opt.Addr, r.opt.Volume, err)
 	}
 	w, ok := m.(transport.Welcome)
@@ -271,6 +280,9 @@ func (r *round) run(ctx context.Context) error {
 		g.Go(func() error { return r.sendChunks(st) })
 	}
 	sendErr := g.Wait()
+	if errors.Is(sendErr, ErrSourceRead) {
+		ctrl.SendError(transport.ErrCodeCanceled, "agent %s: %v", r.opt.Name, sendErr)
+	}
 	if sendErr != nil {
 		r.sess.Close() // unblocks the control reader
 	}
@@ -283,6 +295,8 @@ func (r *round) run(ctx context.Context) error {
 	}
 	var re *transport.RemoteError
 	switch {
+	case errors.Is(sendErr, ErrSourceRead):
+		return sendErr // the session ended because of it
 	case errors.As(ctrlErr, &re):
 		return fmt.Errorf("receiver %s: %w", r.opt.Addr, ctrlErr)
 	case ctx.Err() != nil:
@@ -326,11 +340,11 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
-// recvCtx receives one message, giving up when ctx ends.
-func recvCtx(ctx context.Context, sess *transport.Session, st *transport.Stream) (transport.Message, error) {
+// recvCtx receives one message within d, giving up when ctx ends.
+func recvCtx(ctx context.Context, sess *transport.Session, st *transport.Stream, d time.Duration, what string) (transport.Message, error) {
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
-	m, err := st.Recv()
+	m, err := st.RecvWithin(d, what)
 	if err != nil && ctx.Err() != nil {
 		return nil, context.Cause(ctx)
 	}
@@ -343,6 +357,7 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 	b := chunk.NewBuilder(r.opt.Params, r.size)
 	batch := make([]chunk.Entry, 0, batchSize)
 	var frameBytes uint64
+	var sendFailed error
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -353,6 +368,9 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 		frameBytes += transport.HeaderSize + 4 + uint64(len(batch))*chunk.EntrySize
 		err := ctrl.Send(transport.ManifestBatch{Entries: batch})
 		batch = batch[:0]
+		if err != nil && sendFailed == nil {
+			sendFailed = err
+		}
 		return err
 	}
 	scanStart := time.Now()
@@ -377,8 +395,14 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 		}
 		return nil
 	})
-	if err != nil {
+	switch {
+	case err == nil:
+	case sendFailed != nil:
+		return chunk.ID{}, sendFailed
+	case ctx.Err() != nil:
 		return chunk.ID{}, fmt.Errorf("scan source %s: %w", r.opt.Source, err)
+	default:
+		return chunk.ID{}, r.sourceError("scan", r.scanned.Load(), err)
 	}
 	if err := flush(); err != nil {
 		return chunk.ID{}, err
@@ -404,8 +428,21 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 	return root, nil
 }
 
+// sourceError explains a failed read of the source: one that shrank is
+// named as such (its bytes are no longer those of the manifest).
+func (r *round) sourceError(op string, off uint64, err error) error {
+	if r.opt.Image == nil {
+		if fi, serr := os.Stat(r.opt.Source); serr == nil && fi.Mode().IsRegular() && uint64(fi.Size()) < r.size {
+			return fmt.Errorf("%w: source %s shrank from %d to %d bytes while it was read (%s at offset %d: %v): sync from a snapshot",
+				ErrSourceRead, r.opt.Source, r.size, fi.Size(), op, off, err)
+		}
+	}
+	return fmt.Errorf("%w: source %s: %s failed at offset %d: %w", ErrSourceRead, r.opt.Source, op, off, err)
+}
+
 // readControl handles NEED, NEED_END and RESULT from the receiver.
 func (r *round) readControl(ctrl *transport.Stream) (transport.Result, error) {
+	needEnd := false
 	for {
 		m, err := ctrl.Recv()
 		if err != nil {
@@ -416,6 +453,9 @@ func (r *round) readControl(ctrl *transport.Stream) (transport.Result, error) {
 		}
 		switch m := m.(type) {
 		case transport.Need:
+			if needEnd {
+				return transport.Result{}, fmt.Errorf("%w: receiver sent NEED after NEED_END", transport.ErrProtocol)
+			}
 			r.mu.RLock()
 			n := uint64(len(r.entries))
 			for _, rg := range m.Ranges {
@@ -430,8 +470,15 @@ func (r *round) readControl(ctrl *transport.Stream) (transport.Result, error) {
 			r.mu.RUnlock()
 			r.queue.push(m.Ranges)
 		case transport.NeedEnd:
+			if needEnd {
+				return transport.Result{}, fmt.Errorf("%w: receiver sent NEED_END twice", transport.ErrProtocol)
+			}
+			needEnd = true
 			r.queue.close()
 		case transport.Result:
+			if !needEnd {
+				return transport.Result{}, fmt.Errorf("%w: receiver sent RESULT before NEED_END", transport.ErrProtocol)
+			}
 			return m, nil
 		default:
 			return transport.Result{}, fmt.Errorf("%w: unexpected %v from the receiver", transport.ErrProtocol, m.FrameType())
@@ -453,7 +500,7 @@ func (r *round) sendChunks(st *transport.Stream) error {
 		r.mu.RUnlock()
 		b := raw[:e.Length]
 		if _, err := r.src.ReadAt(b, int64(e.Offset)); err != nil {
-			return fmt.Errorf("read chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
+			return r.sourceError("read chunk "+e.ID.Short(), e.Offset, err)
 		}
 		codec, payload := r.comp.Compress(b, enc)
 		if err := st.Send(transport.Chunk{Index: i, Codec: codec, RawLen: uint32(e.Length), Data: payload}); err != nil {

@@ -60,14 +60,24 @@ type Config struct {
 	Logger *slog.Logger
 	// Name identifies this receiver to agents; default the host name.
 	Name string
+	// MaxSessions bounds the sessions served at once (default
+	// DefaultMaxSessions); a connection beyond it is answered ERROR 4
+	// (busy, retryable). With the per-session bounds of the transport
+	// (spec.md §6) it bounds the receiver's memory.
+	MaxSessions int
 }
+
+// DefaultMaxSessions is Config.MaxSessions' default.
+const DefaultMaxSessions = 16
 
 // Server accepts sync sessions and applies them to its targets.
 type Server struct {
-	cfg Config
-	opt Options
-	log *slog.Logger
-	wg  sync.WaitGroup
+	cfg      Config
+	opt      Options
+	log      *slog.Logger
+	wg       sync.WaitGroup
+	sessions chan struct{} // a token per session served
+	refusals chan struct{} // a token per connection being refused
 }
 
 // New checks cfg and prepares the state directory.
@@ -92,6 +102,12 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Transport.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.MaxSessions == 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.MaxSessions < 0 {
+		return nil, fmt.Errorf("max sessions %d: want at least 1", cfg.MaxSessions)
+	}
 	opt := Options{Verify: cfg.Verify, ApplyBuffer: cfg.ApplyBuffer, Workers: cfg.Workers, Logger: cfg.Logger}
 	if err := opt.defaults(); err != nil {
 		return nil, err
@@ -102,7 +118,8 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	return &Server{cfg: cfg, opt: opt, log: opt.Logger}, nil
+	return &Server{cfg: cfg, opt: opt, log: opt.Logger,
+		sessions: make(chan struct{}, cfg.MaxSessions), refusals: make(chan struct{}, cfg.MaxSessions)}, nil
 }
 
 // Serve accepts connections on ln until ctx is done, then stops accepting,
@@ -126,11 +143,23 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			s.wg.Wait()
 			return fmt.Errorf("accept: %w", err)
 		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.serveConn(ctx, c)
-		}()
+		select {
+		case s.sessions <- struct{}{}:
+			s.wg.Go(func() {
+				defer func() { <-s.sessions }()
+				s.serveConn(ctx, c)
+			})
+		default:
+			select {
+			case s.refusals <- struct{}{}:
+				s.wg.Go(func() {
+					defer func() { <-s.refusals }()
+					s.refuse(ctx, c)
+				})
+			default: // refusing as many as it serves: just hang up
+				c.Close()
+			}
+		}
 	}
 }
 
@@ -162,13 +191,15 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	go func() {
 		select {
 		case <-sess.Done():
-			cancel(errAgentGone)
+			cancel(agentGone(sess))
 		case <-ctx.Done():
 		}
 	}()
-	ctrl, err := sess.Accept(ctx)
+	actx, stop := context.WithTimeout(ctx, s.cfg.Transport.HandshakeTimeout)
+	ctrl, err := sess.Accept(actx)
+	stop()
 	if err != nil {
-		log.Warn("no control stream", "err", err)
+		log.Warn("no control stream", "err", err, "within", s.cfg.Transport.HandshakeTimeout)
 		return
 	}
 	if err := s.sync(ctx, srvCtx, log, sess, ctrl); err != nil {
@@ -238,13 +269,58 @@ func errorCode(ctx context.Context, err error) transport.ErrorCode {
 
 var errAgentGone = failf(ErrInterrupted, "connection to the agent lost")
 
+// agentGone is why a session ended under the apply: a stall this end
+// detected (transport.ErrStalled), or the agent gone.
+func agentGone(sess *transport.Session) error {
+	if err := sess.Err(); err != nil {
+		return failf(ErrInterrupted, "connection to the agent lost: %w", err)
+	}
+	return errAgentGone
+}
+
+// refuse answers a connection beyond MaxSessions with ERROR 4 (busy).
+func (s *Server) refuse(ctx context.Context, c net.Conn) {
+	cfg := s.cfg.Transport
+	sess, err := transport.Server(ctx, c, cfg)
+	if err != nil {
+		c.Close()
+		return
+	}
+	defer sess.Close()
+	actx, stop := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer stop()
+	ctrl, err := sess.Accept(actx)
+	if err != nil {
+		return
+	}
+	s.log.Warn("session refused: too many sessions", "peer", sess.RemoteAddr().String(), "max_sessions", s.cfg.MaxSessions)
+	ctrl.SendError(transport.ErrCodeBusy, "receiver %s serves its maximum of %d sessions at once (--max-sessions): retry later", s.cfg.Name, s.cfg.MaxSessions)
+	select {
+	case <-sess.Done():
+	case <-actx.Done():
+	}
+}
+
 // sync runs one session on an accepted control stream. ctx ends with the
 // session; srvCtx only with the server, so that a round whose data all
 // arrived is committed even if the agent hangs up before the RESULT.
 func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *transport.Session, ctrl *transport.Stream) error {
-	m, err := ctrl.Recv()
-	if err != nil {
-		return fmt.Errorf("read HELLO: %w", err)
+	// Nothing is claimed before the HELLO was read and checked: an agent
+	// that says nothing, or something wrong, leaves the target as it was.
+	m, err := ctrl.RecvWithin(s.cfg.Transport.HandshakeTimeout, "HELLO after the control stream opened")
+	switch {
+	case errors.Is(err, io.EOF):
+		return fail(transport.ErrCodeProtocol, "agent closed the control stream without a HELLO")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fail(transport.ErrCodeProtocol, "truncated HELLO: %v", err)
+	case errors.Is(err, transport.ErrIdle):
+		return fail(transport.ErrCodeProtocol, "%v", err)
+	case err != nil:
+		var re *transport.RemoteError
+		if errors.As(err, &re) || transport.IsConnLost(err) {
+			return fmt.Errorf("read HELLO: %w", err)
+		}
+		return fail(transport.ErrCodeProtocol, "read HELLO: %v", err)
 	}
 	hello, ok := m.(transport.Hello)
 	if !ok {
@@ -271,14 +347,17 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	if err := hello.Params.Validate(); err != nil {
 		return fail(transport.ErrCodeParams, "%v", err)
 	}
-	if hello.Streams < 1 || hello.Streams > 64 {
-		return failf(ErrBadInput, "agent announces %d data streams, want 1..64", hello.Streams)
+	if hello.Streams < 1 || hello.Streams > transport.MaxDataStreams {
+		return failf(ErrBadInput, "agent announces %d data streams, want 1..%d", hello.Streams, transport.MaxDataStreams)
 	}
 	if s.cfg.Authorize != nil {
 		if err := s.cfg.Authorize(hello.Volume, sess.Peer()); err != nil {
 			return fail(transport.ErrCodeForbidden, "%v", err)
 		}
 	}
+	// Before any data stream is accepted or read: their windows share the
+	// session's window budget.
+	sess.LimitStreams(int(hello.Streams))
 	opt := s.opt
 	opt.Logger = log.With("agent", hello.Agent)
 	ap, err := Begin(ctx, Volume{Name: hello.Volume, Path: path, StateDir: s.cfg.StateDir}, opt,
@@ -306,7 +385,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 		return err
 	}
 	defer dec.Close()
-	go readControl(sctx, ctrl, ap)
+	go readControl(sctx, ctrl, ap, hello, s.cfg.Transport.IdleTimeout)
 	go acceptData(sctx, sess, int(hello.Streams), ap, dec)
 	if err := ap.Run(sctx, netRequester{ctrl}); err != nil {
 		return err
@@ -362,14 +441,41 @@ func (r netRequester) NeedEnd(total uint64) error {
 	return r.ctrl.Send(transport.NeedEnd{Total: total})
 }
 
-// readControl forwards the agent's manifest to the apply.
-func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply) {
+// MaxManifestEntries is the most entries a manifest of a volume of size
+// bytes may have: every chunk but the last of a segment is at least
+// params.MinSize long. A longer manifest is a protocol error, found before
+// the entries are held.
+func MaxManifestEntries(size uint64, p chunk.Params) uint64 {
+	if p.MinSize == 0 || p.SegmentSize == 0 {
+		return 0
+	}
+	return size/uint64(p.MinSize) + size/p.SegmentSize + 1
+}
+
+// readControl forwards the agent's manifest to the apply. Until
+// MANIFEST_END, each manifest frame must start within idle.
+func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello transport.Hello, idle time.Duration) {
+	limit := MaxManifestEntries(hello.Size, hello.Params)
+	var count uint64
+	ended := false
 	for {
-		m, err := ctrl.Recv()
+		var m transport.Message
+		var err error
+		switch {
+		case ended:
+			m, err = ctrl.Recv()
+		case count == 0:
+			m, err = ctrl.RecvWithin(idle, "MANIFEST after WELCOME")
+		default:
+			m, err = ctrl.RecvWithin(idle, fmt.Sprintf("MANIFEST frame after entry %d", count))
+		}
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			switch {
+			case errors.Is(err, io.EOF):
 				err = failf(ErrInterrupted, "agent closed the control stream before the sync committed")
-			} else if ctx.Err() == nil {
+			case errors.Is(err, transport.ErrIdle):
+				err = fail(transport.ErrCodeProtocol, "agent alive but silent: %v", err)
+			case ctx.Err() == nil:
 				err = fmt.Errorf("control stream: %w", err)
 			}
 			ap.Fail(ctx, err)
@@ -377,8 +483,14 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply) {
 		}
 		switch m := m.(type) {
 		case transport.ManifestBatch:
+			count += uint64(len(m.Entries))
+			if count > limit {
+				ap.Fail(ctx, failf(ErrBadInput, "manifest of more than %d entries for a volume of %d bytes with %d-byte minimum chunks and %d-byte segments", limit, hello.Size, hello.Params.MinSize, hello.Params.SegmentSize))
+				return
+			}
 			err = ap.AddManifest(ctx, m.Entries)
 		case transport.ManifestEnd:
+			ended = true
 			err = ap.EndManifest(ctx, m.Count, m.Root)
 		default:
 			ap.Fail(ctx, failf(ErrBadInput, "unexpected %v on the control stream", m.FrameType()))
@@ -390,14 +502,20 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply) {
 	}
 }
 
-// acceptData accepts the agent's data streams and reads chunks from each.
+// acceptData accepts the agent's data streams and reads chunks from each;
+// a stream beyond the n that HELLO announced is a protocol error.
 func acceptData(ctx context.Context, sess *transport.Session, n int, ap *Apply, dec *transport.Decompressor) {
-	for k := 0; k < n; k++ {
+	for k := 0; ; k++ {
 		st, err := sess.Accept(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
 				ap.Fail(ctx, fmt.Errorf("accept data stream: %w", err))
 			}
+			return
+		}
+		if k >= n {
+			st.Close()
+			ap.Fail(ctx, failf(ErrBadInput, "agent opened more data streams than the %d its HELLO announced", n))
 			return
 		}
 		go func() {
@@ -410,6 +528,7 @@ func acceptData(ctx context.Context, sess *transport.Session, n int, ap *Apply, 
 
 func readData(ctx context.Context, st *transport.Stream, ap *Apply, dec *transport.Decompressor) error {
 	defer st.Close()
+	defer st.Release()
 	m, err := st.Recv()
 	if err != nil {
 		return fmt.Errorf("data stream: %w", err)
@@ -446,6 +565,7 @@ func readData(ctx context.Context, st *transport.Stream, ap *Apply, dec *transpo
 		if c.Codec == transport.CodecRaw {
 			copy(*buf, raw)
 		}
+		st.Release() // the frame is copied: let another stream read one
 		if err := ap.deliver(ctx, c.Index, e, buf); err != nil {
 			return err
 		}
