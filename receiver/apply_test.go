@@ -288,8 +288,13 @@ func TestJournalTornRecord(t *testing.T) {
 	j.close()
 	// Tear the last record.
 	path := vd.path(journalName)
-	fi, _ := os.Stat(path)
-	os.Truncate(path, fi.Size()-5)
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, fi.Size()-5); err != nil {
+		t.Fatal(err)
+	}
 	intents, done, err := vd.readJournal()
 	if err != nil || len(intents) != 1 || len(done) != 1 || intents[0].Offset != 1 {
 		t.Fatalf("journal: %v %v %v", intents, done, err)
@@ -308,8 +313,8 @@ func TestStateAtomicAndStatus(t *testing.T) {
 	if err != nil || len(list) != 1 {
 		t.Fatalf("list %v %v", list, err)
 	}
-	leftovers, _ := filepath.Glob(filepath.Join(h.vol.StateDir, "vol", ".*tmp*"))
-	if len(leftovers) != 0 {
+	leftovers, err := filepath.Glob(filepath.Join(h.vol.StateDir, "vol", ".*tmp*"))
+	if err != nil || len(leftovers) != 0 {
 		t.Fatalf("temporary files left: %v", leftovers)
 	}
 	if _, err := ReadStatus(h.vol.StateDir, "../x"); err == nil {
@@ -340,20 +345,38 @@ func loopDevice(t *testing.T, size int64) string {
 	return dev
 }
 
+// writeDevice writes data at off into the block device dev, as a program
+// other than voldelta would, and closes it (the last close flushes it).
+func writeDevice(t *testing.T, dev string, data []byte, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(data, off); err != nil {
+		f.Close()
+		t.Fatalf("write %d bytes at %d into %s: %v", len(data), off, dev, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatalf("close %s: %v", dev, err)
+	}
+}
+
 func TestBlockDeviceTarget(t *testing.T) {
 	p := smallParams()
 	t.Run("too small", func(t *testing.T) {
 		dev := loopDevice(t, 4*MiB)
-		f, _ := os.OpenFile(dev, os.O_WRONLY, 0)
 		marker := randBytes(8, 4*MiB)
-		f.WriteAt(marker, 0)
-		f.Close()
+		writeDevice(t, dev, marker, 0)
 		h := newHarness(t, dev)
 		_, _, err := h.apply(randBytes(9, 6*MiB), p)
 		if !errors.Is(err, ErrTooSmall) {
 			t.Fatalf("6 MiB into a 4 MiB device: %v", err)
 		}
-		got, _ := os.ReadFile(dev)
+		got, err := os.ReadFile(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if !bytes.Equal(got, marker) {
 			t.Fatal("refused sync wrote to the device")
 		}
@@ -361,9 +384,7 @@ func TestBlockDeviceTarget(t *testing.T) {
 	t.Run("larger device", func(t *testing.T) {
 		dev := loopDevice(t, 16*MiB)
 		tail := randBytes(10, 4*MiB)
-		f, _ := os.OpenFile(dev, os.O_WRONLY, 0)
-		f.WriteAt(tail, 12*MiB)
-		f.Close()
+		writeDevice(t, dev, tail, 12*MiB)
 		h := newHarness(t, dev)
 		src := randBytes(11, 10*MiB)
 		clear(src[2*MiB : 5*MiB])
@@ -373,16 +394,42 @@ func TestBlockDeviceTarget(t *testing.T) {
 		if r.Fetched == 0 || r.Fetched > 3 {
 			t.Fatalf("second apply fetched %d chunks for a 100-byte change", r.Fetched)
 		}
-		got, _ := os.ReadFile(dev)
+		got, err := os.ReadFile(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if !bytes.Equal(got[12*MiB:], tail) {
 			t.Fatal("bytes past the source's size were changed")
 		}
-		// A change behind voldelta's back is caught by the spot check
-		// (every data chunk is checked here, as there are fewer than 16).
-		f, _ = os.OpenFile(dev, os.O_WRONLY, 0)
-		f.WriteAt(randBytes(13, 10*MiB), 0)
-		f.Close()
-		h.mustApply(src, p)
+		// A change behind voldelta's back is caught by the device's write
+		// counters (its fingerprint), and the round re-indexes the target
+		// by reading it. The change overwrote the whole source range with
+		// other random bytes, so nothing of the manifest is in place or
+		// anywhere else in the target: every data chunk (96 with these
+		// bytes and params: 7 MiB of data, the 3 MiB zero run is one
+		// entry) is fetched again and every zero run rewritten.
+		m, _, err := chunk.ScanManifest(context.Background(), bytes.NewReader(src), uint64(len(src)), p, chunk.ScanOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var data, zeros uint64
+		for _, e := range m.Entries {
+			if e.Zero {
+				zeros++
+			} else {
+				data++
+			}
+		}
+		if data < 16 || zeros == 0 {
+			t.Fatalf("the source has %d data chunks and %d zero runs; the test wants more than 16 and some", data, zeros)
+		}
+		writeDevice(t, dev, randBytes(13, 10*MiB), 0)
+		r = h.mustApply(src, p)
+		t.Logf("after the outside write: %+v (%d data chunks, %d zero runs)", r, data, zeros)
+		if r.Fetched != data || r.Zeroed != zeros || r.Copied != 0 || r.Skipped != 0 {
+			t.Fatalf("after the outside write: fetched %d of %d data chunks, zeroed %d of %d zero runs, copied %d, skipped %d; want every chunk fetched and every zero run written",
+				r.Fetched, data, r.Zeroed, zeros, r.Copied, r.Skipped)
+		}
 	})
 }
 
