@@ -85,6 +85,9 @@ type Proxy struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	stallOnce sync.Once
+	stalled   chan struct{} // closed by Stall
 }
 
 // Start listens on cfg.Listen and forwards connections until Close is
@@ -99,7 +102,7 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 		return nil, fmt.Errorf("delay proxy: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	p := &Proxy{cfg: cfg, ln: ln, pool: newBufPool(cfg.BufferSize), cancel: cancel}
+	p := &Proxy{cfg: cfg, ln: ln, pool: newBufPool(cfg.BufferSize), cancel: cancel, stalled: make(chan struct{})}
 	context.AfterFunc(ctx, func() { ln.Close() })
 	p.wg.Go(func() { p.serve(ctx) })
 	return p, nil
@@ -113,6 +116,24 @@ func (p *Proxy) BytesUp() int64 { return p.up.Load() }
 
 // BytesDown is the number of bytes written back to clients so far.
 func (p *Proxy) BytesDown() int64 { return p.down.Load() }
+
+// Stall makes every connection, current and future, stop forwarding in
+// both directions without closing anything: no FIN, no reset, the bytes
+// already read are held. It stands in for a link that went dead (a lost
+// route, a hung middlebox). Close ends the stalled connections.
+func (p *Proxy) Stall() { p.stallOnce.Do(func() { close(p.stalled) }) }
+
+// hold blocks while the proxy is stalled, until ctx ends; it reports
+// whether it held.
+func (p *Proxy) hold(ctx context.Context) bool {
+	select {
+	case <-p.stalled:
+		<-ctx.Done()
+		return true
+	default:
+		return false
+	}
+}
 
 // Close stops accepting, closes every connection (bytes still queued are
 // dropped) and returns once all of the proxy's goroutines have ended.
@@ -229,7 +250,15 @@ func (d *direction) read(ctx context.Context) {
 		if d.budget.Acquire(ctx, full) != nil {
 			return
 		}
+		if d.p.hold(ctx) {
+			d.budget.Release(full)
+			return
+		}
 		n, err := d.src.Read(*rb)
+		if d.p.hold(ctx) {
+			d.budget.Release(full)
+			return
+		}
 		at := time.Now()
 		if n > 0 {
 			b := rb
@@ -275,6 +304,9 @@ func (d *direction) write(ctx context.Context) error {
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+		}
+		if d.p.hold(ctx) {
+			return ctx.Err()
 		}
 		if it.buf == nil {
 			if it.end != io.EOF {

@@ -330,3 +330,49 @@ func TestUnreachableTarget(t *testing.T) {
 		t.Errorf("read through a proxy to a closed port: %v, want the connection closed", err)
 	}
 }
+
+// A stalled proxy forwards nothing more, in either direction, and closes
+// nothing: the client's read waits (here until its deadline) instead of
+// seeing EOF or a reset.
+func TestStall(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c) // echo
+	}()
+	p, err := Start(t.Context(), Config{Target: ln.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 5)
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("before the stall: %q, %v", buf, err)
+	}
+	p.Stall()
+	if _, err := c.Write([]byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	n, err := c.Read(buf)
+	var ne net.Error
+	if n != 0 || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("stalled proxy: read %d bytes, %v; want nothing and no end", n, err)
+	}
+}
