@@ -64,10 +64,9 @@ func ReadStatus(stateDir, volume string) (*VolumeStatus, error) {
 // target holds now, and if not, why.
 func judge(st *State) (bool, string) {
 	switch {
+	case st.Rescan != "":
+		return false, st.Rescan
 	case st.Phase != PhaseCommitted:
-		if st.Rescan != "" {
-			return false, st.Rescan
-		}
 		return false, ""
 	case st.Generation == 0:
 		return false, ""

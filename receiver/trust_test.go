@@ -462,3 +462,47 @@ func TestHelloSizeDoesNotGrowTarget(t *testing.T) {
 		t.Fatalf("a HELLO of 4 TiB grew the target to %d bytes", fi.Size())
 	}
 }
+
+// TestScrub: a full read finds what no fingerprint sees, makes the volume
+// not current and the next round repairs it; a clean scrub makes a target
+// nothing vouched for current again.
+func TestScrub(t *testing.T) {
+	dev := loopDevice(t, 8*MiB)
+	h := newHarness(t, dev)
+	p := smallParams()
+	src := randBytes(120, 8*MiB)
+	h.mustApply(src, p)
+	res, err := Scrub(context.Background(), h.vol, 2, nil)
+	if err != nil || !res.Current || res.Bad != 0 || res.Bytes != 8*MiB {
+		t.Fatalf("clean scrub: %+v, %v", res, err)
+	}
+	// After a reboot the counters count from zero and cannot vouch: status
+	// is not current until a scrub renews the fingerprint.
+	realBoot := bootID
+	defer func() { bootID = realBoot }()
+	bootID = func() string { return "after-a-reboot" }
+	vs := h.status(false)
+	if !strings.Contains(vs.Problem, "rebooted") {
+		t.Fatalf("problem after a reboot: %q", vs.Problem)
+	}
+	if res, err := Scrub(context.Background(), h.vol, 2, nil); err != nil || !res.Current {
+		t.Fatalf("scrub after a reboot: %+v, %v", res, err)
+	}
+	h.status(true)
+	// A write before a reboot is seen by no counter: the scrub finds it.
+	tamper(t, dev, 3*MiB, 4096, false)
+	bootID = func() string { return "after-another-reboot" }
+	res, err = Scrub(context.Background(), h.vol, 2, nil)
+	if err != nil || res.Current || res.Bad == 0 {
+		t.Fatalf("scrub of a damaged target: %+v, %v", res, err)
+	}
+	vs = h.status(false)
+	if !strings.Contains(vs.Problem, "scrub") {
+		t.Fatalf("problem %q", vs.Problem)
+	}
+	h.mustApply(src, p)
+	h.status(true)
+	if _, err := Scrub(context.Background(), Volume{Name: "nope", StateDir: h.vol.StateDir}, 1, nil); !errors.Is(err, ErrNoState) {
+		t.Fatalf("scrub of an unknown volume: %v", err)
+	}
+}

@@ -71,10 +71,17 @@ func newStatusCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "status --state-dir DIR [--volume NAME] [--json]",
 		Short: "Show what a receiver's targets hold: generation, root hash, whether current",
-		Long: `status reads a receiver's state directory. A volume is "current" when its
-target holds the last committed generation; it is "incomplete" while a round
-is being applied or after one was interrupted: do not cut over to it until a
-round commits.`,
+		Long: `status reads a receiver's state directory and checks each target as it is
+now. A volume is "current" when its target holds the last committed
+generation, verified when it was committed, and its fingerprint still vouches
+that nothing changed it since: for a file its size, mtime, ctime and inode;
+for a block device its size and the kernel's write counters of the device.
+"INCOMPLETE" means a round is being applied or one was interrupted: the
+target holds no consistent image. "NOT CURRENT" means the target was, or may
+have been, changed outside voldelta, a verification or scrub failed, or the
+target is gone; PROBLEM says which, and the next round reads back and repairs
+what changed. Cut over only to a current volume (and scrub first if the
+host rebooted or the storage may have been written around voldelta).`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if stateDir == "" {
@@ -106,11 +113,14 @@ round commits.`,
 				return writeJSON("-", list)
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "VOLUME\tSTATE\tGENERATION\tROOT\tSIZE\tCOMMITTED\tTARGET")
+			fmt.Fprintln(w, "VOLUME\tSTATE\tGENERATION\tROOT\tSIZE\tCOMMITTED\tTARGET\tPROBLEM")
 			for _, vs := range list {
 				state := "current"
-				if vs.Incomplete {
+				switch {
+				case vs.Incomplete:
 					state = "INCOMPLETE"
+				case !vs.Current:
+					state = "NOT CURRENT"
 				}
 				committed := "-"
 				if vs.CommittedAt != nil {
@@ -120,7 +130,7 @@ round commits.`,
 				if len(root) > 16 {
 					root = root[:16]
 				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", vs.Volume, state, vs.Generation, root, humanBytes(vs.Size), committed, vs.Target)
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", vs.Volume, state, vs.Generation, root, humanBytes(vs.Size), committed, vs.Target, vs.Problem)
 			}
 			return w.Flush()
 		},
