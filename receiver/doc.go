@@ -8,11 +8,16 @@
 // during an apply, a journal. A round:
 //
 //	prepare:
-//	    state committed and fingerprint unchanged → index = committed manifest
-//	    state applying (interrupted)              → index = committed extents
-//	        − ranges with an intent + entries marked done + intents that read back right
-//	    no state / params changed / target changed outside voldelta → index = scan(target)
-//	    write state: phase=applying (the target is not current from here on)
+//	    state.json checked (checksum); damaged or lost → refuse (ErrStateCorrupt)
+//	    target claimed by another volume → refuse (ErrTargetClaimed)
+//	    state committed, fingerprint vouches       → index = committed manifest
+//	    state committed, fingerprint cannot tell   → index = committed manifest, read back
+//	        (block device after a reboot, or without readable write counters)
+//	    state applying (interrupted), its journal intact → index = committed extents
+//	        − ranges with an intent + entries marked done + intents that read back right; read back
+//	    no state / params changed / changed outside voldelta / journal lost or
+//	        damaged / a verification or scrub failed → index = scan(target)
+//	    new journal (nonce) and state phase=applying (the target is not current from here on)
 //	for each manifest entry e, as the manifest streams in:
 //	    e in place per index            → skip
 //	    e zero run                      → zero later
@@ -22,23 +27,30 @@
 //	    before the plan ran and the index has data → hold it in memory (bounded)
 //	    else stage it; every 8 MiB, or when idle: journal intents (one fsync), write in place
 //	manifest end (root checked):
-//	    journal intents for copies and zero runs
+//	    grow a file target to the source's size
+//	    read back: every skipped entry is read and hashed (resumes, --verify
+//	        full, fingerprints that cannot vouch); a mismatch is fetched or zeroed instead
+//	    journal intents for copies and zero runs; reserve (fallocate) every range still to write
 //	    copies in dependency order: a copy whose destination overlaps another's
 //	        source waits for it; cycles are broken by reading a source into memory
 //	        (bounded) or by fetching that chunk instead; every source is re-hashed
 //	        before it is written
 //	    write held chunks, zero runs; ask for chunks whose source was lost; NEED_END
 //	every 256 MiB: fsync target, journal "done" records
-//	all fetched: resize file, fsync target, verify (read back written ranges, or
-//	    re-hash everything with --verify full) against the agent's root,
-//	    write extents and state (phase=committed, generation+1), RESULT
+//	all fetched: shrink a file, fsync target, check it is still the file or
+//	    device it opened, read back every range written this round; a mismatch
+//	    commits nothing and marks the index for a rescan (the next round repairs);
+//	    write extents and state (phase=committed, generation+1, fingerprint), RESULT
 //
-// A target is reported current (ReadStatus) only in phase committed. A
-// block device smaller than the source is refused before any write; a file
-// grows before the round and shrinks after the copies.
+// A target is reported current (ReadStatus) only in phase committed, with
+// no rescan pending, and while its fingerprint still vouches for it: for a
+// file its size, mtime, ctime and inode (ctime cannot be set back from user
+// space); for a block device its size and the kernel's write and discard
+// counters of that device in the same boot. A block device smaller than
+// the source is refused before any write, and is opened exclusively, so a
+// mounted replica is refused and cannot be mounted during a round. Space
+// errors (ENOSPC, EDQUOT) are ErrTargetFull.
 //
-// Changes made to a target outside voldelta are detected for files by
-// size, mtime and inode; for block devices, which have no reliable mtime,
-// by size and a spot check of 16 random chunks. A detected change makes the
-// round re-index the target by reading it once.
+// What no fingerprint sees (writes that bypass the device, bit rot, a
+// reboot) is found by Scrub, which reads the whole target.
 package receiver

@@ -23,11 +23,14 @@ type VerifyMode string
 // Verify modes.
 const (
 	// VerifyWritten reads back every range written this session and checks
-	// it against the manifest; ranges left in place are trusted from the
-	// index, which only holds what was verified before.
+	// it against the manifest. Ranges left in place are trusted from the
+	// index only when it is the committed manifest and the target's
+	// fingerprint vouches for it (see Fingerprint); otherwise they are read
+	// back too, and rewritten where they do not match.
 	VerifyWritten VerifyMode = "written"
-	// VerifyFull re-chunks the whole target and compares its root hash with
-	// the agent's.
+	// VerifyFull reads back every range of the target every round: the
+	// kept ones before NEED_END (a mismatch is fetched again), the written
+	// ones before the commit.
 	VerifyFull VerifyMode = "full"
 )
 

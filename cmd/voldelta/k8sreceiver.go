@@ -116,7 +116,7 @@ whether the target is incomplete.`,
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9500", "serve Prometheus /metrics here ('0' disables)")
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9501", "serve /healthz and /readyz here ('0' disables)")
 	tf.register(fs, "agents")
-	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (every range written this round) or full (re-hash the whole target)")
+	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (the ranges written this round; kept ranges too when nothing vouches for them) or full (every range, every round)")
 	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written and for breaking copy cycles")
 	fs.IntVar(&o.Server.Workers, "workers", 0, "parallelism of target scans and verification (default: all cores)")
 	fs.IntVar(&o.PullParallel, "pull-parallel", objstore.DefaultParallel, "concurrent downloads of one pull from a store")

@@ -36,9 +36,18 @@ the target was fsynced and verified against the agent's root hash. Until
 then the volume is reported incomplete ('voldelta status'). An interrupted
 round is resumed by the next one, which sends only what is still missing.
 
-If the state is missing, or a file target was modified outside voldelta
-(its size, mtime or inode changed), the target is re-indexed by reading it
-once; block devices are spot-checked by reading a sample of chunks.`,
+A volume is reported current ('voldelta status') only when its target holds
+the committed generation and its fingerprint still vouches that nothing
+changed it: a file's size, mtime, ctime and inode, a block device's size and
+the kernel's write counters of that device. A target changed outside
+voldelta is re-indexed by reading it; after an interrupted round, a reboot,
+or where the counters cannot be read, the next round reads back every range
+it keeps and repairs what does not match. With --verify written (default)
+a round reads back what it wrote; with --verify full, everything. What no
+fingerprint sees (writes around the device, bit rot) is found by
+'voldelta scrub'. Block devices are opened exclusively: a mounted replica is
+refused. A damaged state file stops the volume with an error saying how to
+recover; one target cannot serve two volume names.`,
 		Example: `  voldelta receive --listen :7300 --state-dir /var/lib/voldelta \
       --target db=/dev/vg0/db-replica --target web=/srv/web.img \
       --tls-cert receiver.pem --tls-key receiver-key.pem --tls-ca ca.pem`,
@@ -99,7 +108,7 @@ once; block devices are spot-checked by reading a sample of chunks.`,
 	fs.StringArrayVar(&targets, "target", nil, "volume NAME=PATH of its block device or image file (repeatable, at least one)")
 	fs.StringVar(&cfg.StateDir, "state-dir", "", "directory for each volume's manifest, journal and state (required)")
 	tf.register(fs, "agents")
-	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (every range written this round) or full (re-hash the whole target)")
+	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (the ranges written this round; kept ranges too when nothing vouches for them) or full (every range, every round)")
 	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written and for breaking copy cycles")
 	fs.IntVar(&cfg.Workers, "workers", 0, "parallelism of target scans and verification (default: all cores)")
 	lf.register(fs, "info")

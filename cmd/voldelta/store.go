@@ -283,7 +283,7 @@ stored, manifest included), manifest_bytes, retries, duration_seconds.`,
 	fs.StringVar(&opt.StateDir, "state-dir", "", "directory keeping the target's state (required)")
 	fs.Uint64Var(&opt.Generation, "generation", 0, "store generation to apply (default: the latest)")
 	sf.register(fs)
-	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "check before commit: written (read back what was written) or full (re-hash the whole target)")
+	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "check before commit: written (read back what was written; kept ranges too when nothing vouches for them) or full (read back every range)")
 	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written")
 	fs.StringVar(&statsJSON, "stats-json", "", "write the pull's statistics as JSON to this file ('-' for stdout)")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line")
