@@ -12,6 +12,7 @@ import (
 
 	"github.com/voldelta/voldelta/chunk"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 // opKind is what the plan does with one manifest entry.
@@ -680,8 +681,41 @@ func (a *applier) verifyWritten(ctx context.Context) error {
 
 var errMismatch = errors.New("target does not hold the expected bytes")
 
+// verifyZeroFile checks that a file reads as zeros over e, reading only
+// its data extents (SEEK_DATA/SEEK_HOLE): a hole reads as zeros.
+func verifyZeroFile(t *target, e chunk.Entry) error {
+	fd := int(t.f.Fd())
+	for off := e.Offset; off < e.End(); {
+		data, err := unix.Seek(fd, int64(off), unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) || err == nil && uint64(data) >= e.End() {
+			return nil // holes up to the end (ENXIO: past the last data)
+		}
+		if err != nil { // no SEEK_DATA here: read it all
+			return verifyRange(t, chunk.Entry{Offset: off, Length: e.End() - off, Zero: true})
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return verifyRange(t, chunk.Entry{Offset: uint64(data), Length: e.End() - uint64(data), Zero: true})
+		}
+		end := min(uint64(hole), e.End())
+		if err := verifyRange(t, chunk.Entry{Offset: uint64(data), Length: end - uint64(data), Zero: true}); err != nil {
+			return err
+		}
+		off = end
+	}
+	return nil
+}
+
 // verifyEntry checks that the target holds e.
 func verifyEntry(t *target, e chunk.Entry) error {
+	if e.Zero && !t.block {
+		return verifyZeroFile(t, e)
+	}
+	return verifyRange(t, e)
+}
+
+// verifyRange reads e's range of the target and checks it.
+func verifyRange(t *target, e chunk.Entry) error {
 	step := uint64(chunk.MaxChunkSize)
 	if !e.Zero {
 		step = e.Length

@@ -506,3 +506,33 @@ func TestScrub(t *testing.T) {
 		t.Fatalf("scrub of an unknown volume: %v", err)
 	}
 }
+
+// TestVerifyZeroFile: zero runs of a file are checked through its data
+// extents only, and non-zero bytes inside a hole-y range are still found.
+func TestVerifyZeroFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sparse")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(64 * MiB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, MiB), 10*MiB); err != nil { // allocated zeros
+		t.Fatal(err)
+	}
+	tg := &target{path: path, f: f}
+	if err := verifyEntry(tg, chunk.Entry{Offset: 0, Length: 64 * MiB, Zero: true}); err != nil {
+		t.Fatalf("holes and written zeros: %v", err)
+	}
+	if _, err := f.WriteAt([]byte{1}, 40*MiB+7); err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyEntry(tg, chunk.Entry{Offset: 0, Length: 64 * MiB, Zero: true}); !errors.Is(err, errMismatch) {
+		t.Fatalf("a non-zero byte in a zero run: %v", err)
+	}
+	if err := verifyEntry(tg, chunk.Entry{Offset: 41 * MiB, Length: 23 * MiB, Zero: true}); err != nil {
+		t.Fatalf("zero run past the byte: %v", err)
+	}
+}
