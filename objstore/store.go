@@ -343,13 +343,7 @@ func (s *Store) classify(op string, err error) (_ error, transient bool) {
 	if strings.Contains(msg, "server gave HTTP response to HTTPS client") {
 		return fmt.Errorf("%s: %s speaks plain HTTP: pass --insecure to allow it", op, s.where), false
 	}
-	var ne net.Error
-	switch {
-	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET),
-		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED),
-		errors.Is(err, context.DeadlineExceeded), // a client timeout, the caller's context is live
-		errors.As(err, &ne) && ne.Timeout(), strings.Contains(msg, "connection reset"), strings.Contains(msg, "broken pipe"),
-		strings.Contains(msg, "server closed idle connection"):
+	if connectionLost(err) {
 		return fmt.Errorf("%s: %w", op, err), true
 	}
 	var ue *url.Error
@@ -358,6 +352,34 @@ func (s *Store) classify(op string, err error) (_ error, transient bool) {
 		return fmt.Errorf("%s: %w", op, err), false
 	}
 	return fmt.Errorf("%s: %w", op, err), false
+}
+
+// connectionLost reports whether err is a connection-level failure, which
+// a retry may cure: the server went away (restarted, overloaded, a proxy
+// dropped the connection) or did not answer in time. minio-go rewrites some
+// of them into plain messages ("Connection closed by foreign host … Retry
+// again." for an EOF), so the messages are matched too.
+func connectionLost(err error) bool {
+	var ne net.Error
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.Is(err, context.DeadlineExceeded) || // a client timeout, the caller's context is live
+		errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range []string{
+		"Connection closed by foreign host", // minio-go's rewritten EOF
+		"connection reset", "connection refused", "broken pipe", "unexpected EOF",
+		"server closed idle connection", "use of closed network connection",
+		"transport connection broken", "TLS handshake timeout", "i/o timeout",
+	} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // do runs f until it succeeds, fails permanently or used up the retry

@@ -25,11 +25,12 @@ const (
 // Server is a running MinIO server.
 type Server struct {
 	Endpoint string // 127.0.0.1:PORT, plain HTTP
-	cmd      *exec.Cmd
+	bin      string
 	dir      string
 	mu       sync.Mutex
 	log      bytes.Buffer
-	exited   chan struct{}
+	cmd      *exec.Cmd     // the running process
+	exited   chan struct{} // closed when it exited
 }
 
 // Binary returns the path of the MinIO server built by
@@ -71,22 +72,59 @@ func Start() (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &Server{Endpoint: fmt.Sprintf("127.0.0.1:%d", port), dir: dir, exited: make(chan struct{})}
-		s.cmd = exec.Command(bin, "server", "--quiet", "--address", s.Endpoint, filepath.Join(dir, "data"))
-		s.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+User, "MINIO_ROOT_PASSWORD="+Password,
-			"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
-		s.cmd.Stdout, s.cmd.Stderr = (*lockedWriter)(s), (*lockedWriter)(s)
-		if err := s.cmd.Start(); err != nil {
-			return nil, err
-		}
-		go func() { s.cmd.Wait(); close(s.exited) }()
-		if lastErr = s.waitLive(30 * time.Second); lastErr == nil {
+		s := &Server{Endpoint: fmt.Sprintf("127.0.0.1:%d", port), bin: bin, dir: dir}
+		if lastErr = s.run(); lastErr == nil {
 			return s, nil
 		}
-		s.kill()
 	}
 	os.RemoveAll(dir)
 	return nil, lastErr
+}
+
+// run starts the server process on s.Endpoint and s.dir and waits until it
+// is live; on failure it is killed.
+func (s *Server) run() error {
+	cmd := exec.Command(s.bin, "server", "--quiet", "--address", s.Endpoint, filepath.Join(s.dir, "data"))
+	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+User, "MINIO_ROOT_PASSWORD="+Password,
+		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
+	cmd.Stdout, cmd.Stderr = (*lockedWriter)(s), (*lockedWriter)(s)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start minio: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	s.mu.Lock()
+	s.cmd, s.exited = cmd, exited
+	s.mu.Unlock()
+	if err := s.waitLive(30*time.Second, exited); err != nil {
+		s.kill(false)
+		return err
+	}
+	return nil
+}
+
+// Restart kills the server with SIGKILL, as a crash would, and starts it
+// again on the same address with the same data (Kill, then StartAgain).
+func (s *Server) Restart() error {
+	s.Kill()
+	return s.StartAgain()
+}
+
+// Kill kills the server with SIGKILL, as a crash would, and returns once
+// the process is gone: clients see refused and reset connections.
+func (s *Server) Kill() { s.kill(true) }
+
+// StartAgain starts a killed server on the same address with the same data
+// and returns once it is live.
+func (s *Server) StartAgain() error {
+	var err error
+	for range 50 { // the port may linger for a moment after the kill
+		if err = s.run(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("restart minio at %s: %w", s.Endpoint, err)
 }
 
 type lockedWriter Server
@@ -113,11 +151,11 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func (s *Server) waitLive(timeout time.Duration) error {
+func (s *Server) waitLive(timeout time.Duration, exited <-chan struct{}) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		select {
-		case <-s.exited:
+		case <-exited:
 			return fmt.Errorf("minio exited: %s", s.Log())
 		default:
 		}
@@ -133,19 +171,29 @@ func (s *Server) waitLive(timeout time.Duration) error {
 	return fmt.Errorf("minio at %s not live after %s: %s", s.Endpoint, timeout, s.Log())
 }
 
-func (s *Server) kill() {
-	s.cmd.Process.Signal(os.Interrupt)
+// kill stops the running process: SIGKILL with hard, else SIGINT (SIGKILL
+// after 10 s); it returns once the process exited.
+func (s *Server) kill(hard bool) {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if hard {
+		cmd.Process.Kill()
+		<-exited
+		return
+	}
+	cmd.Process.Signal(os.Interrupt)
 	select {
-	case <-s.exited:
+	case <-exited:
 	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
+		cmd.Process.Kill()
+		<-exited
 	}
 }
 
 // Stop stops the server and removes its data.
 func (s *Server) Stop() {
-	s.kill()
+	s.kill(false)
 	os.RemoveAll(s.dir)
 }
 
