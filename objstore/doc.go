@@ -7,7 +7,9 @@
 // Under s3://BUCKET/PREFIX:
 //
 //	chunks/<2 hex>/<64 hex>          one object per distinct chunk, named by its BLAKE3 ID;
-//	                                 1 header byte (0 raw, 1 zstd) then the bytes
+//	                                 1 header byte (0 raw, 1 zstd) then the bytes;
+//	                                 metadata x-amz-meta-voldelta-chunk:
+//	                                 "v1 <codec> <raw length> <object length> <MD5 hex>"
 //	manifests/<volume>/<20 digits>   chunk.Manifest.MarshalBinary of one generation
 //	trash/manifests/<volume>/<gen>   manifests gc removed, kept for the grace period
 //	gc/started                       written by gc to read the server's clock
@@ -29,7 +31,8 @@
 //	    re-uploading any that is gone)
 //	confirm: HEAD every base manifest; chunks reused from a base that is gone,
 //	    and not referenced by a surviving base, are confirmed with HEAD requests
-//	    in batches (and uploaded if missing); ConfirmAll HEADs every reused chunk
+//	    in batches (and uploaded if missing or damaged); ConfirmAll HEADs every
+//	    reused chunk, VerifyChunks downloads and re-hashes every reused chunk
 //	write manifests/<volume>/<latest+1> with If-None-Match: * (a concurrent
 //	    push of the same volume that took the number makes this one take the next),
 //	    refusing to write it after Grace since t0
@@ -38,6 +41,25 @@
 // chunk is trusted because a manifest that was complete when read references
 // it, and the gc rule below keeps it. The confirmation costs one request per
 // base manifest unless a base disappeared.
+//
+// # Damaged chunks and their repair
+//
+// A chunk object that does not decode to its manifest entry's length or
+// whose bytes do not hash to its name fails a pull with a *ChunkError
+// (errors.Is ErrCorrupt) naming its key and the repair: push the volume again
+// with ConfirmAll (push --confirm-all). Its HEADs compare every reused
+// chunk object with the metadata it was uploaded with: present, of the
+// recorded size and raw length, and with an ETag equal to the recorded MD5
+// where the ETag is an MD5 (unencrypted single-part objects, as voldelta
+// writes them); a missing or mismatching one is re-uploaded. A damage no
+// HEAD shows (the store's disk changed the bytes under the same ETag) needs
+// VerifyChunks, which downloads, decodes and hashes every reused chunk. A
+// repair reads the chunk from the source again, checks that it hashes to
+// the object's name and that its encoding decodes back to it, and only
+// then overwrites the object: a repair never writes wrong bytes (a source
+// that changed fails the push with ErrSourceChanged). Objects written
+// before voldelta recorded the metadata count as damaged for ConfirmAll and
+// are re-uploaded once. A refresh's self-copy keeps the metadata.
 //
 // # Garbage collection and why it is safe against a concurrent push
 //
@@ -74,8 +96,11 @@
 //
 // # Errors
 //
-// Transient failures (HTTP 5xx, 429, timeouts, connection resets, truncated
-// bodies) are retried with exponential backoff and jitter (Retry). Permanent
+// Transient failures (HTTP 5xx, 429, timeouts, truncated bodies, and every
+// connection-level failure: refused, reset, closed by the server, an EOF
+// that minio-go rewrites into "Connection closed by foreign host", as while
+// the store restarts) are retried with exponential backoff and jitter
+// (Retry). Permanent
 // ones fail at once with a sentinel: ErrBadCredentials (AccessDenied,
 // InvalidAccessKeyId, SignatureDoesNotMatch, or no credentials at all),
 // ErrNoBucket, ErrNotFound.

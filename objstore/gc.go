@@ -27,6 +27,9 @@ type GCOptions struct {
 	DryRun bool
 	// Parallel is the number of concurrent requests; 0 means DefaultParallel.
 	Parallel int
+	// Clock maps the store's timestamps (gc's marker, the objects' ages)
+	// onto the clock the grace is measured on; nil means SystemClock.
+	Clock Clock
 }
 
 // GCStats describes a garbage collection; the JSON names are those of
@@ -64,6 +67,7 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 	if opt.Parallel <= 0 {
 		opt.Parallel = DefaultParallel
 	}
+	clock := clockOrSystem(opt.Clock)
 	retries0 := s.Retries()
 	st := &GCStats{Store: s.String(), DryRun: opt.DryRun}
 
@@ -71,14 +75,14 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 	// with it.
 	host, _ := os.Hostname()
 	marker := s.prefix + "gc/started"
-	if err := s.put(ctx, "write gc marker", marker, fmt.Appendf(nil, "gc by %s pid %d at %s\n", host, os.Getpid(), time.Now().UTC().Format(time.RFC3339)), false); err != nil {
+	if err := s.put(ctx, "write gc marker", marker, fmt.Appendf(nil, "gc by %s pid %d at %s\n", host, os.Getpid(), time.Now().UTC().Format(time.RFC3339)), nil, false); err != nil {
 		return nil, err
 	}
 	// A listing has millisecond precision, a HEAD only seconds.
 	var t0 time.Time
 	err := s.list(ctx, "read gc marker", marker, func(o minio.ObjectInfo) error {
 		if o.Key == marker {
-			t0 = o.LastModified
+			t0 = clock.FromStore(o.LastModified)
 		}
 		return nil
 	})
@@ -121,7 +125,7 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 			g.Go(func() error {
 				key := s.manifestKey(d.vol, d.gen)
 				trash := s.trashPrefix() + key[len(s.prefix):]
-				if err := s.copy(gctx, "move manifest to trash", trash, key); err != nil {
+				if err := s.copy(gctx, "move manifest to trash", trash, key, nil); err != nil {
 					if errors.Is(err, ErrNotFound) {
 						return nil // a concurrent gc moved it
 					}
@@ -168,7 +172,7 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 	st.ManifestsKept = len(refs)
 	var oldTrash []string
 	err = s.list(ctx, "list trash", s.trashPrefix(), func(o minio.ObjectInfo) error {
-		if o.LastModified.Before(trashCutoff) {
+		if clock.FromStore(o.LastModified).Before(trashCutoff) {
 			oldTrash = append(oldTrash, o.Key)
 		} else {
 			refs = append(refs, ref{o.Key, "removed manifest " + o.Key})
@@ -193,11 +197,11 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 			if err != nil {
 				return err
 			}
-			var m chunk.Manifest
-			if err := m.UnmarshalBinary(body); err != nil {
+			m, err := decodeManifest(r.what, body)
+			if err != nil {
 				// Deleting chunks on a partial view of the references
 				// could break other generations: stop.
-				return fmt.Errorf("%w: %s: %w; gc removed nothing further", ErrCorrupt, r.what, err)
+				return fmt.Errorf("%w; gc removed nothing further", err)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -226,7 +230,7 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 			st.ChunksKept++
 			return nil
 		}
-		if !o.LastModified.Before(cutoff) {
+		if !clock.FromStore(o.LastModified).Before(cutoff) {
 			st.ChunksYoung++
 			st.ChunksKept++
 			return nil

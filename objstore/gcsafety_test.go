@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -15,11 +16,66 @@ import (
 // real: the pushed generation is then broken, or saved only by the push's
 // confirmation step.
 //
-// The grace must exceed the time a push in these tests takes from reading
-// its bases to writing its manifest, even on a loaded machine.
-const testGrace = 3 * time.Second
+// Time is a fakeClock's, advanced past the grace instead of waited for: the
+// grace need not be short, only longer than a push in these tests takes
+// from reading its bases to writing its manifest, even on a loaded machine.
+const testGrace = time.Hour
 
-func agePastGrace() { time.Sleep(testGrace + time.Second) }
+// fakeClock runs with the system clock plus the time it was advanced by;
+// it maps the store's stamps (on the same machine's clock) to the offset
+// in effect when they were made, so that objects written before an advance
+// age by it and later ones do not.
+type fakeClock struct {
+	mu    sync.Mutex
+	steps []clockStep // ascending
+}
+
+type clockStep struct {
+	at     time.Time     // a millisecond boundary: stamps from it on are later
+	offset time.Duration // in total, from at on
+}
+
+func (c *fakeClock) offset() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.offsetLocked()
+}
+
+func (c *fakeClock) Now() time.Time { return time.Now().Add(c.offset()) }
+
+func (c *fakeClock) FromStore(t time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.steps) - 1; i >= 0; i-- {
+		if !t.Before(c.steps[i].at) {
+			return t.Add(c.steps[i].offset)
+		}
+	}
+	return t
+}
+
+// Advance moves the clock d ahead. The store stamps with millisecond
+// precision (rounded or truncated), so the boundary lies 2 ms after the
+// call's millisecond and Advance returns 1 ms after it: every object
+// written before the call is stamped before it and every one written after
+// it from it on. (It waits at most 3 ms for the system clock to get there;
+// nothing else waits for time in these tests.)
+func (c *fakeClock) Advance(d time.Duration) {
+	at := time.Now().Truncate(time.Millisecond).Add(2 * time.Millisecond)
+	c.mu.Lock()
+	c.steps = append(c.steps, clockStep{at: at, offset: c.offsetLocked() + d})
+	c.mu.Unlock()
+	time.Sleep(time.Until(at.Add(time.Millisecond)))
+}
+
+func (c *fakeClock) offsetLocked() time.Duration {
+	if len(c.steps) == 0 {
+		return 0
+	}
+	return c.steps[len(c.steps)-1].offset
+}
+
+func agePastGrace(c *fakeClock) { c.Advance(testGrace + time.Second) }
 
 // tryPull pulls gen of vol into a fresh target and compares it with want.
 func tryPull(t *testing.T, s *Store, vol string, gen uint64, want []byte) error {
@@ -40,14 +96,15 @@ func TestGCDuringPushKeepsUploadedChunks(t *testing.T) {
 		name := map[bool]string{true: "grace", false: "no grace (negative control)"}[grace > 0]
 		t.Run(name, func(t *testing.T) {
 			s := newStore(t)
+			clock := &fakeClock{}
 			v1 := genVolume(60, 4<<20)
 			push(t, s, "v", v1, PushOptions{})
-			agePastGrace()
+			agePastGrace(clock)
 			v2, _ := mutate(61, v1, 6, 32<<10, 64<<10)
 			var gcst *GCStats
 			st := push(t, s, "v", v2, PushOptions{Grace: time.Hour, afterUpload: func(ctx context.Context) error {
 				var err error
-				gcst, err = s.GC(ctx, GCOptions{Keep: 1, Grace: grace})
+				gcst, err = s.GC(ctx, GCOptions{Keep: 1, Grace: grace, Clock: clock})
 				return err
 			}})
 			t.Logf("gc during the push: %d chunks removed, %d young; push uploaded %d", gcst.ChunksRemoved, gcst.ChunksYoung, st.ChunksUploaded)
@@ -76,15 +133,16 @@ func TestGCDuringPushKeepsBaseChunks(t *testing.T) {
 		name := map[bool]string{true: "grace", false: "no grace (negative control)"}[grace > 0]
 		t.Run(name, func(t *testing.T) {
 			s := newStore(t)
+			clock := &fakeClock{}
 			v1 := genVolume(70, 4<<20)
 			push(t, s, "v", v1, PushOptions{})
-			agePastGrace()
+			agePastGrace(clock)
 			v2, _ := mutate(71, v1, 4, 16<<10, 0) // reuses most of generation 1
 			other := genVolume(72, 1<<20)         // shares nothing with it
 			st := push(t, s, "v", v2, PushOptions{Grace: time.Hour, beforeWrite: func(ctx context.Context) error {
 				// Another push makes generation 1 old; gc --keep 1 removes it.
 				push(t, s, "v", other, PushOptions{})
-				gst, err := s.GC(ctx, GCOptions{Keep: 1, Grace: grace})
+				gst, err := s.GC(ctx, GCOptions{Keep: 1, Grace: grace, Clock: clock})
 				if err == nil && gst.ManifestsRemoved != 1 {
 					t.Errorf("gc removed %d manifests, want 1", gst.ManifestsRemoved)
 				}
@@ -103,8 +161,8 @@ func TestGCDuringPushKeepsBaseChunks(t *testing.T) {
 				}
 				// Once the grace has passed, gc removes what only the
 				// trashed generation referenced, and nothing else.
-				agePastGrace()
-				gst, err := s.GC(context.Background(), GCOptions{Keep: 2, Grace: grace})
+				agePastGrace(clock)
+				gst, err := s.GC(context.Background(), GCOptions{Keep: 2, Grace: grace, Clock: clock})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -162,8 +220,9 @@ func TestSlowPushRefreshes(t *testing.T) {
 	push(t, s, "v", v1, PushOptions{})
 	v2, _ := mutate(91, v1, 3, 16<<10, 16<<10)
 	const grace = 4 * time.Second
-	st := push(t, s, "v", v2, PushOptions{Grace: grace, afterUpload: func(context.Context) error {
-		time.Sleep(grace/2 + 100*time.Millisecond)
+	clock := &fakeClock{}
+	st := push(t, s, "v", v2, PushOptions{Grace: grace, Clock: clock, afterUpload: func(context.Context) error {
+		clock.Advance(grace/2 + 100*time.Millisecond)
 		return nil
 	}})
 	t.Logf("slow push: %d uploaded, %d refreshed, %d reused", st.ChunksUploaded, st.ChunksRefreshed, st.ChunksReused)
@@ -174,5 +233,10 @@ func TestSlowPushRefreshes(t *testing.T) {
 	}
 	if err := tryPull(t, s, "v", 2, v2); err != nil {
 		t.Fatal(err)
+	}
+	// A refresh keeps the chunk objects' metadata: a confirm-all push
+	// finds them intact.
+	if c := push(t, s, "v", v2, PushOptions{ConfirmAll: true}); c.ChunksRepaired != 0 || c.ChunksConfirmed != c.ChunksReused {
+		t.Errorf("confirm-all after a refresh: %+v", c)
 	}
 }

@@ -3,6 +3,7 @@ package objstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/internal/atomicfile"
 	"github.com/voldelta/voldelta/receiver"
 	"github.com/voldelta/voldelta/transport"
 )
@@ -114,6 +116,10 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 			}
 		}
 		data, objLen, err := s.getChunk(ctx, dec, e)
+		var bad *ChunkError
+		if errors.As(err, &bad) {
+			bad.Volume, bad.Generation = opt.Volume, gen
+		}
 		downloaded.Add(uint64(objLen))
 		if err == nil {
 			fetchedRaw.Add(e.Length)
@@ -139,25 +145,76 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 		}
 	}
 	rec := PulledState{Store: s.String(), Volume: opt.Volume, Generation: gen, Root: st.RootHash, LocalGen: r.Generation, At: time.Now().UTC()}
-	if err := writeJSONAtomic(filepath.Join(opt.StateDir, opt.Volume, PulledStateFile), rec); err != nil {
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err == nil {
+		err = atomicfile.Write(filepath.Join(opt.StateDir, opt.Volume, PulledStateFile), append(b, '\n'), 0o644)
+	}
+	if err != nil {
 		return st, fmt.Errorf("generation committed, but recording it: %w", err)
 	}
 	return st, nil
 }
 
+// ChunkError: a chunk object a generation references is missing or
+// damaged (it does not decode to the manifest's length, or its bytes do not
+// hash to its name). errors.Is(err, ErrNotFound) or ErrCorrupt tells which.
+// Pull reports it with the key and how to repair the store.
+type ChunkError struct {
+	Key    string   // the object's key in the bucket
+	ID     chunk.ID // the chunk's ID
+	Reason string
+	// Volume and Generation name the generation that references it, when
+	// known (pull).
+	Volume     string
+	Generation uint64
+
+	kind  error // ErrNotFound or ErrCorrupt
+	store string
+}
+
+func (e *ChunkError) Error() string {
+	what := "is damaged"
+	if e.kind == ErrNotFound {
+		what = "is missing"
+	}
+	gen := ""
+	if e.Volume != "" {
+		gen = fmt.Sprintf(" (referenced by generation %d of %s)", e.Generation, e.Volume)
+	}
+	vol := e.Volume
+	if vol == "" {
+		vol = "VOLUME"
+	}
+	return fmt.Sprintf("chunk object %s in %s%s %s: %s; repair the store by pushing the volume again with `voldelta push --confirm-all --volume %s --source SOURCE --store ...` from a source holding that data (it checks every chunk it reuses and re-uploads the missing or damaged ones), then pull again",
+		e.Key, e.store, gen, what, e.Reason, vol)
+}
+
+// Is makes errors.Is(err, ErrCorrupt) (or ErrNotFound) hold.
+func (e *ChunkError) Is(target error) bool { return target == e.kind }
+
 // getChunk downloads, decodes and checks the chunk of entry e; it returns
-// the bytes and the object's size.
+// the bytes and the object's size. A missing or damaged object is a
+// *ChunkError.
 func (s *Store) getChunk(ctx context.Context, dec *decoder, e chunk.Entry) ([]byte, int, error) {
-	obj, err := s.get(ctx, "fetch chunk "+e.ID.Short(), s.chunkKey(e.ID), maxChunkObject)
-	if err != nil {
+	key := s.chunkKey(e.ID)
+	bad := func(kind error, reason string) *ChunkError {
+		return &ChunkError{Key: key, ID: e.ID, Reason: reason, kind: kind, store: s.String()}
+	}
+	obj, err := s.get(ctx, "fetch chunk "+e.ID.Short(), key, maxChunkObject)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, 0, bad(ErrNotFound, "it is not in the store")
+	case errors.Is(err, ErrCorrupt):
+		return nil, 0, bad(ErrCorrupt, err.Error())
+	case err != nil:
 		return nil, 0, err
 	}
 	data, err := dec.decode(obj, e.Length)
 	if err != nil {
-		return nil, len(obj), fmt.Errorf("chunk object %s: %w", e.ID, err)
+		return nil, len(obj), bad(ErrCorrupt, err.Error())
 	}
 	if chunk.Sum(data) != e.ID {
-		return nil, len(obj), fmt.Errorf("%w: chunk object %s does not hash to its name", ErrCorrupt, e.ID)
+		return nil, len(obj), bad(ErrCorrupt, "its bytes do not hash to its name")
 	}
 	return data, len(obj), nil
 }
@@ -174,31 +231,4 @@ func ReadPulledState(stateDir, volume string) (*PulledState, error) {
 		return nil, fmt.Errorf("%s: %w", PulledStateFile, err)
 	}
 	return &p, nil
-}
-
-func writeJSONAtomic(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
 }

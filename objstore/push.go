@@ -30,12 +30,22 @@ type PushOptions struct {
 	// OwnVolumeOnly deduplicates only against this volume's latest
 	// generation, not against the latest generation of every volume.
 	OwnVolumeOnly bool
-	// ConfirmAll checks with a HEAD request (in concurrent batches) that
-	// every reused chunk exists, and uploads any that does not: for a store
-	// whose objects may have been deleted by hand.
+	// ConfirmAll checks with a HEAD request (in concurrent batches) every
+	// chunk the push reuses: that it exists and that its size and
+	// metadata, and its ETag where that is the content's MD5, are those
+	// it was uploaded with; it re-uploads, from the source, any that is
+	// missing or damaged. This repairs a store whose objects were deleted
+	// or damaged (pull names such a chunk). Objects stored before voldelta
+	// recorded chunk metadata count as damaged: re-uploaded once.
 	ConfirmAll bool
+	// VerifyChunks downloads, decodes and re-hashes every reused chunk
+	// instead of HEADs (ConfirmAll with proof of the content, at the cost of
+	// reading the reused chunks from the store), and re-uploads the bad.
+	VerifyChunks bool
 	// Grace: see DefaultGrace; it must not exceed gc's.
 	Grace time.Duration
+	// Clock measures the grace; nil means SystemClock.
+	Clock Clock
 	// Previous and Changed let the scan reuse the entries of segments that
 	// did not change since the image Previous was made from (see
 	// chunk.ScanOptions): set both from storage with changed-block
@@ -77,7 +87,8 @@ type PushStats struct {
 	ReusedBytes      uint64  `json:"reused_bytes"`  // not read: Previous's entries for unchanged segments
 	ChunksReused     uint64  `json:"chunks_reused"` // distinct chunks the store already held
 	ChunksUploaded   uint64  `json:"chunks_uploaded"`
-	ChunksConfirmed  uint64  `json:"chunks_confirmed"` // HEAD requests for reused chunks
+	ChunksConfirmed  uint64  `json:"chunks_confirmed"` // reused chunks checked (HEAD, or GET with VerifyChunks)
+	ChunksRepaired   uint64  `json:"chunks_repaired"`  // of those, found missing or damaged and re-uploaded (counted in chunks_uploaded)
 	ChunksRefreshed  uint64  `json:"chunks_refreshed"` // touched because the push took long
 	BytesUploadedRaw uint64  `json:"bytes_uploaded_raw"`
 	BytesUploaded    uint64  `json:"bytes_uploaded"` // chunk objects and the manifest as stored
@@ -121,13 +132,14 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	if err != nil {
 		return nil, err
 	}
+	clock := clockOrSystem(opt.Clock)
 	retries0 := s.Retries()
 	st := &PushStats{Store: s.String(), Volume: opt.Volume, SourceBytes: size}
 	log := s.log.With("volume", opt.Volume)
 
 	// The bases are read before the scan: the push's clock (see the
 	// package doc) starts here.
-	t0 := time.Now()
+	t0 := clock.Now()
 	bases, latest, err := s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel)
 	if err != nil {
 		return nil, err
@@ -157,6 +169,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	}
 	up := &uploader{s: s, src: src, comp: comp, parallel: opt.Parallel,
 		progress: func(done uint64) { report(func(p *PushProgress) { p.UploadedBytes = max(p.UploadedBytes, done) }) }}
+	defer up.close()
 	uctx, stopUploads := context.WithCancel(ctx)
 	defer stopUploads()
 	g, gctx := errgroup.WithContext(uctx)
@@ -187,7 +200,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 				return nil
 			}
 			report(func(p *PushProgress) { p.UploadBytes += e.Length })
-			g.Go(func() error { return up.one(gctx, e) })
+			g.Go(func() error { return up.one(gctx, e, false) })
 			return gctx.Err()
 		})
 	scanDur := time.Since(scanStart)
@@ -218,12 +231,12 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	}
 
 	// Too slow for the gc grace period: start the clock again.
-	for round := 0; time.Since(t0) > opt.Grace/2; round++ {
+	for round := 0; clock.Now().Sub(t0) > opt.Grace/2; round++ {
 		if round == 3 {
 			return nil, fmt.Errorf("push could not write its manifest within the gc grace period (%s): refreshing its chunks takes too long", opt.Grace)
 		}
-		log.Warn("push took more than half the gc grace period: refreshing its chunks", "elapsed", time.Since(t0).Round(time.Second))
-		t0 = time.Now()
+		log.Warn("push took more than half the gc grace period: refreshing its chunks", "elapsed", clock.Now().Sub(t0).Round(time.Second))
+		t0 = clock.Now()
 		if bases, latest, err = s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel); err != nil {
 			return nil, err
 		}
@@ -246,11 +259,11 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 		st.ChunksRefreshed += n
 	}
 
-	n, err := s.confirm(ctx, bases, reused, opt.ConfirmAll, up)
+	n, err := s.confirm(ctx, bases, reused, opt.ConfirmAll || opt.VerifyChunks, opt.VerifyChunks, up)
 	if err != nil {
 		return nil, err
 	}
-	st.ChunksConfirmed = n
+	st.ChunksConfirmed, st.ChunksRepaired = n, up.repaired.Load()
 	st.ChunksUploaded = up.chunks.Load()
 	st.BytesUploadedRaw = up.rawBytes.Load()
 
@@ -265,10 +278,10 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	}
 	gen := latest + 1
 	for {
-		if time.Since(t0) >= opt.Grace {
+		if clock.Now().Sub(t0) >= opt.Grace {
 			return nil, fmt.Errorf("push did not write its manifest within the gc grace period (%s); its chunks may be collected: push again", opt.Grace)
 		}
-		err := s.put(ctx, "write manifest", s.manifestKey(opt.Volume, gen), body, true)
+		err := s.put(ctx, "write manifest", s.manifestKey(opt.Volume, gen), body, nil, true)
 		if err == nil {
 			break
 		}
@@ -363,11 +376,26 @@ func (s *Store) ReadManifest(ctx context.Context, volume string, gen uint64) (*c
 	if err != nil {
 		return nil, 0, err
 	}
+	m, err := decodeManifest(fmt.Sprintf("generation %d of %s", gen, volume), body)
+	if err != nil {
+		return nil, 0, err
+	}
+	return m, len(body), nil
+}
+
+// decodeManifest decodes a manifest object read from the store, which is
+// not trusted: anything but a valid manifest is ErrCorrupt, named by what.
+func decodeManifest(what string, body []byte) (*chunk.Manifest, error) {
 	var m chunk.Manifest
 	if err := m.UnmarshalBinary(body); err != nil {
-		return nil, 0, fmt.Errorf("%w: generation %d of %s: %w", ErrCorrupt, gen, volume, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, what, err)
 	}
-	return &m, len(body), nil
+	for i, e := range m.Entries {
+		if !e.Zero && (e.Length == 0 || e.Length > chunk.MaxChunkSize) {
+			return nil, fmt.Errorf("%w: %s: entry %d: chunk of %d bytes", ErrCorrupt, what, i, e.Length)
+		}
+	}
+	return &m, nil
 }
 
 // readBases reads the latest manifest of volume and, unless ownOnly, of
@@ -423,9 +451,10 @@ func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, para
 }
 
 // confirm checks that the bases still exist; the reused chunks that only
-// vanished bases referenced (all reused chunks with all) are confirmed with
-// HEAD requests and uploaded if missing. It returns the HEADs made.
-func (s *Store) confirm(ctx context.Context, bases []base, reused []chunk.Entry, all bool, up *uploader) (uint64, error) {
+// vanished bases referenced (all reused chunks with all) are checked (see
+// checkChunk; verify downloads them) and re-uploaded if missing or damaged.
+// It returns the chunks checked.
+func (s *Store) confirm(ctx context.Context, bases []base, reused []chunk.Entry, all, verify bool, up *uploader) (uint64, error) {
 	gone := make([]bool, len(bases))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(up.parallel)
@@ -463,32 +492,55 @@ func (s *Store) confirm(ctx context.Context, bases []base, reused []chunk.Entry,
 			}
 		}
 	}
-	var missing []chunk.Entry
-	var mu sync.Mutex
+	var dec *decoder
+	if verify {
+		var err error
+		if dec, err = newDecoder(); err != nil {
+			return 0, err
+		}
+		defer dec.close()
+	}
 	const batch = 1000
 	for k := 0; k < len(check); k += batch {
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(up.parallel)
 		for _, e := range check[k:min(k+batch, len(check))] {
 			g.Go(func() error {
-				_, err := s.stat(gctx, "confirm chunk", s.chunkKey(e.ID))
-				if errors.Is(err, ErrNotFound) {
-					mu.Lock()
-					missing = append(missing, e)
-					mu.Unlock()
-					return nil
+				why, err := s.checkChunk(gctx, dec, e)
+				if err != nil || why == "" {
+					return err
 				}
-				return err
+				s.log.Warn("chunk object missing or damaged; re-uploading it from the source", "key", s.chunkKey(e.ID), "why", why)
+				return up.repair(gctx, e)
 			})
 		}
 		if err := g.Wait(); err != nil {
 			return 0, err
 		}
 	}
-	if len(missing) > 0 {
-		s.log.Warn("chunks referenced by a manifest are missing from the store; uploading them", "chunks", len(missing))
+	return uint64(len(check)), nil
+}
+
+// checkChunk returns why the chunk object of e is missing or damaged, or
+// "" when it is fine: with a decoder by downloading, decoding and hashing
+// it, otherwise from a HEAD request (checkChunkInfo).
+func (s *Store) checkChunk(ctx context.Context, dec *decoder, e chunk.Entry) (string, error) {
+	if dec != nil {
+		_, _, err := s.getChunk(ctx, dec, e)
+		var bad *ChunkError
+		if errors.As(err, &bad) {
+			return bad.Reason, nil
+		}
+		return "", err
 	}
-	return uint64(len(check)), up.upload(ctx, missing)
+	info, err := s.stat(ctx, "confirm chunk "+e.ID.Short(), s.chunkKey(e.ID))
+	if errors.Is(err, ErrNotFound) {
+		return "it is missing", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return checkChunkInfo(info, e), nil
 }
 
 // uploader reads chunks from the source and stores them.
@@ -501,18 +553,36 @@ type uploader struct {
 	chunks   atomic.Uint64
 	rawBytes atomic.Uint64
 	objBytes atomic.Uint64
+	repaired atomic.Uint64
+
+	decOnce sync.Once
+	dec     *decoder // for repairs
+	decErr  error
 }
 
 func (u *uploader) upload(ctx context.Context, entries []chunk.Entry) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.SetLimit(u.parallel)
 	for _, e := range entries {
-		g.Go(func() error { return u.one(ctx, e) })
+		g.Go(func() error { return u.one(ctx, e, false) })
 	}
 	return g.Wait()
 }
 
-func (u *uploader) one(ctx context.Context, e chunk.Entry) error {
+// repair re-uploads the chunk of e over a missing or damaged object.
+func (u *uploader) repair(ctx context.Context, e chunk.Entry) error {
+	if err := u.one(ctx, e, true); err != nil {
+		return fmt.Errorf("repair chunk object %s: %w", u.s.chunkKey(e.ID), err)
+	}
+	u.repaired.Add(1)
+	return nil
+}
+
+// one reads the chunk of e from the source, checks that it still hashes
+// to e.ID and uploads it (with its chunkMeta). With check, which a repair
+// sets since it overwrites an object other generations reference, the
+// encoded object is also decoded and hashed before it is written.
+func (u *uploader) one(ctx context.Context, e chunk.Entry, check bool) error {
 	buf := chunk.GetBuffer(int(e.Length))
 	defer chunk.PutBuffer(buf)
 	raw := (*buf)[:e.Length]
@@ -525,7 +595,17 @@ func (u *uploader) one(ctx context.Context, e chunk.Entry) error {
 	scratch := chunk.GetBuffer(int(e.Length))
 	defer chunk.PutBuffer(scratch)
 	obj := encodeChunk(u.comp, raw, (*scratch)[:0])
-	if err := u.s.put(ctx, "upload chunk "+e.ID.Short(), u.s.chunkKey(e.ID), obj, false); err != nil {
+	if check {
+		u.decOnce.Do(func() { u.dec, u.decErr = newDecoder() })
+		if u.decErr != nil {
+			return u.decErr
+		}
+		if out, err := u.dec.decode(obj, e.Length); err != nil || chunk.Sum(out) != e.ID {
+			return fmt.Errorf("chunk %s encodes to an object that does not decode to it (%v): not written", e.ID.Short(), err)
+		}
+	}
+	meta := metaOf(obj, e.Length).userMetadata()
+	if err := u.s.put(ctx, "upload chunk "+e.ID.Short(), u.s.chunkKey(e.ID), obj, meta, false); err != nil {
 		return err
 	}
 	u.chunks.Add(1)
@@ -537,8 +617,16 @@ func (u *uploader) one(ctx context.Context, e chunk.Entry) error {
 	return nil
 }
 
+// close releases the repair decoder.
+func (u *uploader) close() {
+	if u.dec != nil {
+		u.dec.close()
+	}
+}
+
 // refresh renews the modification time of the chunk objects of entries
-// (server-side copies onto themselves), uploading any that is gone.
+// (server-side copies onto themselves, keeping their chunkMeta), uploading
+// any that is gone or damaged.
 func (u *uploader) refresh(ctx context.Context, entries []chunk.Entry) (uint64, error) {
 	var n atomic.Uint64
 	g, gctx := errgroup.WithContext(ctx)
@@ -546,9 +634,20 @@ func (u *uploader) refresh(ctx context.Context, entries []chunk.Entry) (uint64, 
 	for _, e := range entries {
 		g.Go(func() error {
 			key := u.s.chunkKey(e.ID)
-			err := u.s.copy(gctx, "refresh chunk "+e.ID.Short(), key, key)
+			info, err := u.s.stat(gctx, "refresh chunk "+e.ID.Short(), key)
 			if errors.Is(err, ErrNotFound) {
-				return u.one(gctx, e)
+				return u.one(gctx, e, false)
+			}
+			if err != nil {
+				return err
+			}
+			if why := checkChunkInfo(info, e); why != "" {
+				u.s.log.Warn("chunk object damaged; re-uploading it from the source", "key", key, "why", why)
+				return u.repair(gctx, e)
+			}
+			err = u.s.copy(gctx, "refresh chunk "+e.ID.Short(), key, key, map[string]string{chunkMetaKey: info.UserMetadata[chunkMetaKey]})
+			if errors.Is(err, ErrNotFound) {
+				return u.one(gctx, e, false)
 			}
 			if err == nil {
 				n.Add(1)

@@ -50,6 +50,34 @@ func failf(kind error, format string, a ...any) error {
 	return errkind.Errorf(kind, format, a...)
 }
 
+// Clock is the time a push's and a gc's grace-period arithmetic uses
+// (PushOptions.Clock, GCOptions.Clock); nil means SystemClock. Tests
+// advance a fake one instead of sleeping.
+type Clock interface {
+	// Now returns the current time: a push measures how long it has been
+	// since it read its bases with it.
+	Now() time.Time
+	// FromStore maps a time the store stamped (an object's modification
+	// time, which gc compares with its own marker's) onto this clock.
+	FromStore(t time.Time) time.Time
+}
+
+// SystemClock is the system's clock, and the store's for its stamps.
+type SystemClock struct{}
+
+// Now returns time.Now().
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// FromStore returns t: the store's clock is the one gc reads.
+func (SystemClock) FromStore(t time.Time) time.Time { return t }
+
+func clockOrSystem(c Clock) Clock {
+	if c == nil {
+		return SystemClock{}
+	}
+	return c
+}
+
 // DefaultGrace is the gc grace period and the time a push has from reading
 // its base manifests to writing its own (see the package doc).
 const DefaultGrace = 24 * time.Hour
@@ -449,11 +477,11 @@ func (s *Store) get(ctx context.Context, op, key string, limit int64) ([]byte, e
 	return out, err
 }
 
-// put writes an object; ifAbsent makes the write fail with errExists when
-// the object exists.
-func (s *Store) put(ctx context.Context, op, key string, data []byte, ifAbsent bool) error {
+// put writes an object with user metadata meta (may be nil); ifAbsent
+// makes the write fail with errExists when the object exists.
+func (s *Store) put(ctx context.Context, op, key string, data []byte, meta map[string]string, ifAbsent bool) error {
 	return s.do(ctx, op, func(ctx context.Context) error {
-		opt := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: len(data) <= 64<<20}
+		opt := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: len(data) <= 64<<20, UserMetadata: meta}
 		if ifAbsent {
 			opt.SetMatchETagExcept("*")
 		}
@@ -484,13 +512,17 @@ func (s *Store) remove(ctx context.Context, op, key string) error {
 	})
 }
 
-// copy copies src to dst inside the bucket (server side); src == dst
+// copy copies src to dst inside the bucket (server side) with user
+// metadata meta (may be nil) and a voldelta-copied stamp; src == dst
 // refreshes the object's modification time.
-func (s *Store) copy(ctx context.Context, op, dst, src string) error {
+func (s *Store) copy(ctx context.Context, op, dst, src string, meta map[string]string) error {
+	um := map[string]string{"Voldelta-Copied": time.Now().UTC().Format(time.RFC3339Nano)}
+	for k, v := range meta {
+		um[k] = v
+	}
 	return s.do(ctx, op, func(ctx context.Context) error {
 		_, err := s.cl.CopyObject(ctx,
-			minio.CopyDestOptions{Bucket: s.bucket, Object: dst, ReplaceMetadata: true,
-				UserMetadata: map[string]string{"voldelta-copied": time.Now().UTC().Format(time.RFC3339Nano)}},
+			minio.CopyDestOptions{Bucket: s.bucket, Object: dst, ReplaceMetadata: true, UserMetadata: um},
 			minio.CopySrcOptions{Bucket: s.bucket, Object: src})
 		return err
 	})
