@@ -4,12 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,47 +50,114 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// receiverProc is a `voldelta receive` process.
-type receiverProc struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *bytes.Buffer
+// lockedBuffer is a bytes.Buffer safe for a writer and readers in other
+// goroutines (a process's stderr, read by the test while it runs).
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
-func startReceiver(t *testing.T, addr string, args ...string) *receiverProc {
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a voldelta process running in the background. One goroutine
+// waits for it, so its death is seen at once: done is closed when it has
+// exited and err is then what Wait returned.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	stderr *lockedBuffer // everything the process wrote to stderr so far
+	done   chan struct{}
+	err    error
+}
+
+// startProc starts voldelta with args; onLine, if set, sees each line of its
+// stderr as it is written. The process is killed at the end of the test if
+// it still runs.
+func startProc(t *testing.T, name string, onLine func(string), args ...string) *proc {
 	t.Helper()
-	r := &receiverProc{addr: addr, log: &bytes.Buffer{}}
-	r.cmd = exec.Command(voldeltaBin, append([]string{"receive", "--listen", addr}, args...)...)
-	stderr, err := r.cmd.StderrPipe()
+	p := &proc{name: name, cmd: exec.Command(voldeltaBin, args...), stderr: &lockedBuffer{}, done: make(chan struct{})}
+	pipe, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.cmd.Start(); err != nil {
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ready := make(chan struct{})
 	go func() {
-		sc := bufio.NewScanner(stderr)
-		once := false
+		// Wait only once stderr is read to its end, as StderrPipe requires.
+		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
-			r.log.WriteString(sc.Text() + "\n")
-			if !once && strings.Contains(sc.Text(), "receiver listening") {
-				once = true
-				close(ready)
+			p.stderr.Write([]byte(sc.Text() + "\n"))
+			if onLine != nil {
+				onLine(sc.Text())
 			}
 		}
-		if !once {
-			close(ready)
-		}
+		io.Copy(p.stderr, pipe) // the rest of a line too long for the scanner
+		p.err = p.cmd.Wait()
+		close(p.done)
 	}()
-	<-ready
 	t.Cleanup(func() {
-		if r.cmd.ProcessState == nil {
-			r.cmd.Process.Kill()
-			r.cmd.Wait()
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
 		}
 	})
-	return r
+	return p
+}
+
+// wait waits for the process to exit and returns what Wait returned.
+func (p *proc) wait() error {
+	<-p.done
+	return p.err
+}
+
+// exited returns a failure message if the process has exited, "" if it
+// still runs.
+func (p *proc) exited() string {
+	select {
+	case <-p.done:
+		return fmt.Sprintf("%s exited early (%v); its stderr:\n%s", p.name, p.err, p.stderr)
+	default:
+		return ""
+	}
+}
+
+// receiverProc is a `voldelta receive` process.
+type receiverProc struct {
+	*proc
+	addr string
+	log  *lockedBuffer
+}
+
+// startReceiver starts `voldelta receive` and returns once it listens; the
+// test fails at once, with its stderr, if it exits first.
+func startReceiver(t *testing.T, addr string, args ...string) *receiverProc {
+	t.Helper()
+	ready := make(chan struct{})
+	var once sync.Once
+	p := startProc(t, "receiver", func(line string) {
+		if strings.Contains(line, "receiver listening") {
+			once.Do(func() { close(ready) })
+		}
+	}, append([]string{"receive", "--listen", addr}, args...)...)
+	select {
+	case <-ready:
+	case <-p.done:
+		t.Fatal(p.exited())
+	}
+	return &receiverProc{proc: p, addr: addr, log: p.stderr}
 }
 
 // run runs voldelta and returns stdout, stderr and the exit code.
@@ -194,10 +265,39 @@ func TestCLIContract(t *testing.T) {
 	}
 
 	// SIGTERM: the receiver exits cleanly.
-	rp.cmd.Process.Signal(syscall.SIGTERM)
-	if err := rp.cmd.Wait(); err != nil {
+	if err := rp.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.wait(); err != nil {
 		t.Errorf("receiver after SIGTERM: %v\n%s", err, rp.log)
 	}
+}
+
+// landed returns how many of the probes of target (4 KiB at the start of
+// every MiB) hold the bytes of want; a missing target has none.
+func landed(t *testing.T, target string, want []byte) int {
+	t.Helper()
+	f, err := os.Open(target)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	buf := make([]byte, 4096)
+	for off := 0; off+len(buf) <= len(want); off += MiB {
+		if _, err := f.ReadAt(buf, int64(off)); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(buf, want[off:off+len(buf)]) {
+			n++
+		}
+	}
+	return n
 }
 
 // TestKillReceiverMidApply: SIGKILL the receiver in the middle of an apply,
@@ -212,29 +312,32 @@ func TestKillReceiverMidApply(t *testing.T) {
 	rargs := []string{"--target", "vol=" + tgt, "--state-dir", state, "--insecure"}
 	rp := startReceiver(t, addr, rargs...)
 
-	first := exec.Command(voldeltaBin, "send", "--source", src, "--to", addr, "--volume", "vol", "--insecure", "--bwlimit", "64MiB", "--streams", "2")
-	var firstErr bytes.Buffer
-	first.Stderr = &firstErr
-	if err := first.Start(); err != nil {
+	first := startProc(t, "first send", nil, "send", "--source", src, "--to", addr, "--volume", "vol", "--insecure", "--bwlimit", "64MiB", "--streams", "2")
+	// Wait until about a third of the volume has landed in the target; if
+	// either process dies first, fail at once with its stderr. The
+	// target's allocated blocks do not tell (the receiver reserves them
+	// before it writes), so its bytes are probed against the source.
+	for landed(t, tgt, data) < len(data)/MiB/3 {
+		if msg := first.exited(); msg != "" {
+			t.Fatalf("%s before the kill\nreceiver log:\n%s", msg, rp.log)
+		}
+		if msg := rp.exited(); msg != "" {
+			t.Fatal(msg)
+		}
+		select {
+		case <-first.done:
+		case <-rp.done:
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if err := rp.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until about a third of the volume has landed in the target.
-	for {
-		var st syscall.Stat_t
-		if err := syscall.Stat(tgt, &st); err == nil && st.Blocks*512 >= 80*MiB {
-			break
-		}
-		if first.ProcessState != nil {
-			t.Fatal("first send ended before the kill")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	rp.cmd.Process.Signal(syscall.SIGKILL)
-	rp.cmd.Wait()
-	if err := first.Wait(); err == nil {
+	rp.wait()
+	if err := first.wait(); err == nil {
 		t.Fatal("first send succeeded although the receiver was killed")
 	}
-	t.Logf("first send after the kill: %s", strings.TrimSpace(firstErr.String()))
+	t.Logf("first send after the kill: %s", strings.TrimSpace(first.stderr.String()))
 
 	out, _, code := run(t, "status", "--state-dir", state, "--volume", "vol", "--json")
 	var vs map[string]any
