@@ -546,11 +546,29 @@ func (e *Env) CaseSourceChanges(ctx context.Context) []Result {
 		} else if sr.Code != 0 && st.Current && !pre {
 			res.failf("round failed but status current with changed bytes")
 			res.DataLost = true
-		} else if sr.Code != 0 && strings.TrimSpace(sr.Stderr) == "" {
-			res.failf("round failed without a message")
+		} else if sr.Code != 0 && !strings.Contains(strings.ToLower(oneLine(sr.Stderr)), "source") {
+			res.failf("round failed, but the error does not name the source as the cause")
+		}
+		if sr.Code != 0 {
+			if l := lastLevel(g.r.Log(), "level=WARN", "level=ERROR"); l != "" {
+				res.addObs("receiver log: " + clip(l, 300))
+			}
 		}
 		g.r.Kill()
 		out = append(out, res)
 	}
 	return out
+}
+
+// lastLevel returns the last log line holding one of the levels.
+func lastLevel(log string, levels ...string) string {
+	lines := strings.Split(strings.TrimSpace(log), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		for _, lv := range levels {
+			if strings.Contains(lines[i], lv) {
+				return lines[i]
+			}
+		}
+	}
+	return ""
 }

@@ -79,12 +79,26 @@ func NewEnv(root string, dir string) (*Env, error) {
 	}
 	e := &Env{Dir: dir, Kills: 20, SizeMiB: 128, Seed: uint64(time.Now().UnixNano()), StallMax: 120 * time.Second, Log: os.Stderr}
 	e.Bin = filepath.Join(dir, "bin", "voldelta")
-	build := exec.Command("go", "build", "-o", e.Bin, "./cmd/voldelta")
-	build.Dir = root
-	var out bytes.Buffer
-	build.Stdout, build.Stderr = &out, &out
-	if err := build.Run(); err != nil {
-		return nil, fmt.Errorf("go build ./cmd/voldelta (the tree under test): %v\n%s", err, out.String())
+	if bin := os.Getenv("FAULTS_BIN"); bin != "" { // a binary built elsewhere
+		e.Bin = bin
+	} else {
+		// The tree may be mid-edit by others: try again for a few minutes.
+		var err error
+		for attempt := 0; attempt < 12; attempt++ {
+			build := exec.Command("go", "build", "-o", e.Bin, "./cmd/voldelta")
+			build.Dir = root
+			var out bytes.Buffer
+			build.Stdout, build.Stderr = &out, &out
+			if err = build.Run(); err == nil {
+				break
+			}
+			err = fmt.Errorf("go build ./cmd/voldelta (the tree under test): %v\n%s", err, out.String())
+			fmt.Fprintf(os.Stderr, "faults: the tree does not build, trying again in 15 s: %s\n", oneLine(out.String()))
+			time.Sleep(15 * time.Second)
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	e.PKI = filepath.Join(dir, "pki")
 	if _, stderr, code, err := e.run(context.Background(), 30*time.Second, "certs", "--dir", e.PKI, "--hosts", "127.0.0.1"); err != nil || code != 0 {

@@ -156,6 +156,7 @@ func (e *Env) CaseLink(ctx context.Context, how string) Result {
 		return res
 	}
 	at := time.Now()
+	logStart := len(g.r.Log())
 	if how == "cut" {
 		p.Cut()
 	} else {
@@ -188,7 +189,14 @@ func (e *Env) CaseLink(ctx context.Context, how string) Result {
 			res.DataLost = true
 		}
 	}
-	// Receiver-side detection: is the volume still locked by the dead session?
+	// Receiver-side detection: when did the receiver end the session?
+	if how == "stall" {
+		if waitFor(30*time.Second, func() bool { return strings.Count(g.r.Log()[logStart:], "level=ERROR")+strings.Count(g.r.Log()[logStart:], "level=WARN") > 0 }) {
+			res.addObs(fmt.Sprintf("receiver ended the session after %.1fs: %s", time.Since(at).Seconds(), clip(lastLevel(g.r.Log()[logStart:], "level=WARN", "level=ERROR"), 200)))
+		} else {
+			res.addObs(fmt.Sprintf("receiver logged no failure within %.0fs of the stall", time.Since(at).Seconds()))
+		}
+	}
 	p.Cut()
 	g.checkAfter(&res, g.v0, false, false)
 	return res
@@ -264,8 +272,27 @@ func (e *Env) CaseDiskFull(ctx context.Context) Result {
 		return res
 	}
 	if _, err := sh("resize2fs", dev); err != nil {
-		res.failf("resize2fs: %v", err)
-		return res
+		// No online resize here (e.g. a container without the capability):
+		// stop the receiver, grow the file system offline, mount it again.
+		res.addObs("online resize2fs refused, grown offline")
+		r.Stop()
+		if _, err := sh("umount", mnt); err != nil {
+			res.failf("umount: %v", err)
+			return res
+		}
+		sh("e2fsck", "-fy", dev)
+		if _, err := sh("resize2fs", dev); err != nil {
+			res.failf("resize2fs: %v", err)
+			return res
+		}
+		if err := e.mount(dev, mnt); err != nil {
+			res.failf("mount: %v", err)
+			return res
+		}
+		if err := r.Restart(); err != nil {
+			res.failf("restart receiver: %v", err)
+			return res
+		}
 	}
 	rr := e.SendRetry(r.Addr, src, "vol", 3*time.Minute)
 	ok, why := sameBytes(target, src, false)
