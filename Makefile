@@ -48,11 +48,29 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-## fuzz: run every fuzzer for FUZZTIME (default 1m) each
+## fuzz: run every fuzzer of the module for FUZZTIME (default 1m) each: every
+## func Fuzz... that `go test -list` finds in a package whose tests declare one, so
+## new fuzzers need no change here. FUZZMINIMIZETIME bounds the minimization of each
+## new input (Go's default, 60s, eats a whole run of a fuzzer with slow inputs). It
+## runs them all, fails if any failed (or none was found) and lists what it ran.
 FUZZTIME ?= 1m
+FUZZMINIMIZETIME ?= 5s
 fuzz:
-	$(GO) test ./transport -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./transport -run '^$$' -fuzz '^FuzzFrameReader$$' -fuzztime $(FUZZTIME)
+	@set -e; ran=; failed=; \
+	pkgs=$$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}={{.Dir}}{{end}}' ./...); \
+	for p in $$pkgs; do \
+		pkg=$${p%%=*}; dir=$${p#*=}; \
+		grep -qs '^func Fuzz' "$$dir"/*_test.go || continue; \
+		out=$$($(GO) test -list '^Fuzz' "$$pkg") || { printf '%s\n' "$$out"; exit 1; }; \
+		for name in $$(printf '%s\n' "$$out" | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$name"; \
+			if $(GO) test "$$pkg" -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME); \
+			then ran="$$ran $$pkg.$$name"; else failed="$$failed $$pkg.$$name"; fi; \
+		done; \
+	done; \
+	echo "fuzzed:$$ran"; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi; \
+	if [ -z "$$ran" ]; then echo "no fuzzers found"; exit 1; fi
 
 ## bench-go: the Go micro-benchmarks (scan, transport, RTT)
 bench-go:
