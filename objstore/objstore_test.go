@@ -399,9 +399,17 @@ func TestPermanentErrors(t *testing.T) {
 func TestTransientErrorsRetried(t *testing.T) {
 	bucket := newBucket(t)
 	cfg := testConfig(bucket)
+	// The first attempt of every 5th distinct chunk upload and of every 4th
+	// distinct chunk download fails (per object, so that no object fails
+	// more often than once, however the concurrent requests interleave).
 	var puts, gets atomic.Int64
+	var seen sync.Map
+	first := func(r *http.Request) bool {
+		_, dup := seen.LoadOrStore(r.Method+" "+r.URL.Path, true)
+		return !dup
+	}
 	cfg.Transport = &faultyTransport{next: defaultTransport(t), fail: func(r *http.Request) (int, error) {
-		if !strings.Contains(r.URL.Path, "/chunks/") {
+		if !strings.Contains(r.URL.Path, "/chunks/") || !first(r) {
 			return 0, nil
 		}
 		switch r.Method {
