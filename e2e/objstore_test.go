@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minio/minio-go/v7"
 	"github.com/voldelta/voldelta/internal/miniotest"
 	"golang.org/x/time/rate"
 )
@@ -43,11 +44,12 @@ func runEnv(t *testing.T, env []string, args ...string) (string, string, int) {
 }
 
 // slowProxy forwards TCP connections to addr, the server's answers at most
-// bytesPerSec in total, and counts what it forwarded.
+// bytesPerSec in total, and counts what it forwarded each way.
 type slowProxy struct {
 	ln    net.Listener
 	lim   *rate.Limiter
 	down  atomic.Int64
+	up    atomic.Int64
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	conns []net.Conn
@@ -76,7 +78,7 @@ func newSlowProxy(t *testing.T, addr string, bytesPerSec int) *slowProxy {
 			p.conns = append(p.conns, c, s)
 			p.mu.Unlock()
 			p.wg.Add(2)
-			go func() { defer p.wg.Done(); io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
+			go func() { defer p.wg.Done(); io.Copy(countingWriter{s, &p.up}, c); s.(*net.TCPConn).CloseWrite() }()
 			go func() {
 				defer p.wg.Done()
 				defer c.(*net.TCPConn).CloseWrite()
@@ -99,6 +101,17 @@ func newSlowProxy(t *testing.T, addr string, bytesPerSec int) *slowProxy {
 	}()
 	t.Cleanup(p.close)
 	return p
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 func (p *slowProxy) addr() string { return p.ln.Addr().String() }
@@ -234,5 +247,185 @@ func TestStoreCLI(t *testing.T) {
 		if code != tc.code || !strings.Contains(stderr, tc.msg) {
 			t.Errorf("%v: exit %d, want %d with %q; stderr %q", tc.args, code, tc.code, tc.msg, stderr)
 		}
+	}
+}
+
+// exited is how a voldelta process ended.
+type exited struct {
+	code   int
+	stderr string
+}
+
+// startEnv starts voldelta with env; the returned channel yields how it
+// ended.
+func startEnv(t *testing.T, env []string, args ...string) <-chan exited {
+	t.Helper()
+	cmd := exec.Command(voldeltaBin, args...)
+	cmd.Env = env
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan exited, 1)
+	go func() {
+		cmd.Wait()
+		done <- exited{cmd.ProcessState.ExitCode(), errb.String()}
+	}()
+	return done
+}
+
+// restartWhen kills the MinIO server (SIGKILL) once count reaches at, while
+// the voldelta process behind done still runs, and starts it again on the
+// same port and data; it fails the test if the process ended first.
+func restartWhen(t *testing.T, srv *miniotest.Server, count *atomic.Int64, at int64, done <-chan exited) {
+	t.Helper()
+	for count.Load() < at {
+		select {
+		case r := <-done:
+			t.Fatalf("voldelta ended (exit %d) after %d of the %d bytes due before the restart: %s", r.code, count.Load(), at, r.stderr)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	srv.Kill()
+	select {
+	case r := <-done:
+		t.Fatalf("voldelta ended (exit %d) before the server was killed: %s", r.code, r.stderr)
+	default:
+	}
+	if err := srv.StartAgain(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStoreServerRestart (14b): the MinIO server killed with SIGKILL and
+// restarted on the same port and data in the middle of a push, and then of
+// a pull: both complete (retrying the refused and dropped connections) and
+// the target is identical to the source.
+func TestStoreServerRestart(t *testing.T) {
+	srv, err := miniotest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	if err := srv.MakeBucket(context.Background(), "e2e"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	env := storeEnv()
+	src := filepath.Join(dir, "src.img")
+	data := randBytes(44, 32<<20)
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// The push through a counting proxy, paced so that it lasts seconds.
+	up := newSlowProxy(t, srv.Endpoint, 1<<30)
+	sp := filepath.Join(dir, "push.json")
+	done := startEnv(t, env, "push", "--source", src, "--volume", "db", "--store", "s3://e2e/dc1", "--endpoint", up.addr(), "--insecure",
+		"--bwlimit", "8MiB", "--stats-json", sp, "-q")
+	restartWhen(t, srv, &up.up, int64(len(data)/3), done)
+	r := <-done
+	if r.code != 0 {
+		t.Fatalf("push across a MinIO restart: exit %d: %s", r.code, r.stderr)
+	}
+	ps := readStats(t, sp)
+	t.Logf("push across a restart at a third of the upload: exit 0, %v retries, %v chunks uploaded", ps["retries"], ps["chunks_uploaded"])
+	if ps["retries"].(float64) == 0 {
+		t.Errorf("the push retried nothing: %v", ps)
+	}
+
+	down := newSlowProxy(t, srv.Endpoint, 8<<20)
+	target := filepath.Join(dir, "replica.img")
+	sl := filepath.Join(dir, "pull.json")
+	done = startEnv(t, env, "pull", "--volume", "db", "--target", target, "--state-dir", filepath.Join(dir, "state"),
+		"--store", "s3://e2e/dc1", "--endpoint", down.addr(), "--insecure", "--stats-json", sl, "-q")
+	restartWhen(t, srv, &down.down, int64(len(data)/3), done)
+	r = <-done
+	if r.code != 0 {
+		t.Fatalf("pull across a MinIO restart: exit %d: %s", r.code, r.stderr)
+	}
+	pl := readStats(t, sl)
+	t.Logf("pull across a restart at a third of the download: exit 0, %v retries, %v chunks fetched", pl["retries"], pl["chunks_fetched"])
+	if pl["retries"].(float64) == 0 {
+		t.Errorf("the pull retried nothing: %v", pl)
+	}
+	if got, err := os.ReadFile(target); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("target differs from the source after a pull across a restart (%v)", err)
+	}
+}
+
+// TestStoreRepairCLI (14a): a damaged chunk object fails pull with exit 1
+// and a message naming the object and the repair; push --confirm-all
+// re-uploads it and the next pull is identical.
+func TestStoreRepairCLI(t *testing.T) {
+	srv, err := miniotest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Stop()
+	ctx := context.Background()
+	if err := srv.MakeBucket(ctx, "e2e"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	env := storeEnv()
+	store := []string{"--store", "s3://e2e/dc1", "--endpoint", srv.Endpoint, "--insecure"}
+	src := filepath.Join(dir, "src.img")
+	data := randBytes(45, 8<<20)
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runEnv(t, env, append([]string{"push", "--source", src, "--volume", "db", "-q"}, store...)...); code != 0 {
+		t.Fatalf("push: exit %d: %s", code, stderr)
+	}
+	// Damage one chunk object: the same size, one bit flipped.
+	cl, err := srv.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var key string
+	for o := range cl.ListObjects(ctx, "e2e", minio.ListObjectsOptions{Prefix: "dc1/chunks/", Recursive: true}) {
+		if o.Err != nil {
+			t.Fatal(o.Err)
+		}
+		key = o.Key
+		break
+	}
+	obj, err := cl.GetObject(ctx, "e2e", key, minio.GetObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(obj)
+	obj.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 1
+	if _, err := cl.PutObject(ctx, "e2e", key, bytes.NewReader(b), int64(len(b)), minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	target := filepath.Join(dir, "replica.img")
+	pull := append([]string{"pull", "--volume", "db", "--target", target, "--state-dir", filepath.Join(dir, "state")}, store...)
+	_, stderr, code := runEnv(t, env, pull...)
+	t.Logf("pull of the damaged generation: exit %d: %s", code, strings.TrimSpace(stderr))
+	if code != 1 || !strings.Contains(stderr, key) || !strings.Contains(stderr, "is damaged") || !strings.Contains(stderr, "voldelta push --confirm-all") {
+		t.Fatalf("pull of a damaged chunk: exit %d, stderr %q; want exit 1 naming %s and the repair", code, stderr, key)
+	}
+	sp := filepath.Join(dir, "repair.json")
+	if _, stderr, code := runEnv(t, env, append([]string{"push", "--source", src, "--volume", "db", "--confirm-all", "-q", "--stats-json", sp}, store...)...); code != 0 {
+		t.Fatalf("push --confirm-all: exit %d: %s", code, stderr)
+	}
+	st := readStats(t, sp)
+	t.Logf("push --confirm-all: %v repaired, %v uploaded, %v confirmed", st["chunks_repaired"], st["chunks_uploaded"], st["chunks_confirmed"])
+	if st["chunks_repaired"] != float64(1) || st["chunks_uploaded"] != float64(1) {
+		t.Fatalf("push --confirm-all did not re-upload exactly the damaged chunk: %v", st)
+	}
+	if _, stderr, code := runEnv(t, env, pull...); code != 0 {
+		t.Fatalf("pull after the repair: exit %d: %s", code, stderr)
+	}
+	if got, err := os.ReadFile(target); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("target differs from the source after the repair (%v)", err)
 	}
 }
