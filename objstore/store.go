@@ -309,7 +309,10 @@ func (s *Store) parseChunkKey(key string) (chunk.ID, bool) {
 		return chunk.ID{}, false
 	}
 	id, err := chunk.ParseID(rest[3:])
-	return id, err == nil
+	if err != nil || s.chunkKey(id) != key { // e.g. upper-case hex: not an object voldelta wrote
+		return chunk.ID{}, false
+	}
+	return id, true
 }
 
 func (s *Store) manifestsPrefix() string { return s.prefix + "manifests/" }
