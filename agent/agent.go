@@ -271,13 +271,23 @@ func (r *round) run(ctx context.Context) error {
 		result, ctrlErr = r.readControl(ctrl)
 		r.queue.close()
 	}()
+	// The first failure stops the data streams too: they would wait for
+	// work that no longer comes.
 	g.Go(func() error {
 		var err error
-		root, err = r.sendManifest(gctx, ctrl)
+		if root, err = r.sendManifest(gctx, ctrl); err != nil {
+			r.queue.abort()
+		}
 		return err
 	})
 	for _, st := range data {
-		g.Go(func() error { return r.sendChunks(st) })
+		g.Go(func() error {
+			err := r.sendChunks(st)
+			if err != nil {
+				r.queue.abort()
+			}
+			return err
+		})
 	}
 	sendErr := g.Wait()
 	if errors.Is(sendErr, ErrSourceRead) {
@@ -544,6 +554,16 @@ func (q *workQueue) close() {
 	q.mu.Lock()
 	q.init()
 	q.closed = true
+	q.mu.Unlock()
+	q.cond.Broadcast()
+}
+
+// abort closes the queue and drops what it holds.
+func (q *workQueue) abort() {
+	q.mu.Lock()
+	q.init()
+	q.closed = true
+	q.ranges = nil
 	q.mu.Unlock()
 	q.cond.Broadcast()
 }

@@ -33,7 +33,7 @@ func newLogCapture(t *testing.T) *logCapture {
 }
 
 func (h *logCapture) Enabled(context.Context, slog.Level) bool { return true }
-func (h *logCapture) WithGroup(string) slog.Handler              { return h }
+func (h *logCapture) WithGroup(string) slog.Handler            { return h }
 func (h *logCapture) WithAttrs(as []slog.Attr) slog.Handler {
 	c := *h
 	c.attrs = append(append([]slog.Attr(nil), h.attrs...), as...)
