@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -105,7 +106,8 @@ chunks first), and gc never removes a chunk that such a push may rely on.
 generation, root_hash, base_generation, source_bytes, chunks_total,
 chunks_distinct, chunks_reused, chunks_uploaded, bytes_uploaded_raw,
 bytes_uploaded (as stored, manifest included), manifest_bytes, retries,
-scan_seconds, duration_seconds, and more.`,
+chunks_confirmed and chunks_repaired (with --confirm-all), scan_seconds,
+duration_seconds, and more.`,
 		Example: `  export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...
   voldelta push --source /dev/vg0/db-snap --store s3://backups/dc1 --volume db \
       --endpoint minio.dc2.example:9000
@@ -182,7 +184,8 @@ scan_seconds, duration_seconds, and more.`,
 	fs.StringVar(&compress, "compress", string(transport.CompressionFastest), "zstd level for chunk objects: off, fastest, default or better")
 	fs.IntVar(&opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
 	fs.BoolVar(&opt.OwnVolumeOnly, "own-volume-only", false, "deduplicate only against this volume's latest generation")
-	fs.BoolVar(&opt.ConfirmAll, "confirm-all", false, "HEAD every chunk reused from earlier generations and upload any that is missing (after objects were deleted by hand)")
+	fs.BoolVar(&opt.ConfirmAll, "confirm-all", false, "check every chunk reused from earlier generations (HEAD: present, size and checksum metadata) and re-upload any that is missing or damaged, from the source's bytes; the repair a failed pull names")
+	fs.BoolVar(&opt.VerifyChunks, "verify-chunks", false, "like --confirm-all, but download, decode and re-hash every reused chunk (finds damage a HEAD cannot see, at the cost of reading them all)")
 	fs.DurationVar(&opt.Grace, "grace", objstore.DefaultGrace, "the gc grace period of this store (use gc's value)")
 	fs.StringVar(&bwlimit, "bwlimit", "", "cap the upload rate, e.g. 100Mbit, 12MiB (default: unlimited)")
 	fs.StringVar(&statsJSON, "stats-json", "", "write the push's statistics as JSON to this file ('-' for stdout)")
@@ -257,7 +260,8 @@ stored, manifest included), manifest_bytes, retries, duration_seconds.`,
 			opt.Parallel = sf.parallel
 			st, err := s.Pull(c.Context(), opt)
 			if err != nil {
-				if st != nil && st.BytesDownloaded > 0 && !quiet {
+				var ce *objstore.ChunkError
+				if st != nil && st.BytesDownloaded > 0 && !quiet && !errors.As(err, &ce) {
 					fmt.Fprintf(stderr, "voldelta: pull interrupted after downloading %s; the next pull resumes it\n", humanBytes(st.BytesDownloaded))
 				}
 				return fmt.Errorf("pull %s: %w", opt.Volume, err)
