@@ -72,7 +72,12 @@ func (g *rig) interrupt(src string, extra time.Duration) (bool, error) {
 		return false, err
 	}
 	mid := waitFor(60*time.Second, func() bool { return s.Done() || g.status().Incomplete })
-	time.Sleep(extra)
+	// Give the journal time to hold records (it is fsynced in batches):
+	// up to extra, or until it has more than a header.
+	waitFor(extra, func() bool {
+		fi, err := os.Stat(filepath.Join(g.state, g.vol, "journal"))
+		return s.Done() || (err == nil && fi.Size() > 4096)
+	})
 	done := s.Done()
 	g.r.Kill()
 	s.Kill()
@@ -276,7 +281,7 @@ func (e *Env) CaseJournal(ctx context.Context, how string) Result {
 		res.failf("%v", err)
 		return res
 	}
-	mid, err := g.interrupt(g.v1, 150*time.Millisecond)
+	mid, err := g.interrupt(g.v1, 3*time.Second)
 	if err != nil {
 		res.failf("interrupt: %v", err)
 		return res
@@ -552,6 +557,8 @@ func (e *Env) CaseSourceChanges(ctx context.Context) []Result {
 		if sr.Code != 0 {
 			if l := lastLevel(g.r.Log(), "level=WARN", "level=ERROR"); l != "" {
 				res.addObs("receiver log: " + clip(l, 300))
+			} else {
+				res.addObs("receiver log (no error logged): " + clip(lastLines(g.r.Log(), 2), 400))
 			}
 		}
 		g.r.Kill()

@@ -129,6 +129,7 @@ func (e *Env) CaseKills(ctx context.Context, side string, n int) Result {
 	// scale shrinks a kind's windows whenever a killed round of that kind
 	// ended before its kill (the reference was slower than the round).
 	scale := map[string]float64{"first": 1, "delta": 1}
+	next := map[string]int{}
 	res.detail("first round %.2fs: %s", fr.Dur.Seconds(), fmtPhases(firstPh))
 	res.detail("delta round %.2fs (copied %v, sent %v): %s", dr.Dur.Seconds(), dr.Stats["chunks_copied"], dr.Stats["chunks_sent"], fmtPhases(deltaPh))
 	cur := 1 // the version the target holds (committed)
@@ -146,8 +147,9 @@ func (e *Env) CaseKills(ctx context.Context, side string, n int) Result {
 		if i%2 == 0 {
 			kind, ph = "first", firstPh
 		}
-		// Phases cycle per kind: kill i of a kind aims at phase (i/2) mod len.
-		p := ph[(i/2)%len(ph)]
+		// Phases cycle per kind; a kill that came after its round had
+		// ended aims at the same phase again (with the windows shrunk).
+		p := ph[next[kind]%len(ph)]
 		delay := p.from + time.Duration(rng.Int64N(int64(p.to-p.from)+1))
 		delay = time.Duration(float64(delay) * scale[kind])
 		var prevGen uint64
@@ -183,6 +185,7 @@ func (e *Env) CaseKills(ctx context.Context, side string, n int) Result {
 			hits["after the round ended"]++
 			scale[kind] *= 0.8
 		} else {
+			next[kind]++
 			hits[p.name]++
 		}
 		if side == "agent" {

@@ -191,7 +191,9 @@ func (e *Env) CaseLink(ctx context.Context, how string) Result {
 	}
 	// Receiver-side detection: when did the receiver end the session?
 	if how == "stall" {
-		if waitFor(30*time.Second, func() bool { return strings.Count(g.r.Log()[logStart:], "level=ERROR")+strings.Count(g.r.Log()[logStart:], "level=WARN") > 0 }) {
+		if waitFor(30*time.Second, func() bool {
+			return strings.Count(g.r.Log()[logStart:], "level=ERROR")+strings.Count(g.r.Log()[logStart:], "level=WARN") > 0
+		}) {
 			res.addObs(fmt.Sprintf("receiver ended the session after %.1fs: %s", time.Since(at).Seconds(), clip(lastLevel(g.r.Log()[logStart:], "level=WARN", "level=ERROR"), 200)))
 		} else {
 			res.addObs(fmt.Sprintf("receiver logged no failure within %.0fs of the stall", time.Since(at).Seconds()))
