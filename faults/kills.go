@@ -129,7 +129,9 @@ func (e *Env) CaseKills(ctx context.Context, side string, n int) Result {
 	// scale shrinks a kind's windows whenever a killed round of that kind
 	// ended before its kill (the reference was slower than the round).
 	scale := map[string]float64{"first": 1, "delta": 1}
-	next := map[string]int{}
+	rng0 := e.rand()
+	// a random first phase per kind (the quick subset kills once per side)
+	next := map[string]int{"first": rng0.IntN(len(firstPh)), "delta": rng0.IntN(len(deltaPh))}
 	res.detail("first round %.2fs: %s", fr.Dur.Seconds(), fmtPhases(firstPh))
 	res.detail("delta round %.2fs (copied %v, sent %v): %s", dr.Dur.Seconds(), dr.Stats["chunks_copied"], dr.Stats["chunks_sent"], fmtPhases(deltaPh))
 	cur := 1 // the version the target holds (committed)
