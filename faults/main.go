@@ -233,13 +233,13 @@ func main() {
 		*jsonOut = filepath.Join(work, "results.json")
 	}
 	report := map[string]any{"started": start, "seed": *seed, "seconds": time.Since(start).Seconds(),
-		"command": strings.Join(os.Args, " "), "kills_per_side": *kills, "size_mib": *size, "results": rows}
+		"command": strings.Join(append([]string{"go run ./faults"}, os.Args[1:]...), " "), "kills_per_side": *kills, "size_mib": *size, "results": rows}
 	if b, err := json.MarshalIndent(report, "", "  "); err == nil {
 		os.WriteFile(*jsonOut, append(b, '\n'), 0o644)
 		fmt.Printf("\nJSON: %s\n", *jsonOut)
 	}
 	if *mdOut != "" {
-		os.WriteFile(*mdOut, []byte(MarkdownTable(rows)), 0o644)
+		os.WriteFile(*mdOut, []byte(strings.ReplaceAll(MarkdownTable(rows), work, "$WORK")), 0o644)
 	}
 	if !*keep && !strings.HasPrefix(*jsonOut, work) {
 		os.RemoveAll(work)
