@@ -137,6 +137,7 @@ func (e *Env) CaseKills(ctx context.Context, side string, n int) Result {
 	cur := 1 // the version the target holds (committed)
 
 	hits := map[string]int{}
+	firstFail := ""
 	var torn, resumeFail, killedCommitted int
 	rng := e.rand()
 	for i := 0; i < n; i++ {
@@ -257,6 +258,9 @@ func (e *Env) CaseKills(ctx context.Context, side string, n int) Result {
 				e.SendRetry(addr, src[ver], vol, 3*time.Minute)
 			}
 		}
+		if strings.Contains(line, "FAIL") && firstFail == "" {
+			firstFail = line
+		}
 		res.detail("%s", line)
 		if e.Verbose {
 			e.logf("%s", line)
@@ -270,6 +274,7 @@ func (e *Env) CaseKills(ctx context.Context, side string, n int) Result {
 	res.Observed = fmt.Sprintf("%d kills (%s); %d killed rounds had committed; %d current while torn; %d re-runs not identical+current", n, strings.Join(hs, ", "), killedCommitted, torn, resumeFail)
 	if torn > 0 || resumeFail > 0 {
 		res.Verdict = "FAIL"
+		res.addObs("first failure: " + firstFail)
 	}
 	return res
 }
