@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/voldelta/voldelta/receiver"
@@ -11,6 +12,7 @@ import (
 )
 
 func newReceiveCmd() *cobra.Command {
+	var stallTimeout, idleTimeout time.Duration
 	var (
 		listen  string
 		targets []string
@@ -80,6 +82,10 @@ recover; one target cannot serve two volume names.`,
 			if cfg.Transport, err = tf.config(c, true); err != nil {
 				return err
 			}
+			cfg.Transport.StallTimeout, cfg.Transport.IdleTimeout = stallTimeout, idleTimeout
+			if err = cfg.Transport.Validate(); err != nil {
+				return usagef(c, "%v", err)
+			}
 			cfg.Verify = receiver.VerifyMode(verify)
 			if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
 				return usagef(c, "--verify %q: want written or full", verify)
@@ -110,6 +116,9 @@ recover; one target cannot serve two volume names.`,
 	tf.register(fs, "agents")
 	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "before commit, read back: written (the ranges written this round; kept ranges too when nothing vouches for them) or full (every range, every round)")
 	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written and for breaking copy cycles")
+	fs.DurationVar(&stallTimeout, "stall-timeout", transport.DefaultStallTimeout, "end a session when nothing came from the agent for this long (a dead link), releasing its volume")
+	fs.DurationVar(&idleTimeout, "idle-timeout", transport.DefaultConfig().IdleTimeout, "end a session whose agent, alive, sends no manifest frame for this long, releasing its volume")
+	fs.IntVar(&cfg.MaxSessions, "max-sessions", receiver.DefaultMaxSessions, "sessions served at once; more are answered busy (retryable)")
 	fs.IntVar(&cfg.Workers, "workers", 0, "parallelism of target scans and verification (default: all cores)")
 	lf.register(fs, "info")
 	return c

@@ -15,6 +15,7 @@ import (
 )
 
 func newSendCmd() *cobra.Command {
+	var stallTimeout, prepareTimeout time.Duration
 	var (
 		opt       agent.Options
 		tf        tlsFlags
@@ -63,6 +64,7 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 				return err
 			}
 			cfg.Streams = streams
+			cfg.StallTimeout, cfg.PrepareTimeout = stallTimeout, prepareTimeout
 			if bwlimit != "" {
 				if cfg.BandwidthLimit, err = transport.ParseRate(bwlimit); err != nil {
 					return usagef(c, "--bwlimit: %v", err)
@@ -117,6 +119,8 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 	tf.register(fs, "receiver")
 	fs.StringVar(&tf.serverName, "tls-server-name", "", "name expected in the receiver's certificate (default: the host of --to)")
 	fs.IntVar(&streams, "streams", transport.DefaultConfig().Streams, "data streams multiplexed on the connection (1-64)")
+	fs.DurationVar(&stallTimeout, "stall-timeout", transport.DefaultStallTimeout, "end the round when nothing came from the receiver for this long (a dead link); the next round resumes")
+	fs.DurationVar(&prepareTimeout, "prepare-timeout", transport.DefaultConfig().PrepareTimeout, "how long to wait for the receiver to accept the round (it may first index a target it has no state for)")
 	fs.StringVar(&bwlimit, "bwlimit", "", "cap the sending rate, e.g. 100Mbit, 12MiB, 500k (per second; default unlimited)")
 	fs.StringVar(&statsJSON, "stats-json", "", "write the round's statistics as JSON to this file ('-' for stdout)")
 	fs.StringVar(&compress, "compress", string(transport.CompressionFastest), "zstd level for chunks: off, fastest, default or better")
