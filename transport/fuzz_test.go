@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"testing"
 
 	"github.com/voldelta/voldelta/chunk"
@@ -110,6 +111,56 @@ func FuzzFrameReader(f *testing.F) {
 				t.Fatalf("payload does not match the stream")
 			}
 			_, _ = Decode(ft, p) // must not panic either
+		}
+	})
+}
+
+// FuzzDecompress feeds arbitrary CHUNK payloads to the receiver's zstd
+// decoder. It must never panic, never produce more than rawlen bytes, and
+// whatever it accepts must be exactly rawlen bytes long.
+func FuzzDecompress(f *testing.F) {
+	c, err := NewCompressor(CompressionFastest)
+	if err != nil {
+		f.Fatal(err)
+	}
+	raw := compressible(2, 8192)
+	_, z := c.Compress(raw, nil)
+	f.Add(uint32(len(raw)), z)
+	f.Add(uint32(len(raw)-1), z)
+	f.Add(uint32(len(raw)+1), z)
+	f.Add(uint32(0), []byte{})
+	f.Add(uint32(1<<20), []byte{0x28, 0xb5, 0x2f, 0xfd})
+	d, err := NewDecompressor()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(d.Close)
+	f.Fuzz(func(t *testing.T, rawLen uint32, data []byte) {
+		rawLen %= 1 << 20 // bound the buffer; the 8 MiB cap is Decode's (FuzzDecode)
+		dst := make([]byte, rawLen)
+		out, err := d.Decode(Chunk{Codec: CodecZstd, RawLen: rawLen, Data: data}, dst)
+		if err != nil {
+			return
+		}
+		if uint32(len(out)) != rawLen {
+			t.Fatalf("accepted %d bytes for rawlen %d", len(out), rawLen)
+		}
+	})
+}
+
+// FuzzParseRate: ParseRate never panics, and what it accepts is a finite,
+// non-negative rate.
+func FuzzParseRate(f *testing.F) {
+	for _, s := range []string{"100Mbit", "12MiB", "500k", "1.5Gbit", "10MB/s", "0", "", "-1", "1e400GiB", "NaN", "inf", "fast"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, err := ParseRate(s)
+		if err != nil {
+			return
+		}
+		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			t.Fatalf("ParseRate(%q) = %v", s, v)
 		}
 	})
 }
