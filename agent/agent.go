@@ -307,6 +307,10 @@ func (r *round) run(ctx context.Context) error {
 	switch {
 	case errors.Is(sendErr, ErrSourceRead):
 		return sendErr // the session ended because of it
+	case (sendErr != nil || ctrlErr != nil) && r.shrank():
+		// Whatever failed first (a short scan, a chunk the receiver found
+		// changed, the session closed under it), the source is to blame.
+		return r.sourceError("read", r.scanned.Load(), firstErr(sendErr, ctrlErr))
 	case errors.As(ctrlErr, &re):
 		return fmt.Errorf("receiver %s: %w", r.opt.Addr, ctrlErr)
 	case ctx.Err() != nil:
@@ -448,6 +452,16 @@ func (r *round) sourceError(op string, off uint64, err error) error {
 		}
 	}
 	return fmt.Errorf("%w: source %s: %s failed at offset %d: %w", ErrSourceRead, r.opt.Source, op, off, err)
+}
+
+// shrank reports whether a source file is now shorter than when the round
+// began.
+func (r *round) shrank() bool {
+	if r.opt.Image != nil {
+		return false
+	}
+	fi, err := os.Stat(r.opt.Source)
+	return err == nil && fi.Mode().IsRegular() && uint64(fi.Size()) < r.size
 }
 
 // readControl handles NEED, NEED_END and RESULT from the receiver.
