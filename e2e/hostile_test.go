@@ -438,7 +438,7 @@ func writeCounted(w io.Writer, b []byte, n *atomic.Int64) error {
 }
 
 // sessionBound is the documented memory bound of one receiver session
-// (spec.md §6): 128 MiB of stream windows, 64 MiB of frames, 16 MiB of
+// (spec.md §6): 64 MiB of stream windows, 64 MiB of frames, 16 MiB of
 // streams not yet accepted, and the manifest.
 const sessionBound = 256 * MiB
 

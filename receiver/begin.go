@@ -194,14 +194,23 @@ func lockVolume(vd volumeDir, name string) (func(), error) {
 // volume's generations on its own.
 func (p *Apply) prepare(ctx context.Context, tsize uint64, h Header) (known, error) {
 	st, err := p.vd.loadState()
+	fresh := errors.Is(err, ErrNoState)
 	switch {
-	case errors.Is(err, ErrNoState):
-		st = &State{Volume: p.vol.Name}
+	case fresh:
+		// A first round records that it started before it writes anything
+		// else: a crash after this leaves a state that says "applying,
+		// nothing known" (the next round rescans), never an index without
+		// a state, which reads as a lost state.
+		st = &State{Volume: p.vol.Name, Target: p.vol.Path, Phase: PhaseApplying,
+			Applying: &Applying{Size: h.Size, StartedAt: time.Now().UTC(), Peer: h.Peer}}
+		if err := p.vd.saveState(st); err != nil {
+			return known{}, err
+		}
 	case err != nil:
 		return known{}, err
 	}
 	p.st = st
-	resuming := st.Phase == PhaseApplying
+	resuming := !fresh && st.Phase == PhaseApplying
 	p.prev = Previous{Generation: st.Generation, Incomplete: resuming}
 	p.prev.Root, _ = chunk.ParseID(st.Root)
 

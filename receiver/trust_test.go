@@ -536,3 +536,31 @@ func TestVerifyZeroFile(t *testing.T) {
 		t.Fatalf("zero run past the byte: %v", err)
 	}
 }
+
+// TestFirstRoundKilledBeforeItsIndex: a first round killed after it wrote
+// its index but before it saved the state that names it leaves a volume
+// the next round resumes (by rescanning), not one refused as "state lost".
+func TestFirstRoundKilledBeforeItsIndex(t *testing.T) {
+	h := newHarness(t, "")
+	p := smallParams()
+	src := randBytes(130, 4*MiB)
+	// What Begin has written when the kill comes: the first state, then the index.
+	vd := volumeDir{dir: filepath.Join(h.vol.StateDir, h.vol.Name)}
+	ap, err := Begin(context.Background(), h.vol, h.opt, Header{Size: uint64(len(src)), Params: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := vd.loadState()
+	ap.Close()
+	if err != nil || st.Phase != PhaseApplying || st.Generation != 0 {
+		t.Fatalf("state after Begin: %+v, %v", st, err)
+	}
+	st.Extents = ""
+	st.Applying.Journal = 0
+	if err := vd.saveState(st); err != nil { // as saved before the index was written
+		t.Fatal(err)
+	}
+	h.status(false)
+	h.mustApply(src, p)
+	h.status(true)
+}

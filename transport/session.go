@@ -74,7 +74,7 @@ type Config struct {
 // windows, 9 MiB frames, 30 s handshake, 5 min write timeout, a stall
 // detected after 45 s without a byte from the peer, 2 min for the next
 // manifest frame, 30 min for the receiver to prepare the target, and per
-// receiver session 128 MiB of windows and 64 MiB of frames.
+// receiver session 64 MiB of windows and 64 MiB of frames.
 func DefaultConfig() Config {
 	return Config{
 		Streams:          4,
@@ -94,7 +94,7 @@ func DefaultConfig() Config {
 // Defaults of the session bounds; see Config.
 const (
 	DefaultStallTimeout = 45 * time.Second
-	DefaultWindowBudget = 128 << 20
+	DefaultWindowBudget = 64 << 20
 	DefaultFrameBudget  = 64 << 20
 	// MaxDataStreams is the most data streams a session may have.
 	MaxDataStreams = 64
