@@ -155,10 +155,24 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 		}
 		a.buffered = nil
 	}()
+	// The idle timer runs only while the loop waits for an event: it is
+	// restarted after each one is handled (a long read-back is not idle).
+	var idle <-chan time.Time
+	var timer *time.Timer
+	if a.opt.Idle > 0 {
+		timer = time.NewTimer(a.opt.Idle)
+		defer timer.Stop()
+		idle = timer.C
+	}
 	for !a.complete() {
+		if timer != nil {
+			timer.Reset(a.opt.Idle)
+		}
 		var ev event
 		select {
 		case ev = <-events:
+		case <-idle:
+			return failf(ErrInterrupted, "nothing from the sender for %s with %d chunks outstanding: giving the volume up (the next round resumes)", a.opt.Idle, a.pending)
 		case <-ctx.Done():
 			if errors.Is(context.Cause(ctx), ErrInterrupted) {
 				return context.Cause(ctx)

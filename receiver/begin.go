@@ -35,6 +35,10 @@ type Options struct {
 	ApplyBuffer int64
 	// Workers is the parallelism of scans and verification.
 	Workers int
+	// Idle, if set, ends Run with ErrInterrupted when nothing arrives from
+	// the sender (manifest, chunks) for that long while the apply waits for
+	// it, so a sender that goes quiet does not hold the volume.
+	Idle time.Duration
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
 }
@@ -55,6 +59,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Workers <= 0 {
 		o.Workers = defaultWorkers()
+	}
+	if o.Idle < 0 {
+		return fmt.Errorf("idle timeout %v: want >= 0", o.Idle)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

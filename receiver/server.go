@@ -363,6 +363,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	sess.LimitStreams(int(hello.Streams))
 	opt := s.opt
 	opt.Logger = log.With("agent", hello.Agent)
+	opt.Idle = s.cfg.Transport.IdleTimeout
 	ap, err := Begin(ctx, Volume{Name: hello.Volume, Path: path, StateDir: s.cfg.StateDir}, opt,
 		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent})
 	if err != nil {

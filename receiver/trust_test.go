@@ -564,3 +564,39 @@ func TestFirstRoundKilledBeforeItsIndex(t *testing.T) {
 	h.mustApply(src, p)
 	h.status(true)
 }
+
+// silentSender asks for nothing to be sent: it swallows NEEDs.
+type silentSender struct{}
+
+func (silentSender) Need([]int) error     { return nil }
+func (silentSender) NeedEnd(uint64) error { return nil }
+
+// TestQuietSenderGivesUpTheVolume: a sender that sends its manifest and
+// then no chunk does not hold the volume past Options.Idle.
+func TestQuietSenderGivesUpTheVolume(t *testing.T) {
+	h := newHarness(t, "")
+	h.opt.Idle = 200 * time.Millisecond
+	src := randBytes(140, 2*MiB)
+	m, _, err := chunk.ScanManifest(context.Background(), bytes.NewReader(src), uint64(len(src)), smallParams(), chunk.ScanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ap, err := Begin(ctx, h.vol, h.opt, Header{Size: m.Size, Params: m.Params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		if ap.AddManifest(ctx, m.Entries) == nil {
+			ap.EndManifest(ctx, uint64(len(m.Entries)), m.Root)
+		}
+	}()
+	err = ap.Run(ctx, silentSender{})
+	ap.Close()
+	if !errors.Is(err, ErrInterrupted) || !strings.Contains(err.Error(), "nothing from the sender") {
+		t.Fatalf("quiet sender: %v", err)
+	}
+	h.status(false)
+	h.opt.Idle = 0
+	h.mustApply(src, smallParams()) // the volume is free again
+}
