@@ -155,8 +155,9 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 		}
 		a.buffered = nil
 	}()
-	// The idle timer runs only while the loop waits for an event: it is
-	// restarted after each one is handled (a long read-back is not idle).
+	// The idle timer runs only while the loop waits for a chunk after the
+	// manifest: it is restarted after each event is handled (a long
+	// read-back is not idle).
 	var idle <-chan time.Time
 	var timer *time.Timer
 	if a.opt.Idle > 0 {
@@ -165,13 +166,18 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 		idle = timer.C
 	}
 	for !a.complete() {
-		if timer != nil {
+		// While the manifest streams in, the session's own deadline on it
+		// applies; the apply's starts once it is complete.
+		wait := idle
+		if a.phase == phasePlanned && timer != nil {
 			timer.Reset(a.opt.Idle)
+		} else {
+			wait = nil
 		}
 		var ev event
 		select {
 		case ev = <-events:
-		case <-idle:
+		case <-wait:
 			return failf(ErrInterrupted, "nothing from the sender for %s with %d chunks outstanding: giving the volume up (the next round resumes)", a.opt.Idle, a.pending)
 		case <-ctx.Done():
 			if errors.Is(context.Cause(ctx), ErrInterrupted) {

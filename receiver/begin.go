@@ -35,9 +35,10 @@ type Options struct {
 	ApplyBuffer int64
 	// Workers is the parallelism of scans and verification.
 	Workers int
-	// Idle, if set, ends Run with ErrInterrupted when nothing arrives from
-	// the sender (manifest, chunks) for that long while the apply waits for
-	// it, so a sender that goes quiet does not hold the volume.
+	// Idle, if set, ends Run with ErrInterrupted when no chunk arrives
+	// from the sender for that long after the manifest was complete, so a
+	// sender that goes quiet does not hold the volume. (The network server
+	// bounds the wait for manifest frames itself.)
 	Idle time.Duration
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
