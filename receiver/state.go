@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -369,11 +368,8 @@ type journal struct {
 	buf   []byte
 }
 
-// createJournal replaces the journal with an empty one under a new random
-// nonce, durably (temporary file, fsync, rename, directory fsync).
-func (v volumeDir) createJournal() (*journal, error) { return v.createJournalWith(rand.Uint64()) }
-
-// createJournalWith is createJournal with a given nonce.
+// createJournalWith replaces the journal with an empty one under nonce,
+// durably (temporary file, fsync, rename, directory fsync).
 func (v volumeDir) createJournalWith(nonce uint64) (*journal, error) {
 	hdr := binary.BigEndian.AppendUint64([]byte(journalMagic), nonce)
 	if err := atomicfile.Write(v.path(journalName), hdr, 0o644); err != nil {
@@ -409,13 +405,6 @@ func (j *journal) flush() error {
 }
 
 func (j *journal) close() error { return j.f.Close() }
-
-// readJournal returns the intents and done entries of the journal,
-// whatever its nonce.
-func (v volumeDir) readJournal() (intents, done []chunk.Entry, err error) {
-	_, intents, done, err = v.readJournalNonce()
-	return intents, done, err
-}
 
 // readJournalFor returns the records of the journal of the apply with
 // this nonce; errJournalLost, errJournalOther or errJournalDamaged if it
