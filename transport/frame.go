@@ -23,6 +23,9 @@ const (
 	FrameDataOpen    FrameType = 8
 	FrameChunk       FrameType = 9
 	FrameResult      FrameType = 10
+	// Protocol version 2:
+	FrameBaseGet      FrameType = 11
+	FrameManifestCopy FrameType = 12
 )
 
 func (t FrameType) String() string {
@@ -47,6 +50,10 @@ func (t FrameType) String() string {
 		return "CHUNK"
 	case FrameResult:
 		return "RESULT"
+	case FrameBaseGet:
+		return "BASE_GET"
+	case FrameManifestCopy:
+		return "MANIFEST_COPY"
 	}
 	return fmt.Sprintf("FrameType(%d)", uint8(t))
 }

@@ -10,7 +10,12 @@ import (
 
 // ProtocolVersion is the version spoken by this build. Peers must speak the
 // same version; a mismatch ends the session with ErrCodeVersion.
-const ProtocolVersion = 1
+//
+// Version 2 added the image identity to HELLO, the committed generation's
+// size, image and base flag to WELCOME, BASE_GET (the agent fetches the
+// committed manifest) and MANIFEST_COPY (the manifest sent as a delta
+// against the committed one).
+const ProtocolVersion = 2
 
 // Magic starts every HELLO, so that a stray client is told apart from an
 // agent of another version.
@@ -31,6 +36,12 @@ type Hello struct {
 	Params  chunk.Params
 	Streams uint16
 	Agent   string // software and host, for logs
+	// Image identifies the image this round reads (e.g. a snapshot's
+	// name, or a file's device, inode and change time); the receiver
+	// records it with the generation and names it in the next WELCOME, so
+	// that an agent can tell whether a change-tracking source's base image
+	// is the one the committed generation was made from. "" if unknown.
+	Image string
 }
 
 // TargetState says what the receiver knows of its target at WELCOME.
@@ -61,6 +72,30 @@ type Welcome struct {
 	Root       chunk.ID
 	State      TargetState
 	Receiver   string
+	// Size is the committed generation's volume size, Image the image
+	// identity its HELLO named.
+	Size  uint64
+	Image string
+	// HasBase says the receiver holds the committed generation's manifest
+	// with the HELLO's params: it answers BASE_GET and accepts
+	// MANIFEST_COPY.
+	HasBase bool
+}
+
+// BaseGet asks the receiver for the manifest of its committed generation
+// (agent → receiver, control stream, after WELCOME and before any manifest
+// frame). The receiver answers on the control stream with MANIFEST frames
+// and a MANIFEST_END whose root is Root, or an ERROR.
+type BaseGet struct {
+	Root chunk.ID
+}
+
+// ManifestCopy says that the next Count entries of the manifest are the
+// committed manifest's entries First..First+Count-1, unchanged. Only sent
+// when WELCOME had HasBase.
+type ManifestCopy struct {
+	First uint64
+	Count uint64
 }
 
 // ErrorMsg ends a session with a reason (either direction).
@@ -141,6 +176,8 @@ func (NeedEnd) FrameType() FrameType       { return FrameNeedEnd }
 func (DataOpen) FrameType() FrameType      { return FrameDataOpen }
 func (Chunk) FrameType() FrameType         { return FrameChunk }
 func (Result) FrameType() FrameType        { return FrameResult }
+func (BaseGet) FrameType() FrameType       { return FrameBaseGet }
+func (ManifestCopy) FrameType() FrameType  { return FrameManifestCopy }
 
 // maxErrorMessage bounds the message of an ERROR frame, in bytes.
 const maxErrorMessage = 4096
@@ -170,14 +207,31 @@ func (m Hello) AppendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Size)
 	b = chunk.AppendParams(b, m.Params)
 	b = binary.BigEndian.AppendUint16(b, m.Streams)
-	return appendStr8(b, m.Agent)
+	b = appendStr8(b, m.Agent)
+	return appendStr8(b, m.Image)
 }
 
 func (m Welcome) AppendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Generation)
 	b = append(b, m.Root[:]...)
 	b = append(b, byte(m.State))
-	return appendStr8(b, m.Receiver)
+	b = appendStr8(b, m.Receiver)
+	b = binary.BigEndian.AppendUint64(b, m.Size)
+	b = appendStr8(b, m.Image)
+	var flags byte
+	if m.HasBase {
+		flags |= welcomeHasBase
+	}
+	return append(b, flags)
+}
+
+const welcomeHasBase = 1
+
+func (m BaseGet) AppendPayload(b []byte) []byte { return append(b, m.Root[:]...) }
+
+func (m ManifestCopy) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.First)
+	return binary.BigEndian.AppendUint64(b, m.Count)
 }
 
 func (m ErrorMsg) AppendPayload(b []byte) []byte {
@@ -326,6 +380,7 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		}
 		m.Streams = d.u16()
 		m.Agent = d.str8()
+		m.Image = d.str8()
 		return m, d.done()
 	case FrameWelcome:
 		var m Welcome
@@ -333,9 +388,16 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		m.Root = d.id()
 		m.State = TargetState(d.u8())
 		m.Receiver = d.str8()
+		m.Size = d.u64()
+		m.Image = d.str8()
+		flags := d.u8()
 		if d.err == nil && m.State > TargetIncomplete {
 			return nil, fmt.Errorf("%w: WELCOME with unknown target state %d", ErrProtocol, m.State)
 		}
+		if d.err == nil && flags&^welcomeHasBase != 0 {
+			return nil, fmt.Errorf("%w: WELCOME with unknown flags %#x", ErrProtocol, flags)
+		}
+		m.HasBase = flags&welcomeHasBase != 0
 		return m, d.done()
 	case FrameError:
 		var m ErrorMsg
@@ -410,6 +472,15 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 			return nil, fmt.Errorf("%w: raw CHUNK %d has %d bytes, says %d", ErrProtocol, m.Index, len(m.Data), m.RawLen)
 		}
 		return m, nil
+	case FrameBaseGet:
+		m := BaseGet{Root: d.id()}
+		return m, d.done()
+	case FrameManifestCopy:
+		m := ManifestCopy{First: d.u64(), Count: d.u64()}
+		if d.err == nil && (m.Count == 0 || m.First+m.Count < m.First) {
+			return nil, fmt.Errorf("%w: MANIFEST_COPY %d+%d is empty or overflows", ErrProtocol, m.First, m.Count)
+		}
+		return m, d.done()
 	case FrameResult:
 		var m Result
 		m.Generation = d.u64()
