@@ -47,10 +47,13 @@ func idOf(b byte) (id chunk.ID) {
 // every field set to something other than its zero value.
 func sampleMessages() []Message {
 	return []Message{
-		Hello{Version: ProtocolVersion, Volume: "pvc-1234", Size: 10 << 30, Params: chunk.DefaultParams(), Streams: 4, Agent: "voldelta/test host-a"},
+		Hello{Version: ProtocolVersion, Volume: "pvc-1234", Size: 10 << 30, Params: chunk.DefaultParams(), Streams: 4, Agent: "voldelta/test host-a",
+			Image: "snapshot snap-2025-03-01 of pvc-1234"},
 		Hello{Version: ProtocolVersion, Params: chunk.DefaultParams()},
-		Welcome{Generation: 7, Root: idOf(0x11), State: TargetCommitted, Receiver: "voldelta/test host-b"},
+		Welcome{Generation: 7, Root: idOf(0x11), State: TargetCommitted, Receiver: "voldelta/test host-b",
+			Size: 10 << 30, Image: "snapshot snap-2025-02-28 of pvc-1234", HasBase: true},
 		Welcome{State: TargetIncomplete},
+		Welcome{Generation: 1, State: TargetCommitted, Size: 1},
 		ErrorMsg{Code: ErrCodeBusy, Message: "volume pvc-1234 is being synced by agent-2"},
 		ErrorMsg{Code: 999},
 		ManifestBatch{Entries: []chunk.Entry{
@@ -65,6 +68,10 @@ func sampleMessages() []Message {
 		Chunk{Index: 5, Codec: CodecRaw, RawLen: 1000, Data: seeded(5, 1000)},
 		Chunk{Index: 6, Codec: CodecZstd, RawLen: 4096, Data: []byte("not really zstd: the decoder does not look inside")},
 		Chunk{Index: 7, Codec: CodecRaw, RawLen: 0, Data: nil},
+		BaseGet{Root: idOf(0x66)},
+		ManifestCopy{First: 12, Count: 1 << 20},
+		ManifestCopy{First: 1<<64 - 2, Count: 1},
+		ManifestCopy{First: 0, Count: 1<<64 - 1},
 		Result{Generation: 8, Root: idOf(0x55), Skipped: 1, Copied: 2, Fetched: 3, Zeroed: 4, CopyBytes: 5 << 20, FetchBytes: 6 << 20},
 	}
 }

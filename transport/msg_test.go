@@ -32,12 +32,19 @@ func TestGoldenEncodings(t *testing.T) {
 		msg  Message
 		hex  string
 	}{
-		{"HELLO", Hello{Version: 1, Volume: "pvc-1", Size: 1 << 30, Params: chunk.DefaultParams().WithSizes(64<<10, 256<<10, 1<<20), Streams: 4, Agent: "agent/1"},
-			`56444c54 | 0001 | 05 7076632d31 | 0000000040000000 |
+		{"HELLO", Hello{Version: 2, Volume: "pvc-1", Size: 1 << 30, Params: chunk.DefaultParams().WithSizes(64<<10, 256<<10, 1<<20), Streams: 4, Agent: "agent/1",
+			Image: "snap-1"},
+			`56444c54 | 0002 | 05 7076632d31 | 0000000040000000 |
 			 13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
-			 0004 | 07 6167656e742f31`},
-		{"WELCOME", Welcome{Generation: 2, Root: idOf(0xaa), State: TargetCommitted, Receiver: "recv/1"},
-			`0000000000000002 | ` + ids("aa") + ` | 01 | 06 726563762f31`},
+			 0004 | 07 6167656e742f31 | 06 736e61702d31`},
+		{"HELLO no image", Hello{Version: 2, Volume: "v", Params: chunk.DefaultParams().WithSizes(64<<10, 256<<10, 1<<20), Streams: 1},
+			`56444c54 | 0002 | 01 76 | 0000000000000000 |
+			 13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
+			 0001 | 00 | 00`},
+		{"WELCOME", Welcome{Generation: 2, Root: idOf(0xaa), State: TargetCommitted, Receiver: "recv/1", Size: 1 << 20, Image: "snap-1", HasBase: true},
+			`0000000000000002 | ` + ids("aa") + ` | 01 | 06 726563762f31 | 0000000000100000 | 06 736e61702d31 | 01`},
+		{"WELCOME new", Welcome{State: TargetNew, Receiver: "r"},
+			`0000000000000000 | ` + ids("00") + ` | 00 | 01 72 | 0000000000000000 | 00 | 00`},
 		{"ERROR", ErrorMsg{Code: ErrCodeApply, Message: "disk full"},
 			`0007 | 0009 | 6469736b2066756c6c`},
 		{"MANIFEST", ManifestBatch{Entries: []chunk.Entry{
@@ -57,6 +64,9 @@ func TestGoldenEncodings(t *testing.T) {
 			`0000000000000009 | 00 | 00000003 | 616263`},
 		{"CHUNK zstd", Chunk{Index: 10, Codec: CodecZstd, RawLen: chunk.MaxChunkSize, Data: []byte{0x28, 0xb5, 0x2f, 0xfd}},
 			`000000000000000a | 01 | 00800000 | 28b52ffd`},
+		{"BASE_GET", BaseGet{Root: idOf(0xee)}, ids("ee")},
+		{"MANIFEST_COPY", ManifestCopy{First: 0x0102030405060708, Count: 0x1122},
+			`0102030405060708 | 0000000000001122`},
 		{"RESULT", Result{Generation: 3, Root: idOf(0xdd), Skipped: 1, Copied: 2, Fetched: 3, Zeroed: 4, CopyBytes: 5, FetchBytes: 6},
 			`0000000000000003 | ` + ids("dd") + ` |
 			 0000000000000001 | 0000000000000002 | 0000000000000003 | 0000000000000004 | 0000000000000005 | 0000000000000006`},
@@ -87,10 +97,21 @@ func TestGoldenFrameHeader(t *testing.T) {
 	if HeaderSize != 6 || ChunkHeaderSize != 13 || chunk.EntrySize != 49 {
 		t.Fatalf("sizes changed: header %d, chunk header %d, entry %d", HeaderSize, ChunkHeaderSize, chunk.EntrySize)
 	}
-	// HELLO's size is 47 + volume + algorithm + agent (spec.md).
-	h := Hello{Version: 1, Volume: "v", Params: chunk.DefaultParams(), Agent: "ag"}
-	if n, want := len(encode(h)), 47+1+len(chunk.Algorithm)+2; n != want {
+	// HELLO's size is 48 + volume + algorithm + agent + image (spec.md).
+	h := Hello{Version: ProtocolVersion, Volume: "v", Params: chunk.DefaultParams(), Agent: "ag", Image: "img"}
+	if n, want := len(encode(h)), 48+1+len(chunk.Algorithm)+2+3; n != want {
 		t.Fatalf("HELLO is %d bytes, spec says %d", n, want)
+	}
+	// WELCOME's is 52 + receiver + image.
+	w := Welcome{Receiver: "rcv", Image: "im"}
+	if n, want := len(encode(w)), 52+3+2; n != want {
+		t.Fatalf("WELCOME is %d bytes, spec says %d", n, want)
+	}
+	if n := len(encode(BaseGet{})); n != 32 {
+		t.Fatalf("BASE_GET is %d bytes, spec says 32", n)
+	}
+	if n := len(encode(ManifestCopy{})); n != 16 {
+		t.Fatalf("MANIFEST_COPY is %d bytes, spec says 16", n)
 	}
 	if n := len(encode(Result{})); n != 88 {
 		t.Fatalf("RESULT is %d bytes, spec says 88", n)
@@ -119,7 +140,7 @@ func TestRoundTripEveryMessage(t *testing.T) {
 			}
 		})
 	}
-	for ft := FrameHello; ft <= FrameResult; ft++ {
+	for ft := FrameHello; ft <= FrameManifestCopy; ft++ {
 		if !seen[ft] {
 			t.Errorf("no sample of %v", ft)
 		}
@@ -172,6 +193,12 @@ func TestDecodeRejects(t *testing.T) {
 	}
 	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	bigRaw := make([]byte, chunk.MaxChunkSize+1)
+	helloImage := encode(Hello{Version: ProtocolVersion, Params: chunk.DefaultParams(), Image: "abc"})
+	welcomeFlags := func(f byte) []byte {
+		b := encode(Welcome{State: TargetCommitted, HasBase: true})
+		b[len(b)-1] = f
+		return b
+	}
 	cases := []struct {
 		name    string
 		t       FrameType
@@ -179,14 +206,25 @@ func TestDecodeRejects(t *testing.T) {
 		want    string // in the error message
 	}{
 		{"unknown type 0", 0, nil, "unknown frame type 0"},
-		{"unknown type 11", 11, []byte{1, 2}, "unknown frame type 11"},
+		{"unknown type 13", 13, []byte{1, 2}, "unknown frame type 13"},
 		{"unknown type 255", 255, nil, "unknown frame type 255"},
 		{"HELLO bad magic", FrameHello, cat([]byte("HTTP"), encode(sampleMessages()[0])[4:]), "not a voldelta agent"},
 		{"HELLO GET request", FrameHello, []byte("GET / HTTP/1.1\r\n"), "not a voldelta agent"},
 		{"HELLO lowercase magic", FrameHello, cat([]byte("vdlt"), []byte{0, 1}), "not a voldelta agent"},
 		{"HELLO short magic", FrameHello, []byte("VD"), "truncated"},
-		{"HELLO params truncated", FrameHello, cat([]byte("VDLT"), []byte{0, 1, 1, 'v'}, make([]byte, 8), []byte{5, 'a'}), "HELLO"},
+		{"HELLO params truncated", FrameHello, cat([]byte("VDLT"), []byte{0, 2, 1, 'v'}, make([]byte, 8), []byte{5, 'a'}), "HELLO"},
+		// The version-1 layout (no image) claiming to be this version.
+		{"HELLO v1 layout as v2", FrameHello, helloV1Layout(t, ProtocolVersion), "truncated"},
+		{"HELLO image cut", FrameHello, helloImage[:len(helloImage)-1], "truncated"},
 		{"WELCOME state 3", FrameWelcome, encode(Welcome{State: 3}), "unknown target state 3"},
+		{"WELCOME flag bit 1", FrameWelcome, welcomeFlags(0x02), "unknown flags 0x2"},
+		{"WELCOME flags 0x81", FrameWelcome, welcomeFlags(0x81), "unknown flags 0x81"},
+		{"WELCOME v1 layout", FrameWelcome, unhex(t, `0000000000000002 | `+strings.Repeat("aa", 32)+` | 01 | 06 726563762f31`), "truncated"},
+		{"BASE_GET short", FrameBaseGet, make([]byte, 31), "BASE_GET payload truncated"},
+		{"MANIFEST_COPY count 0", FrameManifestCopy, encode(ManifestCopy{First: 5, Count: 0}), "5+0 is empty"},
+		{"MANIFEST_COPY overflows", FrameManifestCopy, encode(ManifestCopy{First: 1<<64 - 1, Count: 2}), "overflows"},
+		{"MANIFEST_COPY wraps to 0", FrameManifestCopy, encode(ManifestCopy{First: 1, Count: 1<<64 - 1}), "overflows"},
+		{"MANIFEST_COPY short", FrameManifestCopy, make([]byte, 15), "MANIFEST_COPY payload truncated"},
 		{"ERROR message too long", FrameError, cat([]byte{0, 1, 0x10, 0x01}, make([]byte, 4097)), "limit 4096"},
 		{"MANIFEST count too high", FrameManifest, cat([]byte{0, 0, 0, 2}, make([]byte, 49)), "2 entries in 49 bytes"},
 		{"MANIFEST count huge", FrameManifest, cat([]byte{0xff, 0xff, 0xff, 0xff}, make([]byte, 49)), "entries in 49 bytes"},
@@ -219,6 +257,16 @@ func TestDecodeRejects(t *testing.T) {
 	}
 }
 
+// helloV1Layout is the HELLO a protocol-1 agent sends (spec.md of version
+// 1: no image after the agent string), with its version field set to v.
+func helloV1Layout(t testing.TB, v uint16) []byte {
+	b := unhex(t, `56444c54 | 0001 | 05 7076632d31 | 0000000040000000 |
+		13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
+		0004 | 07 6167656e742f31`)
+	b[4], b[5] = byte(v>>8), byte(v)
+	return b
+}
+
 // An agent of another version is told apart from a stray client, and its
 // version is decoded whatever follows it, so the receiver can name it.
 func TestDecodeHelloOtherVersion(t *testing.T) {
@@ -227,8 +275,10 @@ func TestDecodeHelloOtherVersion(t *testing.T) {
 		payload []byte
 		version uint16
 	}{
-		{"v2, v1 layout", encode(Hello{Version: 2, Volume: "pvc-1", Params: chunk.DefaultParams()}), 2},
-		{"v2, unknown layout", append([]byte("VDLT\x00\x02"), []byte("\xff\xfe anything at all")...), 2},
+		{"v1 agent", helloV1Layout(t, 1), 1},
+		{"v1, this version's layout", encode(Hello{Version: 1, Volume: "pvc-1", Params: chunk.DefaultParams(), Image: "img"}), 1},
+		{"v3, this version's layout", encode(Hello{Version: 3, Volume: "pvc-1", Params: chunk.DefaultParams(), Image: "img"}), 3},
+		{"v3, unknown layout", append([]byte("VDLT\x00\x03"), []byte("\xff\xfe anything at all")...), 3},
 		{"v0, nothing after", []byte("VDLT\x00\x00"), 0},
 		{"v65535", []byte("VDLT\xff\xff\x01"), 65535},
 	}
@@ -242,8 +292,8 @@ func TestDecodeHelloOtherVersion(t *testing.T) {
 			if !ok {
 				t.Fatalf("decoded a %T", m)
 			}
-			if h.Version != tc.version {
-				t.Fatalf("version %d, want %d", h.Version, tc.version)
+			if h != (Hello{Version: tc.version}) {
+				t.Fatalf("decoded %#v, want only version %d", h, tc.version)
 			}
 		})
 	}
@@ -266,13 +316,26 @@ func TestEncodeTruncatesLongStrings(t *testing.T) {
 		t.Fatalf("agent cut to %d bytes (valid UTF-8: %v), want the first 254 bytes of it", len(got.Agent), utf8.ValidString(got.Agent))
 	}
 
-	w := Welcome{State: TargetNew, Receiver: strings.Repeat("r", 300)}
+	w := Welcome{State: TargetNew, Receiver: strings.Repeat("r", 300), Size: 7, Image: strings.Repeat("i", 256), HasBase: true}
 	m, err = Decode(FrameWelcome, encode(w))
 	if err != nil {
 		t.Fatalf("decode WELCOME: %v", err)
 	}
-	if r := m.(Welcome).Receiver; r != strings.Repeat("r", 255) {
-		t.Fatalf("receiver cut to %d bytes, want 255", len(r))
+	gw := m.(Welcome)
+	if gw.Receiver != strings.Repeat("r", 255) || gw.Image != strings.Repeat("i", 255) {
+		t.Fatalf("receiver cut to %d bytes, image to %d, want 255 each", len(gw.Receiver), len(gw.Image))
+	}
+	if gw.Size != 7 || !gw.HasBase {
+		t.Fatalf("fields after a long string were corrupted: %#v", gw)
+	}
+
+	h = Hello{Version: ProtocolVersion, Params: chunk.DefaultParams(), Streams: 2, Agent: long, Image: long}
+	m, err = Decode(FrameHello, encode(h))
+	if err != nil {
+		t.Fatalf("decode HELLO with a long image: %v", err)
+	}
+	if got := m.(Hello); got.Image != got.Agent || len(got.Image) != 254 || got.Streams != 2 {
+		t.Fatalf("image cut to %d bytes, want 254 like the agent: %#v", len(got.Image), got)
 	}
 
 	e := ErrorMsg{Code: ErrCodeApply, Message: strings.Repeat("x", 4095) + "€€"}
@@ -286,7 +349,8 @@ func TestEncodeTruncatesLongStrings(t *testing.T) {
 }
 
 func TestFrameTypeString(t *testing.T) {
-	want := []string{"HELLO", "WELCOME", "ERROR", "MANIFEST", "MANIFEST_END", "NEED", "NEED_END", "DATA_OPEN", "CHUNK", "RESULT"}
+	want := []string{"HELLO", "WELCOME", "ERROR", "MANIFEST", "MANIFEST_END", "NEED", "NEED_END", "DATA_OPEN", "CHUNK", "RESULT",
+		"BASE_GET", "MANIFEST_COPY"}
 	for i, w := range want {
 		if s := FrameType(i + 1).String(); s != w {
 			t.Errorf("FrameType(%d) = %q, want %q", i+1, s, w)

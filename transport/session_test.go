@@ -546,8 +546,8 @@ func TestStreamRecvRemoteError(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// An agent of protocol 2; the rest of its HELLO is unknown to us.
-			if err := ctl.Send(rawMsg{FrameHello, []byte("VDLT\x00\x02future fields")}); err != nil {
+			// An agent of a later protocol; the rest of its HELLO is unknown to us.
+			if err := ctl.Send(rawMsg{FrameHello, []byte("VDLT\x00\x03future fields")}); err != nil {
 				t.Fatal(err)
 			}
 			rctl, err := srv.Accept(ctx)
@@ -565,7 +565,7 @@ func TestStreamRecvRemoteError(t *testing.T) {
 				t.Fatalf("agent got %v, want a version error", err)
 			}
 			var re *RemoteError
-			if !errors.As(err, &re) || re.Message != "agent speaks protocol 2, receiver speaks 1" || re.Code.Retryable() {
+			if !errors.As(err, &re) || re.Message != "agent speaks protocol 3, receiver speaks 2" || re.Code.Retryable() {
 				t.Fatalf("remote error %#v", re)
 			}
 		})
