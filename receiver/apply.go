@@ -39,10 +39,11 @@ type manifestEnd struct {
 }
 
 type event struct {
-	batch []chunk.Entry
-	end   *manifestEnd
-	chunk *arrived
-	err   error
+	batch  []chunk.Entry
+	copied bool // batch comes from the base manifest (MANIFEST_COPY)
+	end    *manifestEnd
+	chunk  *arrived
+	err    error
 }
 
 // Requester is how an apply asks its sender for chunks. Calls come from
@@ -74,6 +75,11 @@ type Result struct {
 	// (resumed rounds, rounds whose target's fingerprint could not vouch
 	// for it, and --verify full).
 	ReadBackBytes uint64
+	// ManifestLiteral counts the manifest's entries the sender sent,
+	// ManifestCopied those it named from the committed manifest
+	// (MANIFEST_COPY).
+	ManifestLiteral uint64
+	ManifestCopied  uint64
 }
 
 // applyPhase is where an apply's plan stands.
@@ -190,7 +196,7 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 		case ev.err != nil:
 			err = ev.err
 		case ev.batch != nil:
-			err = a.onBatch(ev.batch)
+			err = a.onBatch(ev.batch, ev.copied)
 		case ev.end != nil:
 			err = a.onEnd(*ev.end)
 		case ev.chunk != nil:
@@ -208,14 +214,22 @@ func (a *applier) run(ctx context.Context, events <-chan event) error {
 	return nil
 }
 
-func (a *applier) onBatch(batch []chunk.Entry) error {
+func (a *applier) onBatch(batch []chunk.Entry, copied bool) error {
 	if a.phase != phaseStreaming {
 		return failf(ErrBadInput, "MANIFEST after MANIFEST_END")
 	}
 	for _, e := range batch {
 		if err := a.builder.Add(e); err != nil {
+			if copied {
+				return failf(ErrBadInput, "manifest entry %d, copied from the committed manifest (MANIFEST_COPY): %w", a.builder.Count(), err)
+			}
 			return failf(ErrBadInput, "manifest entry %d: %w", a.builder.Count(), err)
 		}
+	}
+	if copied {
+		a.result.ManifestCopied += uint64(len(batch))
+	} else {
+		a.result.ManifestLiteral += uint64(len(batch))
 	}
 	a.mu.Lock()
 	base := len(a.entries)

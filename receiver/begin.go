@@ -75,12 +75,17 @@ type Header struct {
 	Size   uint64
 	Params chunk.Params
 	Peer   string // who sends, for the state file and logs
+	// Image identifies the image the sender reads (transport.Hello.Image);
+	// it is recorded with the generation the round commits.
+	Image string
 }
 
 // Previous is what the target held when the apply began.
 type Previous struct {
 	Generation uint64   // last committed generation, 0 if none
 	Root       chunk.ID // its root hash
+	Size       uint64   // its volume size
+	Image      string   // the image identity its round named ("" if none)
 	Incomplete bool     // an earlier apply was interrupted; this one resumes it
 }
 
@@ -90,13 +95,17 @@ type Previous struct {
 // without a commit leaves the target incomplete, with its progress
 // journaled for the next one.
 type Apply struct {
-	vol       Volume
-	opt       Options
-	log       *slog.Logger
-	vd        volumeDir
-	t         *target
-	st        *State
-	prev      Previous
+	vol  Volume
+	opt  Options
+	log  *slog.Logger
+	vd   volumeDir
+	t    *target
+	st   *State
+	prev Previous
+	hdr  Header
+	// base is the committed generation's manifest when the round's index
+	// is exactly it (see Base); its entries are the index's, not a copy.
+	base      *chunk.Manifest
 	a         *applier
 	events    chan event
 	unlock    func()
@@ -126,7 +135,7 @@ func Begin(ctx context.Context, vol Volume, opt Options, h Header) (_ *Apply, er
 	if err := opt.defaults(); err != nil {
 		return nil, err
 	}
-	p := &Apply{vol: vol, opt: opt, log: opt.Logger.With("volume", vol.Name), started: time.Now(),
+	p := &Apply{vol: vol, opt: opt, log: opt.Logger.With("volume", vol.Name), started: time.Now(), hdr: h,
 		vd: volumeDir{dir: filepath.Join(vol.StateDir, vol.Name)}}
 	defer func() {
 		if err != nil {
@@ -161,10 +170,34 @@ func Begin(ctx context.Context, vol Volume, opt Options, h Header) (_ *Apply, er
 	if !p.t.block && tsize < h.Size {
 		idx = newIndex(withZeroTail(idx.live(), tsize, h.Size))
 	}
+	if k.committed {
+		// The index starts with the loaded extents (a zero tail, if any,
+		// comes after them), and nothing changes its entries: the base
+		// shares them rather than holding a second copy.
+		p.base = committedBase(idx.exts[:len(k.exts)], h.Params, p.st.Size, p.prev.Root)
+		if p.base == nil {
+			p.log.Warn("the committed extents do not rebuild the committed root; no base manifest is offered", "generation", p.prev.Generation)
+		}
+	}
 	readBack := k.readBack || p.opt.Verify == VerifyFull
 	p.a = &applier{log: p.log, opt: &p.opt, t: p.t, idx: idx, j: p.j, params: h.Params, size: h.Size, oldSize: tsize, readBack: readBack}
 	p.events = make(chan event, 16)
 	return p, nil
+}
+
+// committedBase returns the committed manifest if exts are exactly it:
+// well formed for params and size, with root as their root. Otherwise nil.
+func committedBase(exts []chunk.Entry, params chunk.Params, size uint64, root chunk.ID) *chunk.Manifest {
+	b := chunk.NewBuilder(params, size)
+	for _, e := range exts {
+		if b.Add(e) != nil {
+			return nil
+		}
+	}
+	if got, err := b.Finish(); err != nil || got != root || root == (chunk.ID{}) {
+		return nil
+	}
+	return &chunk.Manifest{Params: params, Size: size, Entries: exts, Root: root}
 }
 
 // lockVolume claims a volume in this process and, through flock(2) on its
@@ -219,7 +252,7 @@ func (p *Apply) prepare(ctx context.Context, tsize uint64, h Header) (known, err
 	}
 	p.st = st
 	resuming := !fresh && st.Phase == PhaseApplying
-	p.prev = Previous{Generation: st.Generation, Incomplete: resuming}
+	p.prev = Previous{Generation: st.Generation, Size: st.Size, Image: st.Image, Incomplete: resuming}
 	p.prev.Root, _ = chunk.ParseID(st.Root)
 
 	k, err := loadIndex(ctx, p.log, p.vd, p.t, tsize, st, h.Params, p.vol.Path)
@@ -252,7 +285,7 @@ func (p *Apply) prepare(ctx context.Context, tsize uint64, h Header) (known, err
 	st.Extents = name
 	st.Rescan = ""
 	st.Phase = PhaseApplying
-	st.Applying = &Applying{Size: h.Size, StartedAt: time.Now().UTC(), Peer: h.Peer, Journal: nonce}
+	st.Applying = &Applying{Size: h.Size, StartedAt: time.Now().UTC(), Peer: h.Peer, Image: h.Image, Journal: nonce}
 	if err := p.vd.saveState(st); err != nil {
 		return known{}, err
 	}
@@ -288,6 +321,15 @@ func (p *Apply) rescan(ctx context.Context, tsize uint64, h Header, why string) 
 // Previous returns what the target held when the apply began.
 func (p *Apply) Previous() Previous { return p.prev }
 
+// Base returns the committed generation's manifest if this round holds it
+// exactly, nil otherwise: the round's index is the committed manifest (no
+// rescan pending or needed, not an interrupted apply, the same chunk
+// parameters as the header's), and a root computed over it is the
+// committed root. Its entries are shared with the index: do not modify
+// them. With a base, a sender may send its manifest as a delta against it
+// (AddBase).
+func (p *Apply) Base() *chunk.Manifest { return p.base }
+
 func (p *Apply) push(ctx context.Context, ev event) error {
 	select {
 	case p.events <- ev:
@@ -304,6 +346,28 @@ func (p *Apply) AddManifest(ctx context.Context, entries []chunk.Entry) error {
 		return nil
 	}
 	return p.push(ctx, event{batch: entries})
+}
+
+// AddBase hands Run the base's entries first..first+count-1 as the next
+// entries of the manifest (MANIFEST_COPY). It fails with ErrBadInput
+// without a base or out of its range; whether they fit where the manifest
+// stands is checked as for any entry, and the root at EndManifest decides.
+func (p *Apply) AddBase(ctx context.Context, first, count uint64) error {
+	if p.base == nil {
+		return failf(ErrBadInput, "MANIFEST_COPY, but this receiver holds no base manifest for the round (WELCOME said so): send the manifest's entries")
+	}
+	n := uint64(len(p.base.Entries))
+	if first >= n || count > n-first {
+		return failf(ErrBadInput, "MANIFEST_COPY of %d entries from entry %d, but the committed manifest has %d entries", count, first, n)
+	}
+	const batch = 4096
+	for k := first; k < first+count; k += batch {
+		es := p.base.Entries[k:min(k+batch, first+count)]
+		if err := p.push(ctx, event{batch: es, copied: true}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // EndManifest says the manifest is complete, with the sender's count and root.
@@ -417,12 +481,13 @@ func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	st.Generation++
 	st.Root = root.String()
 	st.Size = a.size
+	st.Image = p.hdr.Image
 	st.CommittedAt = now
 	st.Extents = name
 	st.Fingerprint = fp
 	st.Applying = nil
 	st.Rescan = ""
-	st.History = append(st.History, Committed{Generation: st.Generation, Root: st.Root, Size: st.Size, At: now})
+	st.History = append(st.History, Committed{Generation: st.Generation, Root: st.Root, Size: st.Size, Image: st.Image, At: now})
 	if len(st.History) > historyLen {
 		st.History = st.History[len(st.History)-historyLen:]
 	}
@@ -437,6 +502,7 @@ func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	r := a.result
 	p.log.Info("generation committed", "generation", r.Generation, "root", r.Root.Short(), "skipped", r.Skipped, "copied", r.Copied,
 		"fetched", r.Fetched, "zeroed", r.Zeroed, "fetched_bytes", r.FetchBytes, "repaired", r.Repaired, "read_back_bytes", r.ReadBackBytes,
+		"manifest_literal", r.ManifestLiteral, "manifest_copied", r.ManifestCopied,
 		"duration", elapsed(p.started))
 	return r, nil
 }

@@ -18,6 +18,10 @@ type known struct {
 	// target still matches it, so every entry the round keeps in place is
 	// read and checked before the commit (and fetched if it does not match).
 	readBack bool
+	// committed: exts are the committed generation's extents file, as
+	// committed (the state is committed, with no rescan pending, for these
+	// params and this target path).
+	committed bool
 }
 
 // loadIndex returns what the state proves of the target: the committed
@@ -53,9 +57,9 @@ func loadIndex(ctx context.Context, log *slog.Logger, vd volumeDir, t *target, t
 		case changedContent:
 			return known{how: "target changed outside voldelta: " + why}, nil
 		case unknownContent:
-			return known{exts: exts, how: "committed manifest, read back: " + why, readBack: true}, nil
+			return known{exts: exts, how: "committed manifest, read back: " + why, readBack: true, committed: true}, nil
 		}
-		return known{exts: exts, how: "committed manifest"}, nil
+		return known{exts: exts, how: "committed manifest", committed: true}, nil
 	case PhaseApplying:
 		intents, done, err := vd.readJournalFor(st.Applying.Journal)
 		if errors.Is(err, errJournalLost) || errors.Is(err, errJournalDamaged) || errors.Is(err, errJournalOther) {

@@ -365,7 +365,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	opt.Logger = log.With("agent", hello.Agent)
 	opt.Idle = s.cfg.Transport.IdleTimeout
 	ap, err := Begin(ctx, Volume{Name: hello.Volume, Path: path, StateDir: s.cfg.StateDir}, opt,
-		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent})
+		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent, Image: hello.Image})
 	if err != nil {
 		return err
 	}
@@ -378,7 +378,9 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	case prev.Generation > 0:
 		state = transport.TargetCommitted
 	}
-	if err := ctrl.Send(transport.Welcome{Generation: prev.Generation, Root: prev.Root, State: state, Receiver: s.cfg.Name}); err != nil {
+	welcome := transport.Welcome{Generation: prev.Generation, Root: prev.Root, State: state, Receiver: s.cfg.Name,
+		Size: prev.Size, Image: prev.Image, HasBase: ap.Base() != nil}
+	if err := ctrl.Send(welcome); err != nil {
 		return err
 	}
 
@@ -456,18 +458,35 @@ func MaxManifestEntries(size uint64, p chunk.Params) uint64 {
 	return size/uint64(p.MinSize) + size/p.SegmentSize + 1
 }
 
-// readControl forwards the agent's manifest to the apply. Until
-// MANIFEST_END, each manifest frame must start within idle.
+// baseBatch is the most entries of a MANIFEST frame answering BASE_GET.
+const baseBatch = 2048
+
+// readControl forwards the agent's manifest to the apply: MANIFEST
+// frames, and MANIFEST_COPY ranges of the base (the committed manifest)
+// when the apply has one. Before the first of them the agent may ask once
+// for the base (BASE_GET), which is answered here. Until MANIFEST_END,
+// each frame must start within idle.
 func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello transport.Hello, idle time.Duration) {
 	limit := MaxManifestEntries(hello.Size, hello.Params)
-	var count uint64
-	ended := false
+	base := ap.Base()
+	var (
+		count    uint64 // entries of the manifest so far, sent and copied
+		next     uint64 // the offset the next entry must start at
+		started  bool   // a manifest frame (MANIFEST, MANIFEST_COPY, MANIFEST_END) came
+		ended    bool   // MANIFEST_END came
+		baseSent bool   // BASE_GET was answered
+	)
+	tooMany := func() error {
+		return failf(ErrBadInput, "manifest of more than %d entries for a volume of %d bytes with %d-byte minimum chunks and %d-byte segments", limit, hello.Size, hello.Params.MinSize, hello.Params.SegmentSize)
+	}
 	for {
 		var m transport.Message
 		var err error
 		switch {
 		case ended:
 			m, err = ctrl.Recv()
+		case count == 0 && baseSent:
+			m, err = ctrl.RecvWithin(idle, "MANIFEST after the base manifest")
 		case count == 0:
 			m, err = ctrl.RecvWithin(idle, "MANIFEST after WELCOME")
 		default:
@@ -486,15 +505,52 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello t
 			return
 		}
 		switch m := m.(type) {
-		case transport.ManifestBatch:
-			count += uint64(len(m.Entries))
-			if count > limit {
-				ap.Fail(ctx, failf(ErrBadInput, "manifest of more than %d entries for a volume of %d bytes with %d-byte minimum chunks and %d-byte segments", limit, hello.Size, hello.Params.MinSize, hello.Params.SegmentSize))
+		case transport.BaseGet:
+			if err := checkBaseGet(m, base, started, baseSent); err != nil {
+				ap.Fail(ctx, err)
 				return
 			}
+			baseSent = true
+			if err := sendBase(ctrl, base); err != nil {
+				ap.Fail(ctx, err)
+				return
+			}
+			ap.log.Info("sent the base manifest", "entries", len(base.Entries), "root", base.Root.Short())
+			continue
+		case transport.ManifestBatch:
+			started = true
+			count += uint64(len(m.Entries))
+			if count > limit {
+				ap.Fail(ctx, tooMany())
+				return
+			}
+			if n := len(m.Entries); n > 0 {
+				next = m.Entries[n-1].End()
+			}
 			err = ap.AddManifest(ctx, m.Entries)
+		case transport.ManifestCopy:
+			if ended {
+				ap.Fail(ctx, failf(ErrBadInput, "MANIFEST_COPY after MANIFEST_END"))
+				return
+			}
+			started = true
+			if base != nil && m.First < uint64(len(base.Entries)) && base.Entries[m.First].Offset != next {
+				ap.Fail(ctx, failf(ErrBadInput, "MANIFEST_COPY from entry %d, which starts at offset %d, but the manifest so far ends at %d: copied entries must continue it",
+					m.First, base.Entries[m.First].Offset, next))
+				return
+			}
+			if count+m.Count > limit || count+m.Count < count {
+				ap.Fail(ctx, tooMany())
+				return
+			}
+			if err := ap.AddBase(ctx, m.First, m.Count); err != nil {
+				ap.Fail(ctx, err)
+				return
+			}
+			count += m.Count
+			next = base.Entries[m.First+m.Count-1].End()
 		case transport.ManifestEnd:
-			ended = true
+			started, ended = true, true
 			err = ap.EndManifest(ctx, m.Count, m.Root)
 		default:
 			ap.Fail(ctx, failf(ErrBadInput, "unexpected %v on the control stream", m.FrameType()))
@@ -504,6 +560,36 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello t
 			return
 		}
 	}
+}
+
+// checkBaseGet says whether BASE_GET may be answered: once, before the
+// first manifest frame, naming the root of a base the round holds.
+func checkBaseGet(m transport.BaseGet, base *chunk.Manifest, started, sent bool) error {
+	switch {
+	case started:
+		return failf(ErrBadInput, "BASE_GET after the manifest began: ask for the base manifest before the first MANIFEST frame")
+	case sent:
+		return failf(ErrBadInput, "second BASE_GET: the base manifest is sent once per session")
+	case base == nil:
+		return failf(ErrBadInput, "BASE_GET, but this receiver holds no base manifest for the round (WELCOME said so): send the whole manifest")
+	case m.Root != base.Root:
+		return failf(ErrBadInput, "BASE_GET for root %s, but the committed manifest's root is %s", m.Root.Short(), base.Root.Short())
+	}
+	return nil
+}
+
+// sendBase answers BASE_GET: the base's entries in MANIFEST frames of at
+// most baseBatch entries, then MANIFEST_END with its count and root.
+func sendBase(ctrl *transport.Stream, base *chunk.Manifest) error {
+	for k := 0; k < len(base.Entries); k += baseBatch {
+		if err := ctrl.Send(transport.ManifestBatch{Entries: base.Entries[k:min(k+baseBatch, len(base.Entries))]}); err != nil {
+			return fmt.Errorf("send the base manifest: %w", err)
+		}
+	}
+	if err := ctrl.Send(transport.ManifestEnd{Count: uint64(len(base.Entries)), Root: base.Root}); err != nil {
+		return fmt.Errorf("send the base manifest: %w", err)
+	}
+	return nil
 }
 
 // acceptData accepts the agent's data streams and reads chunks from each;

@@ -100,12 +100,15 @@ func (fp Fingerprint) compare(cur Fingerprint) (verdict, string) {
 // atomically and carries a checksum over its own content, so a damaged
 // file is refused (ErrStateCorrupt) instead of read as something else.
 type State struct {
-	Volume      string       `json:"volume"`
-	Target      string       `json:"target"`
-	Phase       Phase        `json:"phase"`
-	Generation  uint64       `json:"generation"`            // last committed generation (0: none)
-	Root        string       `json:"root,omitempty"`        // root hash of the last committed generation
-	Size        uint64       `json:"size"`                  // volume size of the last committed generation
+	Volume     string `json:"volume"`
+	Target     string `json:"target"`
+	Phase      Phase  `json:"phase"`
+	Generation uint64 `json:"generation"`     // last committed generation (0: none)
+	Root       string `json:"root,omitempty"` // root hash of the last committed generation
+	Size       uint64 `json:"size"`           // volume size of the last committed generation
+	// Image is the image identity the last committed generation's HELLO
+	// named (transport.Hello.Image), "" if none; WELCOME names it.
+	Image       string       `json:"image,omitempty"`
 	CommittedAt time.Time    `json:"committed_at,omitzero"` // when it was committed
 	Params      chunk.Params `json:"params"`                // chunk parameters of the extents file
 	Extents     string       `json:"extents"`               // file name of the known extents, in the volume's directory
@@ -126,6 +129,7 @@ type Applying struct {
 	Size      uint64    `json:"size"`
 	StartedAt time.Time `json:"started_at"`
 	Peer      string    `json:"peer,omitempty"`
+	Image     string    `json:"image,omitempty"` // the image identity the round's HELLO named
 	// Journal is the nonce in the header of this apply's journal: a
 	// journal with another nonce belongs to another apply and is not used.
 	Journal uint64 `json:"journal"`
@@ -136,6 +140,7 @@ type Committed struct {
 	Generation uint64    `json:"generation"`
 	Root       string    `json:"root"`
 	Size       uint64    `json:"size"`
+	Image      string    `json:"image,omitempty"`
 	At         time.Time `json:"at"`
 }
 

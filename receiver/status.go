@@ -26,6 +26,7 @@ type VolumeStatus struct {
 	Generation    uint64     `json:"generation"`
 	Root          string     `json:"root_hash,omitempty"`
 	Size          uint64     `json:"size"`
+	Image         string     `json:"image,omitempty"` // the image the committed generation was made from
 	CommittedAt   *time.Time `json:"committed_at,omitempty"`
 	ApplyingSince *time.Time `json:"applying_since,omitempty"`
 	// Problem says why a committed target is not current: changed or
@@ -45,7 +46,7 @@ func ReadStatus(stateDir, volume string) (*VolumeStatus, error) {
 		return nil, fmt.Errorf("volume %q: %w", volume, err)
 	}
 	vs := &VolumeStatus{
-		Volume: st.Volume, Target: st.Target, Generation: st.Generation, Root: st.Root, Size: st.Size,
+		Volume: st.Volume, Target: st.Target, Generation: st.Generation, Root: st.Root, Size: st.Size, Image: st.Image,
 		Incomplete: st.Phase == PhaseApplying, History: st.History,
 	}
 	vs.Current, vs.Problem = judge(st)
