@@ -32,12 +32,14 @@
 //     report the same allocation (both assume filesystem blocks of at most
 //     4 KiB, as on ext4 and XFS; a filesystem that reports no holes at all
 //     is detected and refused, ErrNoHoleSupport). Writing zeros allocates
-//     data; holes are
-//     punched only by unmap (trim), in the head and in snapshots marked
-//     Removed — and, with the setting "Remove Snapshots During Filesystem
-//     Trim" (unmapMarkSnapChainRemoved), a trim first marks the head's whole
-//     chain Removed. Disable that setting for volumes synced with voldelta:
-//     a snapshot already open could be punched under the reader.
+//     data; holes are punched only by unmap (trim) — meant for the head and
+//     the snapshots marked Removed, but see "Trims and Removed snapshots"
+//     below: with a Removed snapshot in the chain the engine punches
+//     snapshots that are not Removed. With the setting "Remove Snapshots
+//     During Filesystem Trim" (unmapMarkSnapChainRemoved) a trim first
+//     marks the head's whole chain Removed. Disable that setting for
+//     volumes synced with voldelta: a snapshot already open could be
+//     punched under the reader.
 //   - A byte of snapshot S is that of the topmost layer in S's ancestry
 //     holding data there, zero if none does. Snapshots form a tree (a revert
 //     starts a new head on an older snapshot); the live chain is the head's.
@@ -80,8 +82,60 @@
 // restarts at the last old boundary before a change and stops once a cut
 // point meets an old boundary again — content-defined chunking
 // resynchronises at the first old boundary past a change. The extents are a
-// superset of the change (a layer can rewrite bytes with the same content),
-// never a subset, as long as base was not Removed since it was synced. On
-// success the slice is never nil, even when empty: nil means "unknown" to
-// the scan.
+// superset of the change (a layer can rewrite bytes with the same content)
+// of the base's image as it is now; they are a superset of the change since
+// base was synced only if base's file has not been written since, which
+// Delta checks as far as the metadata allow (below). On success the slice
+// is never nil, even when empty: nil means "unknown" to the scan.
+//
+// Delta refuses:
+//
+//   - a base or target marked Removed (ErrSnapshotRemoved): Longhorn may
+//     prune or coalesce it at any moment;
+//   - a base with a snapshot marked Removed anywhere below it, i.e. among
+//     its ancestors (ErrRemovedBelowBase), for the reason below; Removed
+//     snapshots between base and target are fine, their data counts in
+//     target's layers;
+//   - a result computed over a chain that changed (ErrChainChanged): once
+//     the extents are listed, Delta reads volume.meta and the .img.meta of
+//     every layer of target's chain (target down to the base layer) again
+//     and stats their files; a different parent, Removed mark, UserCreated
+//     or creation time, a missing meta, or a layer file that is another
+//     file (device, inode or size differ from what OpenReplica saw: a
+//     purge's coalesce and replace) refuses it, and so does a replica that
+//     started rebuilding (ErrRebuilding). New snapshots and heads above
+//     target are not a change: Delta reads none of them.
+//
+// # Trims and Removed snapshots
+//
+// In longhorn-engine v1.9.0 (and master as of 2026-08, the same code),
+// Replica.UnmapAt (pkg/replica/replica.go, lines 1329-1385) builds the list
+// of files to punch: the head first, then, walking down from the head's
+// parent (lines 1360-1372), every disk that is marked Removed — a disk that
+// is not Removed is skipped, not a stop; the walk stops only at a disk with
+// more than one child or past the base. diffDisk.UnmapAt
+// (pkg/replica/diff_disk.go, lines 291-367) then pairs that list with its
+// open files by position counting down from the top (lines 322-347:
+// unmappableDisks[len(d.files)-1-idx] names the file, d.files[idx] is the
+// file punched). With k Removed disks in that walk, the engine punches the
+// head and the k snapshot files directly under it, Removed or not (and uses
+// the Removed ones' paths only to measure the space freed). A snapshot S
+// that is not Removed is punched when at least as many Removed disks lie in
+// the walk as S's distance from the head, which needs a Removed disk below
+// S. So for a base B with a Removed snapshot below it, a trim can punch B
+// itself: B's image changes (its trimmed ranges now read as the layer
+// below, or zeros), the new head has a hole there too, and Delta(B, T)
+// lists neither — the scan would keep the bytes B had when it was synced.
+// Delta therefore refuses such a base (ErrRemovedBelowBase), conservatively
+// also when the walk would have stopped at a branch before reaching the
+// Removed disk. The bytes affected are ones the guest has trimmed (free in
+// its filesystem), but the copy would no longer equal the source image.
+//
+// What Delta cannot see: a trim while a Removed snapshot was below B, after
+// B was synced, where Longhorn has purged that snapshot before Delta runs.
+// Purging a Removed snapshot whose only child is B coalesces B into it and
+// links the result to B's name (OpCoalesce, OpReplace; ReplaceDisk keeps B's
+// .img.meta and its Created), so nothing in the metadata records the punch.
+// voldelta itself makes this window when it deletes the snapshot under the
+// one it last synced. Only a full read, or a later base, closes it.
 package longhorn

@@ -29,6 +29,15 @@ var (
 	// used as a delta base. Its data still counts as an ancestor's.
 	ErrSnapshotRemoved = errors.New("snapshot is marked removed")
 
+	// ErrRemovedBelowBase means Delta's base has a snapshot marked Removed
+	// below it. While one is, longhorn-engine's UnmapAt punches a trim into
+	// snapshots that are not Removed, the base among them (see the package
+	// documentation), so the base's image may no longer be the one that was
+	// synced and the delta from it would miss those bytes. Read the target
+	// in full instead; retrying only helps once Longhorn has purged the
+	// removed snapshot.
+	ErrRemovedBelowBase = errors.New("a snapshot below the delta base is marked removed")
+
 	// ErrNotAncestor means Delta's base is not an ancestor of its target.
 	ErrNotAncestor = errors.New("base is not an ancestor of target")
 
@@ -42,8 +51,10 @@ var (
 	ErrBackingFile = errors.New("replicas with a backing image are not supported")
 
 	// ErrChainChanged means a layer file named by the metadata is missing
-	// (Longhorn is deleting or replacing it, or did so since OpenReplica).
-	// Retryable: open the replica again.
+	// (Longhorn is deleting or replacing it, or did so since OpenReplica),
+	// or, in Delta, that the metadata or the files of the target's chain
+	// are no longer what OpenReplica read. Retryable: open the replica
+	// again.
 	ErrChainChanged = errors.New("snapshot chain changed while it was opened")
 
 	// ErrNoHoleSupport means the filesystem reported a sparse layer as

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -31,6 +32,7 @@ type disk struct {
 	labels      map[string]string
 	size        uint64 // apparent size of the .img when the replica was opened
 	missing     bool   // the .img did not exist then
+	dev, ino    uint64 // the .img's identity then (a replaced file has another)
 }
 
 // Snapshot describes one snapshot of a replica.
@@ -120,6 +122,7 @@ func OpenReplica(dir string) (*Replica, error) {
 			return nil, fmt.Errorf("%w: %s is not a regular file", ErrInvalidChain, file)
 		default:
 			d.size = uint64(st.Size())
+			d.dev, d.ino = fileID(st)
 		}
 		r.disks[file] = d
 	}
@@ -281,7 +284,14 @@ func (r *Replica) openLayer(file string) (*os.File, error) {
 //
 // Delta reads only metadata and extent maps, not data. Neither snapshot may
 // be marked Removed (a removed base may have been pruned, so its image is no
-// longer what was synced).
+// longer what was synced), and no snapshot below base may be either
+// (ErrRemovedBelowBase: Longhorn's unmap then punches holes into snapshots
+// that are not removed, base among them; see the package documentation).
+// Once the extents are listed Delta reads the metadata of target's chain
+// again and stats its files: if any differs from what OpenReplica read (a
+// parent, a Removed mark, a creation time, a file replaced by a purge) or
+// the replica started rebuilding, the result is refused with
+// ErrChainChanged (or ErrRebuilding), never returned.
 func (r *Replica) Delta(base, target string) ([]Extent, error) {
 	t, err := r.lookup(target)
 	if err != nil {
@@ -303,9 +313,13 @@ func (r *Replica) Delta(base, target string) ([]Extent, error) {
 	}
 	var layers []*disk
 	found := b == nil
-	for _, d := range r.ancestry(t) {
+	chain := r.ancestry(t)
+	for i, d := range chain {
 		if d == b {
 			found = true
+			if err := removedBelow(b, chain[i+1:]); err != nil {
+				return nil, err
+			}
 			break
 		}
 		layers = append(layers, d)
@@ -316,7 +330,7 @@ func (r *Replica) Delta(base, target string) ([]Extent, error) {
 	var size uint64
 	var all []Extent
 	for i, d := range layers {
-		es, fsize, err := r.layerExtents(d.file)
+		es, fsize, err := r.layerExtents(d)
 		if err != nil {
 			return nil, err
 		}
@@ -324,6 +338,12 @@ func (r *Replica) Delta(base, target string) ([]Extent, error) {
 			size = fsize
 		}
 		all = append(all, es...)
+	}
+	if testHookDeltaListed != nil {
+		testHookDeltaListed()
+	}
+	if err := r.recheck(chain); err != nil {
+		return nil, fmt.Errorf("delta from %q to %s: %w", base, snapshotName(t.file), err)
 	}
 	if b != nil && size > b.size {
 		all = append(all, Extent{Offset: b.size, Length: size - b.size})
@@ -334,10 +354,92 @@ func (r *Replica) Delta(base, target string) ([]Extent, error) {
 	return clipExtents(mergeExtents(all), size), nil
 }
 
-// layerExtents opens a layer, lists its data extents and closes it. It also
-// returns the layer's size.
-func (r *Replica) layerExtents(file string) ([]Extent, uint64, error) {
-	f, err := r.openLayer(file)
+// testHookDeltaListed, if set (by tests), runs once Delta has listed the
+// layers' extents, before it checks the chain again.
+var testHookDeltaListed func()
+
+// removedBelow refuses base as a delta base if one of the snapshots below it
+// (its ancestors, nearest first) is marked Removed.
+func removedBelow(base *disk, below []*disk) error {
+	var names []string
+	for _, d := range below {
+		if d.removed {
+			names = append(names, snapshotName(d.file))
+		}
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	return fmt.Errorf("snapshot %s below delta base %s is marked removed: while it is, a trim punches holes "+
+		"into the snapshots above it that are not removed (longhorn-engine Replica.UnmapAt), so %s may no longer "+
+		"hold what was synced from it: %w",
+		strings.Join(names, ", "), snapshotName(base.file), snapshotName(base.file), ErrRemovedBelowBase)
+}
+
+// recheck reads volume.meta and the .img.meta of the disks ds again and
+// stats their files; anything that differs from what OpenReplica read is
+// ErrChainChanged.
+func (r *Replica) recheck(ds []*disk) error {
+	data, err := readMeta(filepath.Join(r.dir, volumeMetaFile))
+	if err != nil {
+		return fmt.Errorf("read volume metadata again: %w: %v", ErrChainChanged, err)
+	}
+	info, err := parseVolumeMeta(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w: %v", filepath.Join(r.dir, volumeMetaFile), ErrBadMetadata, err)
+	}
+	if info.Rebuilding {
+		return fmt.Errorf("%s: %w", r.dir, ErrRebuilding)
+	}
+	if info.BackingFilePath != r.info.BackingFilePath {
+		return fmt.Errorf("%s: backing file changed: %w", r.dir, ErrChainChanged)
+	}
+	for _, d := range ds {
+		data, err := readMeta(filepath.Join(r.dir, d.file+metaSuffix))
+		if err != nil {
+			return fmt.Errorf("read metadata of %s again: %w: %v", d.file, ErrChainChanged, err)
+		}
+		n, err := parseDiskMeta(d.file, data)
+		if err != nil {
+			return fmt.Errorf("%s: %w: %v", filepath.Join(r.dir, d.file+metaSuffix), ErrBadMetadata, err)
+		}
+		if n.parent != d.parent || n.removed != d.removed || n.userCreated != d.userCreated || !n.created.Equal(d.created) {
+			return fmt.Errorf("metadata of %s changed (parent %q→%q, removed %v→%v): %w",
+				d.file, d.parent, n.parent, d.removed, n.removed, ErrChainChanged)
+		}
+		st, err := os.Stat(filepath.Join(r.dir, d.file))
+		if err != nil {
+			return fmt.Errorf("stat layer %s again: %w: %v", d.file, ErrChainChanged, err)
+		}
+		if err := d.same(st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// same checks that st is of the file OpenReplica found for d.
+func (d *disk) same(st os.FileInfo) error {
+	dev, ino := fileID(st)
+	if d.missing || dev != d.dev || ino != d.ino || uint64(st.Size()) != d.size {
+		return fmt.Errorf("layer %s was replaced (Longhorn purged a snapshot): %w", d.file, ErrChainChanged)
+	}
+	return nil
+}
+
+// fileID is a file's device and inode number.
+func fileID(st os.FileInfo) (dev, ino uint64) {
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return uint64(s.Dev), s.Ino
+	}
+	return 0, 0
+}
+
+// layerExtents opens the layer of d, lists its data extents and closes it.
+// It also returns the layer's size. A file other than the one OpenReplica
+// found is ErrChainChanged.
+func (r *Replica) layerExtents(d *disk) ([]Extent, uint64, error) {
+	f, err := r.openLayer(d.file)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -346,10 +448,13 @@ func (r *Replica) layerExtents(file string) ([]Extent, uint64, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("stat layer: %w", err)
 	}
+	if err := d.same(st); err != nil {
+		return nil, 0, err
+	}
 	size := uint64(st.Size())
 	es, err := dataExtents(f, size)
 	if err != nil {
-		return nil, 0, fmt.Errorf("layer %s: %w", file, err)
+		return nil, 0, fmt.Errorf("layer %s: %w", d.file, err)
 	}
 	return es, size, nil
 }
