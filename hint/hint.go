@@ -30,7 +30,7 @@ type Source interface {
 	Name() string
 	// BaseImage identifies the base image the extents are relative to, in
 	// the form the round that read that image put in its HELLO (see
-	// Identity). "" means the caller vouches for the base itself (a
+	// FileIdentity). "" means the caller vouches for the base itself (a
 	// changed-extent list an orchestrator wrote for "the last image
 	// sent"): the extents are then used against whatever the receiver
 	// committed.
