@@ -44,19 +44,19 @@ func TestBlocksToExtents(t *testing.T) {
 		{"fixed blocks merge when adjacent, across responses", []resp{
 			{fixed, 1 << 20, [][2]int64{{0, 4096}, {4096, 4096}, {16384, 4096}}},
 			{fixed, 1 << 20, [][2]int64{{20480, 4096}, {65536, 4096}}},
-		}, 1 << 20, []chunk.Extent{{0, 8192}, {16384, 8192}, {65536, 4096}}},
+		}, 1 << 20, []chunk.Extent{ext(0, 8192), ext(16384, 8192), ext(65536, 4096)}},
 		{"variable blocks", []resp{
 			{variable, 1 << 20, [][2]int64{{100, 900}, {1000, 24}, {5000, 1}}},
-		}, 1 << 20, []chunk.Extent{{100, 924}, {5000, 1}}},
+		}, 1 << 20, []chunk.Extent{ext(100, 924), ext(5000, 1)}},
 		{"clipped to a smaller image", []resp{
 			{variable, 1 << 20, [][2]int64{{0, 10}, {4000, 200}, {8192, 1}}},
-		}, 4096, []chunk.Extent{{0, 10}, {4000, 96}}},
+		}, 4096, []chunk.Extent{ext(0, 10), ext(4000, 96)}},
 		{"an image larger than the capacity: the rest is changed", []resp{
 			{fixed, 8192, [][2]int64{{0, 4096}}},
-		}, 10000, []chunk.Extent{{0, 4096}, {8192, 10000 - 8192}}},
+		}, 10000, []chunk.Extent{ext(0, 4096), ext(8192, 10000-8192)}},
 		{"the last block reaches the capacity and the image goes on", []resp{
 			{fixed, 8192, [][2]int64{{4096, 4096}}},
-		}, 10000, []chunk.Extent{{4096, 10000 - 4096}}},
+		}, 10000, []chunk.Extent{ext(4096, 10000-4096)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b blocks
@@ -128,3 +128,5 @@ func TestNewClientChecksOptions(t *testing.T) {
 		t.Fatal("no clients accepted")
 	}
 }
+
+func ext(off, n uint64) chunk.Extent { return chunk.Extent{Offset: off, Length: n} }
