@@ -581,8 +581,8 @@ func TestPushFromPreviousManifest(t *testing.T) {
 	if st2.RootHash != full.Root.String() {
 		t.Fatalf("push from the previous manifest stored root %s, a full scan gives %s", st2.RootHash, full.Root)
 	}
-	if want := uint64(volSize) - seg; st2.ReusedBytes != want {
-		t.Errorf("reused %d bytes, want every segment but the changed one (%d)", st2.ReusedBytes, want)
+	if least := uint64(volSize) - seg; st2.ReusedBytes < least || st2.ReusedBytes > uint64(volSize)-4096 {
+		t.Errorf("reused %d bytes, want at least every segment but the changed one (%d) and not the changed 4 KiB", st2.ReusedBytes, least)
 	}
 	if st2.ChunksUploaded == 0 || st2.ChunksUploaded > 3 {
 		t.Errorf("a 4 KiB change uploaded %d chunks", st2.ChunksUploaded)

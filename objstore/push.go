@@ -13,6 +13,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/hint"
 	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
 )
@@ -46,10 +47,38 @@ type PushOptions struct {
 	Grace time.Duration
 	// Clock measures the grace; nil means SystemClock.
 	Clock Clock
+	// Hints, if set, say which extents of the source may differ from an
+	// earlier image (see package hint), so that the scan reads only those
+	// and takes every other entry from the manifest of the volume's latest
+	// generation, which the push reads anyway to deduplicate. They are
+	// used only when that generation was chunked with the same Params and
+	// Hints.BaseImage() is "" (the caller vouches that the base is the
+	// image that generation was pushed from) or equals the Image that
+	// generation recorded; otherwise, and when Hints fails with an error
+	// wrapping hint.ErrUnavailable, the push reads the whole source and
+	// PushStats.FullScanReason says why. Any other hint error (malformed
+	// extents included) fails the push.
+	//
+	// A Source that misses a changed extent cannot be detected by the
+	// push: the bytes it missed keep the previous generation's entries, and
+	// the generation's root hash is that of the image the source lied
+	// about, not of the source (a pull then writes the wrong bytes and
+	// verifies them against that root). The hints are as trustworthy as
+	// their source; a periodic FullScan bounds how long such a lie lives,
+	// and a full scan after a hint source was suspected repairs it.
+	Hints hint.Source
+	// Image identifies the pushed image (hint.FileIdentity of the source;
+	// at most 1 KiB), recorded with the generation as the base image later
+	// hints name; "" records none (such a generation is a base only for
+	// hints with BaseImage "").
+	Image string
+	// FullScan reads the whole source whatever Hints say.
+	FullScan bool
 	// Previous and Changed let the scan reuse the entries of segments that
 	// did not change since the image Previous was made from (see
-	// chunk.ScanOptions): set both from storage with changed-block
-	// tracking, or neither.
+	// chunk.ScanOptions), unchecked: set both from storage with
+	// changed-block tracking, or neither. Hints is the checked way; the
+	// two are exclusive.
 	Previous *chunk.Manifest
 	Changed  []chunk.Extent
 	// Progress, if set, is called as the scan and the uploads advance,
@@ -73,18 +102,28 @@ type PushProgress struct {
 
 // PushStats describes a push; the JSON names are those of --stats-json.
 type PushStats struct {
-	Store            string  `json:"store"`
-	Volume           string  `json:"volume"`
-	Generation       uint64  `json:"generation"`
-	RootHash         string  `json:"root_hash"`
-	BaseGeneration   uint64  `json:"base_generation"` // this volume's latest before the push, 0 if none
-	BaseManifests    int     `json:"base_manifests"`  // manifests deduplicated against
-	SourceBytes      uint64  `json:"source_bytes"`
-	ChunksTotal      uint64  `json:"chunks_total"`    // data entries of the manifest
-	ChunksDistinct   uint64  `json:"chunks_distinct"` // distinct chunk IDs among them
-	ZeroRuns         uint64  `json:"zero_runs"`
-	ZeroBytes        uint64  `json:"zero_bytes"`
-	ReusedBytes      uint64  `json:"reused_bytes"`  // not read: Previous's entries for unchanged segments
+	Store          string `json:"store"`
+	Volume         string `json:"volume"`
+	Generation     uint64 `json:"generation"`
+	RootHash       string `json:"root_hash"`
+	BaseGeneration uint64 `json:"base_generation"` // this volume's latest before the push, 0 if none
+	BaseManifests  int    `json:"base_manifests"`  // manifests deduplicated against
+	SourceBytes    uint64 `json:"source_bytes"`
+	ChunksTotal    uint64 `json:"chunks_total"`    // data entries of the manifest
+	ChunksDistinct uint64 `json:"chunks_distinct"` // distinct chunk IDs among them
+	ZeroRuns       uint64 `json:"zero_runs"`
+	ZeroBytes      uint64 `json:"zero_bytes"`
+	ReusedBytes    uint64 `json:"reused_bytes"` // not read: Previous's entries for unchanged segments
+	// ScanMode is ScanIncremental when the scan read only what the change
+	// hints name, ScanFull otherwise, and FullScanReason says why then.
+	ScanMode       string `json:"scan_mode"`
+	FullScanReason string `json:"full_scan_reason,omitempty"`
+	HintSource     string `json:"hint_source,omitempty"` // Hints.Name()
+	ChangedBytes   uint64 `json:"changed_bytes"`         // the changed extents' bytes (incremental)
+	// BytesRead is what the scan read from the source; the chunks
+	// uploaded are read again (bytes_uploaded_raw, usually from the page
+	// cache).
+	BytesRead        uint64  `json:"bytes_read"`
 	ChunksReused     uint64  `json:"chunks_reused"` // distinct chunks the store already held
 	ChunksUploaded   uint64  `json:"chunks_uploaded"`
 	ChunksConfirmed  uint64  `json:"chunks_confirmed"` // reused chunks checked (HEAD, or GET with VerifyChunks)
@@ -106,6 +145,10 @@ type base struct {
 	volume string
 	gen    uint64
 	ids    map[chunk.ID]struct{}
+	// Of the pushed volume's own latest generation only: its manifest and
+	// the image it recorded.
+	m     *chunk.Manifest
+	image string
 }
 
 // Push stores src (size bytes) as the next generation of opt.Volume:
@@ -128,6 +171,12 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	if opt.Grace <= 0 {
 		opt.Grace = DefaultGrace
 	}
+	if opt.Hints != nil && (opt.Previous != nil || opt.Changed != nil) {
+		return nil, errors.New("push: Hints and Previous/Changed are exclusive")
+	}
+	if len(escapeImage(opt.Image)) > maxImageLen {
+		return nil, fmt.Errorf("push: image identity of %d bytes (at most %d)", len(opt.Image), maxImageLen)
+	}
 	comp, err := transport.NewCompressor(opt.Compression)
 	if err != nil {
 		return nil, err
@@ -140,13 +189,25 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	// The bases are read before the scan: the push's clock (see the
 	// package doc) starts here.
 	t0 := clock.Now()
-	bases, latest, err := s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel)
+	bases, latest, prev, err := s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel)
 	if err != nil {
 		return nil, err
 	}
 	st.BaseGeneration, st.BaseManifests = latest, len(bases)
 	known := unionIDs(bases)
 	log.Info("bases read", "manifests", len(bases), "known_chunks", len(known), "latest", latest)
+	plan, err := planScan(ctx, &opt, latest, prev, size)
+	if err != nil {
+		return nil, err
+	}
+	st.ScanMode, st.FullScanReason = plan.mode, plan.reason
+	if opt.Hints != nil {
+		st.HintSource = opt.Hints.Name()
+	}
+	if plan.mode == ScanIncremental {
+		st.ChangedBytes = hint.Bytes(plan.changed)
+	}
+	log.Info("scan planned", "mode", plan.mode, "reason", plan.reason, "hints", st.HintSource, "changed_bytes", st.ChangedBytes)
 
 	progress := func(PushProgress) {}
 	if opt.Progress != nil {
@@ -177,8 +238,9 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	m := &chunk.Manifest{Params: opt.Params, Size: size}
 	b := chunk.NewBuilder(opt.Params, size)
 	scanStart := time.Now()
-	sst, err := chunk.Scan(gctx, src, size, opt.Params, chunk.ScanOptions{Workers: opt.ScanWorkers,
-		Previous: opt.Previous, Changed: opt.Changed,
+	scanSrc := &countingReaderAt{r: src}
+	sst, err := chunk.Scan(gctx, scanSrc, size, opt.Params, chunk.ScanOptions{Workers: opt.ScanWorkers,
+		Previous: plan.previous, Changed: plan.changed,
 		Progress: func(n uint64) { report(func(p *PushProgress) { p.ScannedBytes = n }) }},
 		func(e chunk.Entry) error {
 			m.Entries = append(m.Entries, e)
@@ -219,6 +281,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	st.ScanSeconds = scanDur.Seconds()
 	st.RootHash = m.Root.String()
 	st.ReusedBytes = sst.ReusedBytes
+	st.BytesRead = scanSrc.n.Load()
 	report(func(p *PushProgress) { p.ScannedBytes, p.ScanDone = size, true })
 	st.ChunksDistinct = uint64(len(first))
 	st.ChunksReused = uint64(len(reused))
@@ -237,7 +300,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 		}
 		log.Warn("push took more than half the gc grace period: refreshing its chunks", "elapsed", clock.Now().Sub(t0).Round(time.Second))
 		t0 = clock.Now()
-		if bases, latest, err = s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel); err != nil {
+		if bases, latest, _, err = s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel); err != nil {
 			return nil, err
 		}
 		st.BaseGeneration, st.BaseManifests = latest, len(bases)
@@ -276,12 +339,16 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 			return nil, err
 		}
 	}
+	var meta map[string]string
+	if opt.Image != "" {
+		meta = map[string]string{imageMetaKey: escapeImage(opt.Image)}
+	}
 	gen := latest + 1
 	for {
 		if clock.Now().Sub(t0) >= opt.Grace {
 			return nil, fmt.Errorf("push did not write its manifest within the gc grace period (%s); its chunks may be collected: push again", opt.Grace)
 		}
-		err := s.put(ctx, "write manifest", s.manifestKey(opt.Volume, gen), body, nil, true)
+		err := s.put(ctx, "write manifest", s.manifestKey(opt.Volume, gen), body, meta, true)
 		if err == nil {
 			break
 		}
@@ -290,7 +357,8 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 		}
 		// Our own write, whose answer was lost and retried? Otherwise a
 		// concurrent push of this volume took the number.
-		if got, err := s.get(ctx, "read back manifest", s.manifestKey(opt.Volume, gen), maxManifestObject); err == nil && bytes.Equal(got, body) {
+		if got, info, err := s.getInfo(ctx, "read back manifest", s.manifestKey(opt.Volume, gen), maxManifestObject); err == nil &&
+			bytes.Equal(got, body) && imageOf(info.UserMetadata) == opt.Image {
 			break
 		}
 		log.Warn("generation taken by a concurrent push; taking the next", "generation", gen)
@@ -307,6 +375,18 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	st.Manifest = m
 	log.Info("generation stored", "generation", gen, "root", m.Root.Short(), "uploaded", st.ChunksUploaded, "reused", st.ChunksReused)
 	return st, nil
+}
+
+// countingReaderAt counts the bytes read through it.
+type countingReaderAt struct {
+	r io.ReaderAt
+	n atomic.Uint64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n.Add(uint64(n))
+	return n, err
 }
 
 func unionIDs(bases []base) map[chunk.ID]struct{} {
@@ -369,18 +449,38 @@ const maxManifestObject = 1 << 30
 
 // ReadManifest reads and validates generation gen of volume.
 func (s *Store) ReadManifest(ctx context.Context, volume string, gen uint64) (*chunk.Manifest, int, error) {
-	body, err := s.get(ctx, fmt.Sprintf("read generation %d of %s", gen, volume), s.manifestKey(volume, gen), maxManifestObject)
+	m, n, _, err := s.readManifest(ctx, volume, gen)
+	return m, n, err
+}
+
+// GenerationImage returns the image identity generation gen of volume was
+// pushed from (PushOptions.Image), "" if it recorded none.
+func (s *Store) GenerationImage(ctx context.Context, volume string, gen uint64) (string, error) {
+	info, err := s.stat(ctx, fmt.Sprintf("stat generation %d of %s", gen, volume), s.manifestKey(volume, gen))
 	if errors.Is(err, ErrNotFound) {
-		return nil, 0, failf(ErrNotFound, "generation %d of volume %q is not in %s (never pushed, or removed by gc)", gen, volume, s)
+		return "", failf(ErrNotFound, "generation %d of volume %q is not in %s (never pushed, or removed by gc)", gen, volume, s)
 	}
 	if err != nil {
-		return nil, 0, err
+		return "", err
+	}
+	return imageOf(info.UserMetadata), nil
+}
+
+// readManifest is ReadManifest that also returns the image the generation
+// recorded.
+func (s *Store) readManifest(ctx context.Context, volume string, gen uint64) (*chunk.Manifest, int, string, error) {
+	body, info, err := s.getInfo(ctx, fmt.Sprintf("read generation %d of %s", gen, volume), s.manifestKey(volume, gen), maxManifestObject)
+	if errors.Is(err, ErrNotFound) {
+		return nil, 0, "", failf(ErrNotFound, "generation %d of volume %q is not in %s (never pushed, or removed by gc)", gen, volume, s)
+	}
+	if err != nil {
+		return nil, 0, "", err
 	}
 	m, err := decodeManifest(fmt.Sprintf("generation %d of %s", gen, volume), body)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, "", err
 	}
-	return m, len(body), nil
+	return m, len(body), imageOf(info.UserMetadata), nil
 }
 
 // decodeManifest decodes a manifest object read from the store, which is
@@ -399,15 +499,16 @@ func decodeManifest(what string, body []byte) (*chunk.Manifest, error) {
 }
 
 // readBases reads the latest manifest of volume and, unless ownOnly, of
-// every other volume; it returns them and volume's latest generation.
-func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, parallel int) ([]base, uint64, error) {
+// every other volume; it returns them, volume's latest generation and its
+// base (with its manifest and image; nil if none or removed meanwhile).
+func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, parallel int) ([]base, uint64, *base, error) {
 	v := ""
 	if ownOnly {
 		v = volume
 	}
 	gens, err := s.generations(ctx, v)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	var latest uint64
 	var bases []base
@@ -422,12 +523,15 @@ func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, para
 	for i := range bases {
 		b := &bases[i]
 		g.Go(func() error {
-			m, _, err := s.ReadManifest(gctx, b.volume, b.gen)
+			m, _, image, err := s.readManifest(gctx, b.volume, b.gen)
 			if errors.Is(err, ErrNotFound) {
 				return nil // removed by gc meanwhile: not a base
 			}
 			if err != nil {
 				return err
+			}
+			if b.volume == volume {
+				b.m, b.image = m, image
 			}
 			b.ids = make(map[chunk.ID]struct{}, len(m.Entries))
 			for _, e := range m.Entries {
@@ -439,15 +543,20 @@ func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, para
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	out := bases[:0]
+	var own *base
 	for _, b := range bases {
 		if b.ids != nil {
 			out = append(out, b)
+			if b.volume == volume {
+				own = &base{volume: b.volume, gen: b.gen, m: b.m, image: b.image}
+			}
+			out[len(out)-1].m = nil // only own is kept
 		}
 	}
-	return out, latest, nil
+	return out, latest, own, nil
 }
 
 // confirm checks that the bases still exist; the reused chunks that only

@@ -457,7 +457,16 @@ func (s *Store) do(ctx context.Context, op string, f func(ctx context.Context) e
 // get reads a whole object of at most limit bytes; it checks the size the
 // store reports before allocating.
 func (s *Store) get(ctx context.Context, op, key string, limit int64) ([]byte, error) {
-	var out []byte
+	out, _, err := s.getInfo(ctx, op, key, limit)
+	return out, err
+}
+
+// getInfo is get that also returns the object's info (its user metadata).
+func (s *Store) getInfo(ctx context.Context, op, key string, limit int64) ([]byte, minio.ObjectInfo, error) {
+	var (
+		out  []byte
+		meta minio.ObjectInfo
+	)
 	err := s.do(ctx, op, func(ctx context.Context) error {
 		rc, info, _, err := s.core.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
 		if err != nil {
@@ -474,10 +483,10 @@ func (s *Store) get(ctx context.Context, op, key string, limit int64) ([]byte, e
 			}
 			return err
 		}
-		out = buf
+		out, meta = buf, info
 		return nil
 	})
-	return out, err
+	return out, meta, err
 }
 
 // put writes an object with user metadata meta (may be nil); ifAbsent
