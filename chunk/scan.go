@@ -20,14 +20,16 @@ type ScanOptions struct {
 	// Progress, if set, is called with the number of bytes scanned so far,
 	// in order, from the goroutine that calls emit.
 	Progress func(scanned uint64)
-	// Previous and Changed let a scan skip segments that did not change:
-	// a segment that no Changed extent touches, and that Previous (a
-	// manifest with the same Params) covers the same way, reuses
-	// Previous's entries instead of being read. Changed must include every
-	// byte that may differ from the volume Previous was made from — as
-	// storage with changed-block tracking reports it (Longhorn's snapshot
-	// chain); a missing extent would go unnoticed. A nil Changed reads
-	// every segment.
+	// Previous and Changed let a scan read only what changed: Previous is
+	// the manifest (same Params) of an earlier image, Changed every extent
+	// that may differ from that image — as changed-block tracking reports
+	// it (a Longhorn snapshot chain, reflinked files, CSI snapshot
+	// metadata). The scan re-cuts chunks from the last previous boundary
+	// before each changed extent until the cuts fall in step with
+	// Previous's again and takes every other entry from Previous unread;
+	// the manifest is the one a full scan would make. A changed byte
+	// missing from Changed goes unnoticed: the entries over it are
+	// Previous's. A nil Changed reads every segment.
 	Previous *Manifest
 	Changed  []Extent
 }
@@ -44,10 +46,12 @@ type ScanStats struct {
 	DataBytes  uint64
 	ZeroChunks uint64 // in reused segments: zero bytes / MinSize, rounded up per run
 	ZeroBytes  uint64
-	// ReusedSegments and ReusedBytes count what was taken from
-	// ScanOptions.Previous instead of being read.
+	// ReusedSegments counts the segments taken whole from
+	// ScanOptions.Previous, ReusedBytes every byte whose entries were taken
+	// from it unread, ReadBytes the bytes read from the image.
 	ReusedSegments uint64
 	ReusedBytes    uint64
+	ReadBytes      uint64
 }
 
 // Chunks returns the number of chunks cut, data and zero.
@@ -110,11 +114,11 @@ func Scan(ctx context.Context, r io.ReaderAt, size uint64, p Params, opt ScanOpt
 			for i := range jobs {
 				off := i * p.SegmentSize
 				n := min(p.SegmentSize, size-off)
-				if entries, st, ok := reuse.segment(i); ok {
-					results[i] <- segResult{entries: entries, stats: st}
-					continue
+				entries, st, ok, err := reuse.segment(gctx, r, i)
+				if !ok && err == nil {
+					entries, st, err = sc.scan(gctx, io.NewSectionReader(r, int64(off), int64(n)), off)
+					st.ReadBytes = n
 				}
-				entries, st, err := sc.scan(gctx, io.NewSectionReader(r, int64(off), int64(n)), off)
 				results[i] <- segResult{entries, st, err}
 			}
 			return nil
@@ -149,6 +153,7 @@ func Scan(ctx context.Context, r io.ReaderAt, size uint64, p Params, opt ScanOpt
 			total.ZeroBytes += res.stats.ZeroBytes
 			total.ReusedSegments += res.stats.ReusedSegments
 			total.ReusedBytes += res.stats.ReusedBytes
+			total.ReadBytes += res.stats.ReadBytes
 			for _, e := range res.entries {
 				if e.Zero && pending != nil {
 					pending.Length += e.Length
@@ -190,50 +195,60 @@ type reuser struct {
 	size    uint64
 	prev    *Manifest
 	changed []Extent // sorted by offset
+	zeroLen uint64
 }
 
 func newReuser(p Params, size uint64, prev *Manifest, changed []Extent) *reuser {
 	if prev == nil || changed == nil || prev.Params != p {
 		return nil
 	}
-	c := append([]Extent(nil), changed...)
-	sort.Slice(c, func(i, j int) bool { return c[i].Offset < c[j].Offset })
-	return &reuser{p: p, size: size, prev: prev, changed: c}
+	return &reuser{p: p, size: size, prev: prev, changed: mergeExtents(changed), zeroLen: ZeroChunkLength(p)}
 }
 
-// segment returns segment i's entries from the previous manifest, zero
-// runs cut at the segment's edges, if the segment may be reused.
-func (u *reuser) segment(i uint64) ([]Entry, ScanStats, bool) {
+// segment returns segment i's entries built from the previous manifest: all
+// of them if no changed extent touches the segment, else the previous
+// entries around the changed extents and the chunks re-cut over them (see
+// incremental.go). ok is false if the segment must be read whole.
+func (u *reuser) segment(ctx context.Context, r io.ReaderAt, i uint64) (entries []Entry, st ScanStats, ok bool, err error) {
 	if u == nil {
-		return nil, ScanStats{}, false
+		return nil, ScanStats{}, false, nil
 	}
 	start := i * u.p.SegmentSize
 	end := min(u.size, start+u.p.SegmentSize)
-	if prevEnd := min(u.prev.Size, start+u.p.SegmentSize); prevEnd != end || start >= u.prev.Size {
-		return nil, ScanStats{}, false // the segment's extent changed with the volume size
+	if start >= u.prev.Size {
+		return nil, ScanStats{}, false, nil // the segment is new
 	}
-	k := sort.Search(len(u.changed), func(k int) bool { return u.changed[k].Offset+u.changed[k].Length > start })
-	if k < len(u.changed) && u.changed[k].Offset < end && u.changed[k].Length > 0 {
-		return nil, ScanStats{}, false
+	b := &segmentBase{start: start, end: end, prevEnd: min(u.prev.Size, start+u.p.SegmentSize), zeroLen: u.zeroLen}
+	b.entries = (&segmentBase{start: start, prevEnd: b.prevEnd, entries: u.prev.Entries}).clip()
+	changed := segmentChanges(u.changed, start, end, b.prevEnd)
+	if len(changed) == 0 {
+		entries = b.between(start, end, &st)
+		st.ReusedSegments = 1
+		return entries, st, true, nil
 	}
-	prev := u.prev.Entries
-	j := sort.Search(len(prev), func(j int) bool { return prev[j].End() > start })
-	var out []Entry
-	st := ScanStats{ReusedSegments: 1, ReusedBytes: end - start}
-	for ; j < len(prev) && prev[j].Offset < end; j++ {
-		e := prev[j]
-		if e.Zero {
-			lo, hi := max(e.Offset, start), min(e.End(), end)
-			e.Offset, e.Length = lo, hi-lo
-			st.ZeroBytes += e.Length
-			st.ZeroChunks += (e.Length + uint64(u.p.MinSize) - 1) / uint64(u.p.MinSize)
-		} else {
-			st.DataChunks++
-			st.DataBytes += e.Length
+	entries, st, err = b.incremental(ctx, r, u.p, changed)
+	return entries, st, err == nil, err
+}
+
+// mergeExtents returns exts sorted, empty ones dropped, overlapping and
+// adjacent ones merged: both offsets and ends then increase.
+func mergeExtents(exts []Extent) []Extent {
+	c := make([]Extent, 0, len(exts))
+	for _, e := range exts {
+		if e.Length > 0 {
+			c = append(c, e)
+		}
+	}
+	sort.Slice(c, func(i, j int) bool { return c[i].Offset < c[j].Offset })
+	out := c[:0]
+	for _, e := range c {
+		if n := len(out); n > 0 && e.Offset <= out[n-1].Offset+out[n-1].Length {
+			out[n-1].Length = max(out[n-1].Offset+out[n-1].Length, e.Offset+e.Length) - out[n-1].Offset
+			continue
 		}
 		out = append(out, e)
 	}
-	return out, st, true
+	return out
 }
 
 // segmentScanner chunks one segment at a time, reusing its buffers.
