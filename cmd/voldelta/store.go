@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/voldelta/voldelta/agent"
+	"github.com/voldelta/voldelta/hint"
 	"github.com/voldelta/voldelta/objstore"
 	"github.com/voldelta/voldelta/receiver"
 	"github.com/voldelta/voldelta/transport"
@@ -86,6 +87,8 @@ func newPushCmd() *cobra.Command {
 		statsJSON string
 		progress  string
 		quiet     bool
+		base      string
+		changed   string
 	)
 	c := &cobra.Command{
 		Use:   "push --source PATH --store s3://BUCKET/PREFIX --volume NAME [flags]",
@@ -98,6 +101,23 @@ this and every other volume (--own-volume-only: this one), not from listing
 the bucket, so a push after a small change uploads about what changed.
 ` + storeHelp + `
 
+Change hints: a push reads the whole source unless told what changed since
+the image the volume's latest generation was pushed from. Every push records
+the identity of its --source (device, inode, size and change time of a file)
+with the generation. --base FILE names that earlier image: the source must be
+a reflinked copy (cp --reflink=always) of the same file, on the same
+filesystem (XFS with reflink, btrfs), made after FILE was; only the extents
+the two do not share are read. --changed FILE names a changed-extent list
+instead (see docs/change-hints.md), which the writer vouches is relative to
+the image the latest generation was pushed from. The hints are used only
+when the latest generation was pushed with the same chunk sizes and, with
+--base, from FILE as it is now (a base modified, moved or replaced since
+does not match); otherwise, and when the filesystem cannot tell (no shared
+extents, another filesystem), the push reads the whole source and
+--stats-json says why (scan_mode "full", full_scan_reason). Hints that miss
+a change cannot be detected: the generation then holds the old bytes there.
+--full-scan ignores the hints and reads everything; run one now and then.
+
 Run gc with the same --grace as push: a push has that long from reading the
 store to writing its manifest (one slower than half of it refreshes its
 chunks first), and gc never removes a chunk that such a push may rely on.
@@ -106,13 +126,22 @@ chunks first), and gc never removes a chunk that such a push may rely on.
 generation, root_hash, base_generation, source_bytes, chunks_total,
 chunks_distinct, chunks_reused, chunks_uploaded, bytes_uploaded_raw,
 bytes_uploaded (as stored, manifest included), manifest_bytes, retries,
-chunks_confirmed and chunks_repaired (with --confirm-all), scan_seconds,
+chunks_confirmed and chunks_repaired (with --confirm-all), scan_mode
+("incremental" or "full"), full_scan_reason, hint_source, changed_bytes (the
+hints' extents), bytes_read (what the scan read from the source),
+reused_bytes (taken from the previous generation unread), scan_seconds,
 duration_seconds, and more.`,
 		Example: `  export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...
   voldelta push --source /dev/vg0/db-snap --store s3://backups/dc1 --volume db \
       --endpoint minio.dc2.example:9000
   voldelta push --source disk.img --store s3://test/vd --volume demo \
-      --endpoint 127.0.0.1:9000 --insecure --stats-json -`,
+      --endpoint 127.0.0.1:9000 --insecure --stats-json -
+  # reflinked snapshots of a live image (XFS, btrfs): the first push reads it
+  # all, the next only what changed since the snapshot the last one pushed
+  cp --reflink=always vm.img vm-1.img
+  voldelta push --source vm-1.img --store s3://backups/dc1 --volume vm
+  cp --reflink=always vm.img vm-2.img
+  voldelta push --source vm-2.img --base vm-1.img --store s3://backups/dc1 --volume vm && rm vm-1.img`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if source == "" || opt.Volume == "" {
@@ -140,6 +169,14 @@ duration_seconds, and more.`,
 			showBar, err := wantBar(c, progress, quiet)
 			if err != nil {
 				return err
+			}
+			if opt.Hints, err = hint.FromFlags(source, base, changed); err != nil {
+				return usagef(c, "%v", err)
+			}
+			// The identity is taken before the source is read: a source
+			// written after it no longer matches it as a later push's base.
+			if opt.Image, err = hint.FileIdentity(source); err != nil {
+				return fmt.Errorf("identity of %s: %w", source, err)
 			}
 			s, err := sf.open(c, &lf)
 			if err != nil {
@@ -169,6 +206,12 @@ duration_seconds, and more.`,
 			if err := writeStatsJSON(statsJSON, st); err != nil {
 				return err
 			}
+			if !quiet && st.ScanMode == objstore.ScanIncremental {
+				fmt.Fprintf(stderr, "voldelta: read %s of %s (%s changed, per the %s hints)\n",
+					humanBytes(st.BytesRead), humanBytes(st.SourceBytes), humanBytes(st.ChangedBytes), st.HintSource)
+			} else if !quiet && opt.Hints != nil {
+				fmt.Fprintf(stderr, "voldelta: full scan: %s\n", st.FullScanReason)
+			}
 			if !quiet {
 				fmt.Fprintf(stderr, "voldelta: %s generation %d stored (root %s): %d of %d chunks uploaded (%d already in the store), %s of %s raw, %s stored, in %.1fs\n",
 					st.Volume, st.Generation, st.RootHash[:16], st.ChunksUploaded, st.ChunksDistinct, st.ChunksReused,
@@ -180,6 +223,9 @@ duration_seconds, and more.`,
 	fs := c.Flags()
 	fs.StringVar(&source, "source", "", "block device or image file to store (required)")
 	fs.StringVar(&opt.Volume, "volume", "", "volume name in the store (required)")
+	fs.StringVar(&base, "base", "", "the image the volume's latest generation was pushed from, of which --source is a later reflinked copy on the same filesystem: read only the extents they do not share")
+	fs.StringVar(&changed, "changed", "", "a file listing the extents of --source that may differ from the image the latest generation was pushed from (docs/change-hints.md): read only those")
+	fs.BoolVar(&opt.FullScan, "full-scan", false, "read the whole source even with --base or --changed")
 	sf.register(fs)
 	fs.StringVar(&compress, "compress", string(transport.CompressionFastest), "zstd level for chunk objects: off, fastest, default or better")
 	fs.IntVar(&opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
