@@ -39,6 +39,31 @@ type ChangeTracker interface {
 	Changed(ctx context.Context, v *Volume, base, target string) ([]chunk.Extent, error)
 }
 
+// Identified is implemented by images that know a stable identity of the
+// snapshot they read (for Longhorn, SnapshotIdentity), the form a round
+// puts in HELLO's Image and a hint.Source names as its BaseImage.
+type Identified interface {
+	ImageID() string
+}
+
+// ImageID is img's identity if it has one (Identified), "" if not: a live
+// device names no point in time, so no hint is ever relative to it.
+func ImageID(img Image) string {
+	if i, ok := img.(Identified); ok {
+		return i.ImageID()
+	}
+	return ""
+}
+
+// SnapshotIdentifier is implemented by image sources that can name a
+// snapshot by the identity the image opened from it has (ImageID), without
+// opening it.
+type SnapshotIdentifier interface {
+	// SnapshotID returns the identity of the snapshot with that handle of
+	// volume v, as it is now.
+	SnapshotID(ctx context.Context, v *Volume, handle string) (string, error)
+}
+
 // ParseLonghornSnapshotHandle splits a Longhorn CSI snapshot handle of type
 // snap, "snap://<volume>/<snapshot>", into the Longhorn volume and snapshot
 // names (longhorn-manager csi/controller_server.go encodeSnapshotID). Other

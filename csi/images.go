@@ -1,9 +1,12 @@
 package csi
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -53,6 +56,60 @@ func (s *Images) openLonghorn(v *Volume, handle string) (Image, error) {
 	if vol != v.Handle {
 		return nil, fmt.Errorf("snapshot handle %q is of Longhorn volume %q, not %q", handle, vol, v.Handle)
 	}
+	if v.Encrypted {
+		return nil, errEncrypted(vol, "the volume is encrypted")
+	}
+	r, err := s.replicaWith(vol, name)
+	if err != nil {
+		return nil, err
+	}
+	img, err := r.OpenSnapshot(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := refuseLUKS(vol, img); err != nil {
+		img.Close()
+		return nil, err
+	}
+	return &longhornImage{Image: img, id: SnapshotIdentity(vol, img.Snapshot())}, nil
+}
+
+// longhornImage is the image of a Longhorn snapshot, with its identity.
+type longhornImage struct {
+	*longhorn.Image
+	id string
+}
+
+// ImageID implements Identified: SnapshotIdentity of the snapshot.
+func (i *longhornImage) ImageID() string { return i.id }
+
+// errEncrypted is the refusal of an encrypted Longhorn volume.
+func errEncrypted(vol, why string) error {
+	return fmt.Errorf("Longhorn volume %s is encrypted (%s): its replica holds LUKS ciphertext: %w", vol, why, ErrUnsupported)
+}
+
+// luksMagic starts the header of a LUKS1 and of a LUKS2 device; a big-endian
+// 16-bit version (1 or 2) follows it.
+var luksMagic = []byte("LUKS\xba\xbe")
+
+// refuseLUKS refuses an image that starts with a LUKS header: an encrypted
+// Longhorn volume whose volume.meta does not say so (longhorn-engine up to
+// v1.9 writes no Encrypted key), refused like one that does.
+func refuseLUKS(vol string, img io.ReaderAt) error {
+	hdr := make([]byte, len(luksMagic)+2)
+	n, err := img.ReadAt(hdr, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read the start of Longhorn volume %s: %w", vol, err)
+	}
+	if n < len(hdr) || !bytes.Equal(hdr[:len(luksMagic)], luksMagic) {
+		return nil
+	}
+	return errEncrypted(vol, fmt.Sprintf("its image starts with a LUKS%d header", binary.BigEndian.Uint16(hdr[len(luksMagic):])))
+}
+
+// replicaWith opens the first usable replica of Longhorn volume vol on this
+// node that has snapshot name, refusing an encrypted one.
+func (s *Images) replicaWith(vol, name string) (*longhorn.Replica, error) {
 	cands, err := s.replicas(vol)
 	if err != nil {
 		return nil, err
@@ -68,17 +125,13 @@ func (s *Images) openLonghorn(v *Volume, handle string) (Image, error) {
 			continue
 		}
 		if r.Info().Encrypted {
-			return nil, fmt.Errorf("Longhorn volume %s is encrypted: its replica holds LUKS ciphertext: %w", vol, ErrUnsupported)
+			return nil, errEncrypted(vol, "its volume.meta says so")
 		}
 		if _, err := r.Snapshot(name); err != nil {
 			errs = append(errs, err) // an old replica without this snapshot
 			continue
 		}
-		img, err := r.OpenSnapshot(name)
-		if err != nil {
-			return nil, err
-		}
-		return img, nil
+		return r, nil
 	}
 	if len(errs) == 0 {
 		errs = append(errs, longhorn.ErrReplicaNotFound)
@@ -101,32 +154,86 @@ func (s *Images) replicas(volume string) ([]longhorn.Candidate, error) {
 	return out, nil
 }
 
-var _ ChangeTracker = (*Images)(nil)
+var (
+	_ ChangeTracker      = (*Images)(nil)
+	_ SnapshotIdentifier = (*Images)(nil)
+)
 
 // Changed implements ChangeTracker for Longhorn v1 snapshots of one volume:
 // the data extents of the layers between them in the replica on this node
-// (longhorn.Replica.Delta). Other drivers give ErrUnsupported.
+// (longhorn.Replica.Delta, which refuses a base with a Removed snapshot
+// below it and a chain that changed while it ran). Other drivers, and
+// encrypted volumes (the layers' offsets are the ciphertext's, not the
+// plain text's), give ErrUnsupported.
 func (s *Images) Changed(ctx context.Context, v *Volume, base, target string) ([]chunk.Extent, error) {
+	d, err := s.delta(ctx, v, base, target)
+	if err != nil {
+		return nil, err
+	}
+	return d.extents, nil
+}
+
+// SnapshotID implements SnapshotIdentifier: SnapshotIdentity of the
+// Longhorn snapshot with that handle, as the replica on this node records
+// it.
+func (s *Images) SnapshotID(ctx context.Context, v *Volume, handle string) (string, error) {
 	if !v.Longhorn() || len(s.LonghornDataPaths) == 0 {
-		return nil, fmt.Errorf("driver %s: %w", v.Driver, ErrUnsupported)
+		return "", fmt.Errorf("driver %s: %w", v.Driver, ErrUnsupported)
+	}
+	vol, name, err := ParseLonghornSnapshotHandle(handle)
+	if err != nil {
+		return "", err
+	}
+	if vol != v.Handle {
+		return "", fmt.Errorf("snapshot handle %q is of Longhorn volume %q, not %q", handle, vol, v.Handle)
+	}
+	r, err := s.replicaWith(vol, name)
+	if err != nil {
+		return "", err
+	}
+	snap, err := r.Snapshot(name)
+	if err != nil {
+		return "", err
+	}
+	return SnapshotIdentity(vol, snap), nil
+}
+
+// delta is the change from snapshot base to snapshot target (handles) of
+// Longhorn volume v, with the base's identity and the target's size as the
+// replica that answered records them.
+type delta struct {
+	extents    []chunk.Extent
+	baseID     string
+	targetSize uint64
+}
+
+func (s *Images) delta(ctx context.Context, v *Volume, base, target string) (delta, error) {
+	if !v.Longhorn() || len(s.LonghornDataPaths) == 0 {
+		return delta{}, fmt.Errorf("driver %s: %w", v.Driver, ErrUnsupported)
 	}
 	bvol, bname, err := ParseLonghornSnapshotHandle(base)
 	if err != nil {
-		return nil, err
+		return delta{}, err
 	}
 	tvol, tname, err := ParseLonghornSnapshotHandle(target)
 	if err != nil {
-		return nil, err
+		return delta{}, err
 	}
 	if bvol != v.Handle || tvol != v.Handle {
-		return nil, fmt.Errorf("snapshots %q and %q are not both of Longhorn volume %q", base, target, v.Handle)
+		return delta{}, fmt.Errorf("snapshots %q and %q are not both of Longhorn volume %q", base, target, v.Handle)
+	}
+	if v.Encrypted {
+		return delta{}, errEncrypted(v.Handle, "the volume is encrypted")
 	}
 	cands, err := s.replicas(v.Handle)
 	if err != nil {
-		return nil, err
+		return delta{}, err
 	}
 	var errs []error
 	for _, c := range cands {
+		if err := ctx.Err(); err != nil {
+			return delta{}, err
+		}
 		if !c.Usable() {
 			continue
 		}
@@ -135,21 +242,51 @@ func (s *Images) Changed(ctx context.Context, v *Volume, base, target string) ([
 			errs = append(errs, err)
 			continue
 		}
-		exts, err := r.Delta(bname, tname)
+		if r.Info().Encrypted {
+			return delta{}, errEncrypted(v.Handle, "its volume.meta says so")
+		}
+		d, err := replicaDelta(r, v.Handle, bname, tname)
+		if errors.Is(err, ErrUnsupported) {
+			return delta{}, err
+		}
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		out := make([]chunk.Extent, len(exts))
-		for i, e := range exts {
-			out[i] = chunk.Extent{Offset: e.Offset, Length: e.Length}
-		}
-		return out, nil
+		return d, nil
 	}
 	if len(errs) == 0 {
 		errs = append(errs, longhorn.ErrReplicaNotFound)
 	}
-	return nil, fmt.Errorf("changes from %s to %s of Longhorn volume %s: %w", bname, tname, v.Handle, errors.Join(errs...))
+	return delta{}, fmt.Errorf("changes from %s to %s of Longhorn volume %s: %w", bname, tname, v.Handle, errors.Join(errs...))
+}
+
+// replicaDelta is the delta from base to target (snapshot names) in one
+// replica. The target must not start with a LUKS header.
+func replicaDelta(r *longhorn.Replica, vol, base, target string) (delta, error) {
+	bs, err := r.Snapshot(base)
+	if err != nil {
+		return delta{}, err
+	}
+	img, err := r.OpenSnapshot(target)
+	if err != nil {
+		return delta{}, err
+	}
+	err = refuseLUKS(vol, img)
+	size := img.Size()
+	img.Close()
+	if err != nil {
+		return delta{}, err
+	}
+	exts, err := r.Delta(base, target)
+	if err != nil {
+		return delta{}, err
+	}
+	out := make([]chunk.Extent, len(exts))
+	for i, e := range exts {
+		out[i] = chunk.Extent{Offset: e.Offset, Length: e.Length}
+	}
+	return delta{extents: out, baseID: SnapshotIdentity(vol, bs), targetSize: size}, nil
 }
 
 type deviceImage struct {
