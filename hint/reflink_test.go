@@ -94,17 +94,9 @@ func xfsReflinkFS(t *testing.T) string {
 }
 
 // randomBytes returns n bytes from rng.
-func randomBytes(rng *rand.Rand, n int) []byte {
+func randomBytes(rng *rand.ChaCha8, n int) []byte {
 	b := make([]byte, n)
-	for i := 0; i+8 <= n; i += 8 {
-		v := rng.Uint64()
-		for k := range 8 {
-			b[i+k] = byte(v >> (8 * k))
-		}
-	}
-	for i := n &^ 7; i < n; i++ {
-		b[i] = byte(rng.Uint32())
-	}
+	rng.Read(b)
 	return b
 }
 
@@ -117,7 +109,7 @@ func writeAt(t *testing.T, f *os.File, b []byte, off int64) {
 
 // writeLive writes a random image of size bytes, leaving [holeOff,
 // holeOff+holeLen) a hole.
-func writeLive(t *testing.T, path string, rng *rand.Rand, size, holeOff, holeLen int64) {
+func writeLive(t *testing.T, path string, rng *rand.ChaCha8, size, holeOff, holeLen int64) {
 	t.Helper()
 	f, err := os.Create(path)
 	if err != nil {
@@ -192,7 +184,7 @@ func requireCovers(t *testing.T, basePath, newPath string, exts []chunk.Extent) 
 func TestReflinkXFS(t *testing.T) {
 	mnt := xfsReflinkFS(t)
 	ctx := context.Background()
-	rng := rand.New(rand.NewChaCha8([32]byte{1}))
+	rng := (rand.NewChaCha8([32]byte{1}))
 	live, snap1, snap2 := filepath.Join(mnt, "live.img"), filepath.Join(mnt, "snap-1.img"), filepath.Join(mnt, "snap-2.img")
 
 	const size1 = 256 * MiB
@@ -208,7 +200,7 @@ func TestReflinkXFS(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 64 {
-		writeAt(t, f, randomBytes(rng, 4096), rng.Int64N(size1/4096)*4096)
+		writeAt(t, f, randomBytes(rng, 4096), rand.New(rng).Int64N(size1/4096)*4096)
 	}
 	writeAt(t, f, []byte("a few bytes, not aligned"), 12345677)
 	writeAt(t, f, randomBytes(rng, 4*MiB), 40*MiB)
@@ -336,7 +328,7 @@ func scanFile(t *testing.T, path string, p chunk.Params, opt chunk.ScanOptions) 
 // own size.
 func TestReflinkShrunk(t *testing.T) {
 	mnt := xfsReflinkFS(t)
-	rng := rand.New(rand.NewChaCha8([32]byte{2}))
+	rng := (rand.NewChaCha8([32]byte{2}))
 	live, snap1, snap2 := filepath.Join(mnt, "live.img"), filepath.Join(mnt, "snap-1.img"), filepath.Join(mnt, "snap-2.img")
 	writeLive(t, live, rng, 32*MiB, 0, 0)
 	reflinkCopy(t, live, snap1)
@@ -367,7 +359,7 @@ func TestReflinkUnavailable(t *testing.T) {
 	ctx := context.Background()
 	xfs := xfsReflinkFS(t)
 	ext4 := loopFS(t, "mkfs.ext4", "-q", "-F")
-	rng := rand.New(rand.NewChaCha8([32]byte{3}))
+	rng := (rand.NewChaCha8([32]byte{3}))
 	const size = 16 * MiB
 
 	unavailable := func(t *testing.T, base, nw, why string) {
@@ -406,4 +398,35 @@ func TestReflinkUnavailable(t *testing.T) {
 		run(t, "cp", base, nw)
 		unavailable(t, base, nw, "different filesystems")
 	})
+}
+
+// TestFileIdentityBlockDevice: a block device's identity names the device
+// and its size, and reflink hints refuse it.
+func TestFileIdentityBlockDevice(t *testing.T) {
+	requireRoot(t)
+	requireTool(t, "losetup", "apt-get install mount (util-linux)")
+	img := filepath.Join(t.TempDir(), "dev.img")
+	if err := os.WriteFile(img, make([]byte, 8*MiB), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dev := run(t, "losetup", "--find", "--show", img)
+	t.Cleanup(func() {
+		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v: %s", dev, err, out)
+		}
+	})
+	var st unix.Stat_t
+	if err := unix.Stat(dev, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("blockdev:rdev=%d:%d,size=%d", unix.Major(st.Rdev), unix.Minor(st.Rdev), 8*MiB)
+	if id := mustIdentity(t, dev); id != want {
+		t.Fatalf("identity %q, want %q", id, want)
+	}
+	if _, err := NewReflink(dev, img); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("NewReflink of a block device: %v", err)
+	}
+	if _, err := FromFlags(dev, img, ""); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("FromFlags with a block device source: %v", err)
+	}
 }
