@@ -10,7 +10,11 @@
 //	                                 1 header byte (0 raw, 1 zstd) then the bytes;
 //	                                 metadata x-amz-meta-voldelta-chunk:
 //	                                 "v1 <codec> <raw length> <object length> <MD5 hex>"
-//	manifests/<volume>/<20 digits>   chunk.Manifest.MarshalBinary of one generation
+//	manifests/<volume>/<20 digits>   chunk.Manifest.MarshalBinary of one generation;
+//	                                 metadata x-amz-meta-voldelta-image: the identity of
+//	                                 the image it was pushed from (PushOptions.Image),
+//	                                 bytes outside printable ASCII and '%' as %XX;
+//	                                 absent if none (and before voldelta recorded it)
 //	trash/manifests/<volume>/<gen>   manifests gc removed, kept for the grace period
 //	gc/started                       written by gc to read the server's clock
 //
@@ -23,6 +27,10 @@
 //	t0 = now
 //	bases = the latest manifest of this volume and of every other volume
 //	known = the chunk IDs the bases reference (never a listing of chunks/)
+//	plan the scan: with Hints, this volume's latest base (already read) is
+//	    the scan's Previous and Hints.Changed its Changed, if both were
+//	    chunked alike and the hints' BaseImage is "" or the base's image;
+//	    otherwise (or hints unavailable, or FullScan) read everything
 //	scan the source into a manifest m; while it scans, upload every distinct
 //	    chunk of m not in known (re-hashed after reading), zstd-compressed
 //	    when that pays, Parallel at a time, retried on transient errors
@@ -41,6 +49,22 @@
 // chunk is trusted because a manifest that was complete when read references
 // it, and the gc rule below keeps it. The confirmation costs one request per
 // base manifest unless a base disappeared.
+//
+// # Change hints
+//
+// A push with PushOptions.Hints (push --base, --changed; see package hint)
+// reads only the extents the hints name and takes every other entry from
+// the manifest of the volume's latest generation, which it reads as a base
+// anyway: a push after a small change reads, as well as uploads, about
+// what changed. The hints are used only when that generation's Params are
+// the push's and Hints.BaseImage() is "" (the caller vouches for the base)
+// or the image recorded with that generation; otherwise the push reads the
+// whole source, as it does when the hints fail with hint.ErrUnavailable,
+// and PushStats.ScanMode ("incremental", "full") and FullScanReason say
+// which and why. Any other hint error fails the push. The store cannot
+// check hints: extents a source missed keep the previous generation's
+// bytes in the new one (its root is that image's, so a pull verifies it),
+// until a FullScan push stores the source whole again.
 //
 // # Damaged chunks and their repair
 //
