@@ -430,3 +430,86 @@ func TestFileIdentityBlockDevice(t *testing.T) {
 		t.Fatalf("FromFlags with a block device source: %v", err)
 	}
 }
+
+// TestFiemapPaging: the extents of a fragmented file are the same whatever
+// the batch, and are the data SEEK_DATA/SEEK_HOLE find.
+func TestFiemapPaging(t *testing.T) {
+	mnt := xfsReflinkFS(t)
+	path := filepath.Join(mnt, "sparse.img")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const size = 64 * MiB
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.NewChaCha8([32]byte{4})
+	for off := int64(0); off < size; off += 256 << 10 {
+		writeAt(t, f, randomBytes(rng, 8192), off+4096)
+	}
+	// What SEEK_DATA and SEEK_HOLE say, merged.
+	var want []chunk.Extent
+	for off := int64(0); off < size; {
+		d, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			break // ENXIO: no data after off
+		}
+		h, err := unix.Seek(int(f.Fd()), d, unix.SEEK_HOLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = appendExtent(want, uint64(d), uint64(h))
+		off = h
+	}
+	if len(want) != size/(256<<10) {
+		t.Fatalf("SEEK_DATA found %d extents, want %d", len(want), size/(256<<10))
+	}
+	for _, batch := range []int{1, 2, 7, 0} {
+		m := newFiemapper(f, size, batch)
+		var got []chunk.Extent
+		calls := 0
+		for {
+			e, ok, err := m.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ok {
+				break
+			}
+			if e.Flags&(fiemapExtentUnwritten|fiemapUntrusted) != 0 {
+				t.Fatalf("batch %d: extent %+v has flags %#x", batch, e, e.Flags)
+			}
+			got = appendExtent(got, e.Logical, e.end())
+			if m.pos == 1 {
+				calls++
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("batch %d: FIEMAP extents %v, SEEK_DATA %v", batch, got, want)
+		}
+		if batch > 0 && calls < len(want)/batch {
+			t.Fatalf("batch %d: %d calls for %d extents", batch, calls, len(want))
+		}
+	}
+	// A limit inside the file maps only up to it.
+	m := newFiemapper(f, 1*MiB, 2)
+	var n int
+	for {
+		e, ok, err := m.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		if e.Logical >= 1*MiB {
+			t.Fatalf("extent %+v past the limit", e)
+		}
+		n++
+	}
+	if n != 4 {
+		t.Fatalf("%d extents below 1 MiB, want 4", n)
+	}
+}
