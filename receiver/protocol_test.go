@@ -481,41 +481,46 @@ func TestHostileV2(t *testing.T) {
 	cases := []struct {
 		name   string
 		params chunk.Params
-		base   bool // WELCOME must offer a base
+		base   bool   // WELCOME must offer a base
+		size   uint64 // HELLO's size; 0: the source's
 		run    func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error
 		want   string
 	}{
-		{"copy without a base", other, false, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"copy without a base", other, false, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			return a.ctrl.Send(transport.ManifestCopy{First: 0, Count: 10})
 		}, "holds no base manifest"},
-		{"BASE_GET without a base", other, false, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"BASE_GET without a base", other, false, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			return a.ctrl.Send(transport.BaseGet{Root: m1.Root})
 		}, "holds no base manifest"},
-		{"copy out of range", tinyParams(), true, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"copy out of range", tinyParams(), true, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			return a.ctrl.Send(transport.ManifestCopy{First: 0, Count: uint64(len(m1.Entries)) + 1})
 		}, fmt.Sprintf("but the committed manifest has %d entries", n1)},
-		{"copy past the end", tinyParams(), true, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"copy past the end", tinyParams(), true, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			return a.ctrl.Send(transport.ManifestCopy{First: uint64(len(m1.Entries)), Count: 1})
 		}, fmt.Sprintf("but the committed manifest has %d entries", n1)},
-		{"copy not contiguous", tinyParams(), true, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"copy not contiguous", tinyParams(), true, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			return sendAll([]transport.Message{transport.ManifestCopy{First: 0, Count: 5}, transport.ManifestCopy{First: 6, Count: 5}})(a.ctrl)
 		}, "copied entries must continue it"},
-		{"BASE_GET with a wrong root", tinyParams(), true, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"copies beyond the manifest limit", tinyParams(), true, 1 << 20, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+			// A 1 MiB volume has at most 1 MiB/4 KiB + 1 + 1 entries.
+			return a.ctrl.Send(transport.ManifestCopy{First: 0, Count: uint64(len(m1.Entries))})
+		}, "manifest of more than 258 entries"},
+		{"BASE_GET with a wrong root", tinyParams(), true, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			return a.ctrl.Send(transport.BaseGet{Root: chunk.Sum([]byte("another generation"))})
 		}, "but the committed manifest's root is"},
-		{"BASE_GET after a manifest frame", tinyParams(), true, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"BASE_GET after a manifest frame", tinyParams(), true, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			if err := a.ctrl.Send(transport.ManifestBatch{Entries: m2.Entries[:1]}); err != nil {
 				return err
 			}
 			return a.ctrl.Send(transport.BaseGet{Root: m1.Root})
 		}, "BASE_GET after the manifest began"},
-		{"BASE_GET after MANIFEST_COPY", tinyParams(), true, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"BASE_GET after MANIFEST_COPY", tinyParams(), true, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			if err := a.ctrl.Send(transport.ManifestCopy{First: 0, Count: 1}); err != nil {
 				return err
 			}
 			return a.ctrl.Send(transport.BaseGet{Root: m1.Root})
 		}, "BASE_GET after the manifest began"},
-		{"second BASE_GET", tinyParams(), true, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
+		{"second BASE_GET", tinyParams(), true, 0, func(t *testing.T, a *testAgent, m1 *chunk.Manifest) error {
 			if _, _, err := a.baseGet(m1.Root); err != nil {
 				return err
 			}
@@ -525,7 +530,11 @@ func TestHostileV2(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			s, m1 := committed(t, src)
-			a := s.mustDial(hello(uint64(len(src)), tc.params, "hostile"))
+			size := tc.size
+			if size == 0 {
+				size = uint64(len(src))
+			}
+			a := s.mustDial(hello(size, tc.params, "hostile"))
 			if a.welcome.HasBase != tc.base {
 				t.Fatalf("WELCOME HasBase %v, want %v", a.welcome.HasBase, tc.base)
 			}
