@@ -86,6 +86,13 @@ bench:
 bench-quick:
 	GO=$(GO) ./bench/run.sh -scale quick $(BENCHFLAGS)
 
+## bench-scale: delta round time against volume size (SIZES="1 4 16" GiB by default): voldelta with a
+## full scan, reflink hints (--base) and --changed, rsync and restic, the same fixed 96 MiB delta over the
+## same WAN (root; XFS with reflinks on loop devices; installs what it needs; <= 20 min). See bench/README.md.
+.PHONY: bench-scale
+bench-scale:
+	GO=$(GO) ./bench/run.sh scale $(BENCHFLAGS)
+
 ## bench-tools: build the pinned restic client the WAN benchmark (bench/) compares with (once, cached)
 .PHONY: bench-tools
 bench-tools:

@@ -21,6 +21,9 @@ type Bench struct {
 	pki  string
 	res  *Results
 	step string // current scenario, for log names
+	// dropAll: evict drops the whole page cache too (bench scale).
+	dropAll bool
+	sendHas map[string]bool // bench scale: the voldelta send flags it has
 }
 
 func (b *Bench) logPath(name string) string {
@@ -219,7 +222,10 @@ func (b *Bench) evict(ctx context.Context, w *world) error {
 		}
 		devs = append(devs, v.Dev)
 	}
-	return evict(ctx, trees, devs)
+	if err := evict(ctx, trees, devs); err != nil || !b.dropAll {
+		return err
+	}
+	return dropCaches(ctx)
 }
 
 func (b *Bench) runAll(ctx context.Context) (*Results, error) {
@@ -548,15 +554,8 @@ func (b *Bench) voldeltaRound(ctx context.Context, w *world, tree Tree, phase st
 	w.round++
 	r := &Round{Name: "voldelta " + phase}
 	logf := b.logPath("voldelta")
-	recv, err := (&Cmd{Name: "voldelta receive", Side: SideDst, Log: logf, StopSignal: sigInt,
-		Args: []string{b.cfg.Voldelta, "receive", "--listen", localAddr(portVoldelta),
-			"--target", "vol=" + w.vdDst.Dev, "--state-dir", w.vdState, "--log-level", "warn",
-			"--tls-cert", b.pki + "/receiver.pem", "--tls-key", b.pki + "/receiver-key.pem", "--tls-ca", b.pki + "/ca.pem"}}).Start(ctx, b.cl)
+	recv, err := b.startReceiver(ctx, logf, w.vdDst.Dev, w.vdState)
 	if err != nil {
-		return nil, err
-	}
-	if err := waitPort(ctx, b.cfg, SideDst, localAddr(portVoldelta), 30*time.Second); err != nil {
-		recv.Stop()
 		return nil, err
 	}
 	if err := b.evict(ctx, w); err != nil {
@@ -564,10 +563,7 @@ func (b *Bench) voldeltaRound(ctx context.Context, w *world, tree Tree, phase st
 		return nil, err
 	}
 	stats := b.statsPath(fmt.Sprintf("voldelta-%s-%d", phase, w.round))
-	err = b.readFrozen(ctx, w, r, &Cmd{Name: "voldelta send", Side: SideSrc, Log: logf,
-		Args: []string{b.cfg.Voldelta, "send", "--source", w.src.Dev, "--to", proxyAddr(portVoldelta), "--volume", "vol",
-			"--tls-cert", b.pki + "/agent.pem", "--tls-key", b.pki + "/agent-key.pem", "--tls-ca", b.pki + "/ca.pem",
-			"--progress", "never", "--stats-json", stats}})
+	err = b.readFrozen(ctx, w, r, b.sendCmd(logf, stats, w.src.Dev))
 	u, serr := recv.Stop()
 	r.add(u)
 	if err == nil {
@@ -580,6 +576,34 @@ func (b *Bench) voldeltaRound(ctx context.Context, w *world, tree Tree, phase st
 	log.Printf("voldelta %s: %.1fs, %s over the link", phase, r.Seconds, mb(r.LinkTxBytes+r.LinkRxBytes))
 	r.verify(func() (bool, string) { return b.verifyReplica(ctx, w.vdDst, tree, r.Stats) })
 	return r, nil
+}
+
+// startReceiver starts `voldelta receive` in the destination namespace
+// for volume "vol" on target, with its state in stateDir, and waits until
+// it listens.
+func (b *Bench) startReceiver(ctx context.Context, logf, target, stateDir string) (*Service, error) {
+	recv, err := (&Cmd{Name: "voldelta receive", Side: SideDst, Log: logf, StopSignal: sigInt,
+		Args: []string{b.cfg.Voldelta, "receive", "--listen", localAddr(portVoldelta),
+			"--target", "vol=" + target, "--state-dir", stateDir, "--log-level", "warn",
+			"--tls-cert", b.pki + "/receiver.pem", "--tls-key", b.pki + "/receiver-key.pem", "--tls-ca", b.pki + "/ca.pem"}}).Start(ctx, b.cl)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitPort(ctx, b.cfg, SideDst, localAddr(portVoldelta), 30*time.Second); err != nil {
+		recv.Stop()
+		return nil, err
+	}
+	return recv, nil
+}
+
+// sendCmd is `voldelta send` of source in the source namespace, across
+// the link to the receiver, volume "vol", its statistics to stats, with
+// extra flags.
+func (b *Bench) sendCmd(logf, stats, source string, extra ...string) *Cmd {
+	return &Cmd{Name: "voldelta send", Side: SideSrc, Log: logf,
+		Args: append([]string{b.cfg.Voldelta, "send", "--source", source, "--to", proxyAddr(portVoldelta), "--volume", "vol",
+			"--tls-cert", b.pki + "/agent.pem", "--tls-key", b.pki + "/agent-key.pem", "--tls-ca", b.pki + "/ca.pem",
+			"--progress", "never", "--stats-json", stats}, extra...)}
 }
 
 // storePrefix is voldelta's prefix in its bucket.
@@ -666,6 +690,11 @@ func (b *Bench) verifyReplica(ctx context.Context, v *Volume, tree Tree, stats m
 		return false, "replica files: " + d
 	}
 	return true, "voldelta hash of the replica device = the source's root hash; replica ext4 mounted read-only: same files (SHA-256)"
+}
+
+// treeCheck is a check (for Round.verify) that dir holds tree.
+func (b *Bench) treeCheck(tree Tree, dir string) func() (bool, string) {
+	return func() (bool, string) { return b.verifyTree(tree, dir) }
 }
 
 func (b *Bench) verifyTree(tree Tree, dir string) (bool, string) {

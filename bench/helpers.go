@@ -33,6 +33,8 @@ var helpers = map[string]func(args []string) error{
 	"waitport": helperWaitPort,
 	"mkbucket": helperMkBucket,
 	"render":   helperRender,
+	// render-scale DIR: DIR/scale.md and scale.png again from scale.json.
+	"render-scale": helperRenderScale,
 }
 
 // helperRender: render DIR re-renders DIR/results.md and results.png from
@@ -50,6 +52,21 @@ func helperRender(args []string) error {
 		return err
 	}
 	return writeResults(&Config{Out: args[0]}, &res)
+}
+
+func helperRenderScale(args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: render-scale RESULTS-DIR")
+	}
+	raw, err := os.ReadFile(filepath.Join(args[0], "scale.json"))
+	if err != nil {
+		return err
+	}
+	var res ScaleResults
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return err
+	}
+	return writeScaleResults(args[0], &res, true)
 }
 
 // helperProxy: proxy [-delay D] LISTEN=TARGET... forwards each LISTEN to

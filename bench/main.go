@@ -74,6 +74,9 @@ func main() {
 			return
 		}
 	}
+	if len(os.Args) > 1 && os.Args[1] == "scale" {
+		os.Exit(scaleMain(os.Args[2:]))
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -92,14 +95,7 @@ func parseFlags(args []string) (*Config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	scale := fs.String("scale", "quick", "scenario sizes: quick (1/1000 of the study) or default (1/70)")
 	scen := fs.String("scenarios", strings.Join(allScenarios, ","), "comma-separated scenarios to run; mariadb-update continues from mariadb-insert")
-	out := fs.String("out", "", "results directory (default bench/out/SCALE-TIMESTAMP)")
-	work := fs.String("work", "/var/tmp/voldelta-bench", "work directory for volumes and state (removed after the run)")
-	keep := fs.Bool("keep", false, "keep the work directory")
-	rate := fs.String("rate", "100mbit", "link rate per direction (tc tbf)")
-	delay := fs.Duration("delay", 10*time.Millisecond, "one-way delay added by the proxies (RTT = 2×delay)")
-	vd := fs.String("voldelta", "bin/voldelta", "voldelta binary")
-	restic := fs.String("restic", "", "restic binary (default $CACHE/bin/restic)")
-	minio := fs.String("minio", "", "minio binary (default $CACHE/bin/minio)")
+	finish := commonFlags(fs, "/var/tmp/voldelta-bench")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: bench [flags]   (as root; see bench/README.md)\n")
 		fs.PrintDefaults()
@@ -111,8 +107,7 @@ func parseFlags(args []string) (*Config, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown -scale %q (quick or default)", *scale)
 	}
-	cfg := &Config{Scale: sc, Work: *work, Keep: *keep, Rate: *rate, Delay: *delay,
-		Command: strings.Join(os.Args, " ")}
+	cfg := &Config{Scale: sc}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
 		if s == "" {
@@ -130,37 +125,55 @@ func parseFlags(args []string) (*Config, error) {
 	if has(cfg.Scenarios, "mariadb-update") && !has(cfg.Scenarios, "mariadb-insert") {
 		return nil, errors.New("mariadb-update continues from mariadb-insert: run both")
 	}
-	cache := os.Getenv("CACHE")
-	if cache == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			base = filepath.Join(os.Getenv("HOME"), ".cache")
+	return cfg, finish(cfg, sc.Name)
+}
+
+// commonFlags registers the flags every mode of the harness has (work and
+// results directories, link, binaries) on fs; the returned function fills
+// them into cfg after fs.Parse, with outName naming the default results
+// directory bench/out/OUTNAME-TIMESTAMP.
+func commonFlags(fs *flag.FlagSet, defaultWork string) func(cfg *Config, outName string) error {
+	out := fs.String("out", "", "results directory (default bench/out/NAME-TIMESTAMP)")
+	work := fs.String("work", defaultWork, "work directory for volumes and state (removed after the run)")
+	keep := fs.Bool("keep", false, "keep the work directory")
+	rate := fs.String("rate", "100mbit", "link rate per direction (tc tbf)")
+	delay := fs.Duration("delay", 10*time.Millisecond, "one-way delay added by the proxies (RTT = 2×delay)")
+	vd := fs.String("voldelta", "bin/voldelta", "voldelta binary")
+	restic := fs.String("restic", "", "restic binary (default $CACHE/bin/restic)")
+	minio := fs.String("minio", "", "minio binary (default $CACHE/bin/minio)")
+	return func(cfg *Config, outName string) error {
+		cfg.Work, cfg.Keep, cfg.Rate, cfg.Delay = *work, *keep, *rate, *delay
+		cfg.Command = strings.Join(os.Args, " ")
+		cache := os.Getenv("CACHE")
+		if cache == "" {
+			base := os.Getenv("XDG_CACHE_HOME")
+			if base == "" {
+				base = filepath.Join(os.Getenv("HOME"), ".cache")
+			}
+			cache = filepath.Join(base, "voldelta")
 		}
-		cache = filepath.Join(base, "voldelta")
-	}
-	if *restic == "" {
-		*restic = filepath.Join(cache, "bin", "restic")
-	}
-	if *minio == "" {
-		*minio = filepath.Join(cache, "bin", "minio")
-	}
-	if *out == "" {
-		*out = filepath.Join("bench", "out", sc.Name+"-"+time.Now().Format("20060102-150405"))
-	}
-	var err error
-	for _, p := range []*string{out, vd, restic, minio} {
-		if *p, err = filepath.Abs(*p); err != nil {
-			return nil, err
+		if *restic == "" {
+			*restic = filepath.Join(cache, "bin", "restic")
 		}
+		if *minio == "" {
+			*minio = filepath.Join(cache, "bin", "minio")
+		}
+		if *out == "" {
+			*out = filepath.Join("bench", "out", outName+"-"+time.Now().Format("20060102-150405"))
+		}
+		var err error
+		for _, p := range []*string{out, vd, restic, minio} {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return err
+			}
+		}
+		if cfg.Work, err = filepath.Abs(cfg.Work); err != nil {
+			return err
+		}
+		cfg.Out, cfg.Voldelta, cfg.Restic, cfg.Minio = *out, *vd, *restic, *minio
+		cfg.Self, err = os.Executable()
+		return err
 	}
-	if cfg.Work, err = filepath.Abs(cfg.Work); err != nil {
-		return nil, err
-	}
-	cfg.Out, cfg.Voldelta, cfg.Restic, cfg.Minio = *out, *vd, *restic, *minio
-	if cfg.Self, err = os.Executable(); err != nil {
-		return nil, err
-	}
-	return cfg, nil
 }
 
 func has(list []string, s string) bool {
@@ -173,6 +186,22 @@ func has(list []string, s string) bool {
 }
 
 func run(cfg *Config) error {
+	tools := []string{"ip", "tc", "losetup", "mkfs.ext4", "mount", "umount", "fsfreeze", "blockdev", "rsync", "mariadbd", "mariadb", "mariadb-install-db", "gnuplot", "/usr/bin/time"}
+	return runHarness(cfg, tools, func(ctx context.Context, b *Bench) error {
+		res, err := b.runAll(ctx)
+		if res != nil {
+			if werr := writeResults(cfg, res); werr != nil && err == nil {
+				err = werr
+			}
+		}
+		return err
+	})
+}
+
+// runHarness is the frame of every mode: root, the binaries and tools
+// checked, signals, the bench (namespaces, link, certificates) set up,
+// body run, and everything undone in reverse order whatever happens.
+func runHarness(cfg *Config, tools []string, body func(ctx context.Context, b *Bench) error) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the benchmark needs root (network namespaces, loop devices, mounts): run it with sudo or as root")
 	}
@@ -181,7 +210,7 @@ func run(cfg *Config) error {
 			return fmt.Errorf("%v (bench/run.sh builds and installs what the benchmark needs)", err)
 		}
 	}
-	for _, tool := range []string{"ip", "tc", "losetup", "mkfs.ext4", "mount", "umount", "fsfreeze", "blockdev", "rsync", "mariadbd", "mariadb", "mariadb-install-db", "gnuplot", "/usr/bin/time"} {
+	for _, tool := range tools {
 		if _, err := lookPath(tool); err != nil {
 			return fmt.Errorf("%s not found (bench/run.sh installs the Debian packages the benchmark needs)", tool)
 		}
@@ -205,12 +234,7 @@ func run(cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	res, err := b.runAll(ctx)
-	if res != nil {
-		if werr := writeResults(cfg, res); werr != nil && err == nil {
-			err = werr
-		}
-	}
+	err = body(ctx, b)
 	if ctx.Err() != nil && err != nil {
 		return fmt.Errorf("interrupted: %w", err)
 	}

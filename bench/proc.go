@@ -25,13 +25,17 @@ const (
 // Usage is what wait4 reported for one process (children it waited for
 // included).
 type Usage struct {
-	Name       string  `json:"name"`
-	Side       Side    `json:"side"`
-	Seconds    float64 `json:"wall_seconds"`
-	UserCPU    float64 `json:"user_cpu_seconds"`
-	SysCPU     float64 `json:"sys_cpu_seconds"`
-	MaxRSSKiB  int64   `json:"max_rss_kib"`
-	ExitStatus int     `json:"exit_status"`
+	Name      string  `json:"name"`
+	Side      Side    `json:"side"`
+	Seconds   float64 `json:"wall_seconds"`
+	UserCPU   float64 `json:"user_cpu_seconds"`
+	SysCPU    float64 `json:"sys_cpu_seconds"`
+	MaxRSSKiB int64   `json:"max_rss_kib"`
+	// ReadBytes is what the process read from block devices (GNU time's
+	// %I, file system inputs × 512): reads served by the page cache are
+	// not in it.
+	ReadBytes  int64 `json:"fs_read_bytes,omitempty"`
+	ExitStatus int   `json:"exit_status"`
 }
 
 // CPU is user + system seconds.
@@ -77,7 +81,7 @@ func (c *Cmd) build(ctx context.Context) (*exec.Cmd, *os.File, string, error) {
 		}
 		f.Close()
 		usageFile = f.Name()
-		args = append([]string{"ip", "netns", "exec", ns, "/usr/bin/time", "-f", "%U %S %M", "-o", usageFile}, args...)
+		args = append([]string{"ip", "netns", "exec", ns, "/usr/bin/time", "-f", "%U %S %M %I", "-o", usageFile}, args...)
 	}
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), c.Env...)
@@ -135,18 +139,19 @@ func usageOf(name string, side Side, ps *os.ProcessState, wall time.Duration, us
 	return u
 }
 
-// parseTimeUsage reads GNU time's "%U %S %M" line (the last one: time puts
-// "Command exited with non-zero status N" or "Command terminated by
-// signal N" before it).
+// parseTimeUsage reads GNU time's "%U %S %M %I" line (the last one: time
+// puts "Command exited with non-zero status N" or "Command terminated by
+// signal N" before it; %I may be missing).
 func parseTimeUsage(out string, u *Usage) bool {
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	last := lines[len(lines)-1]
 	var user, sys float64
-	var rss int64
-	if n, _ := fmt.Sscanf(last, "%f %f %d", &user, &sys, &rss); n != 3 {
+	var rss, in int64
+	n, _ := fmt.Sscanf(last, "%f %f %d %d", &user, &sys, &rss, &in)
+	if n < 3 {
 		return false
 	}
-	u.UserCPU, u.SysCPU, u.MaxRSSKiB = user, sys, rss
+	u.UserCPU, u.SysCPU, u.MaxRSSKiB, u.ReadBytes = user, sys, rss, in*512
 	return true
 }
 

@@ -276,6 +276,11 @@ func renderChart(res *Results, out string) error {
 	title := fmt.Sprintf("voldelta vs restic+MinIO vs rsync, %s link, %.0f ms RTT, scale %s (study ÷ %d)",
 		res.Link.Rate, 2*res.Link.OneWayDelayMs, res.Scale.Name, res.Scale.Divisor)
 	script := fmt.Sprintf(chartScript, filepath.Join(out, "results.png"), title, dat)
+	return runGnuplot(script)
+}
+
+// runGnuplot runs a gnuplot script.
+func runGnuplot(script string) error {
 	cmd := exec.Command("gnuplot")
 	cmd.Stdin = strings.NewReader(script)
 	var stderr bytes.Buffer

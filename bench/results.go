@@ -119,6 +119,7 @@ type Round struct {
 	VerifyNote    string         `json:"verify_note,omitempty"`
 	VerifySeconds float64        `json:"verify_seconds,omitempty"`
 	Stats         map[string]any `json:"voldelta_stats,omitempty"`
+	Command       string         `json:"command,omitempty"`
 }
 
 // CPU is the CPU seconds of the round's processes on side.

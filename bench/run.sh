@@ -3,6 +3,7 @@
 # and run it. Arguments go to the harness (bench -h lists them), e.g.
 #   bench/run.sh -scale quick
 #   bench/run.sh -scale default -out bench/results/default
+#   bench/run.sh scale -sizes "1 4 16"     (make bench-scale; bench scale -h)
 # Needs root (network namespaces, loop devices, mounts). The harness cleans
 # up its namespaces, mounts, loop devices and processes on success, failure
 # and Ctrl-C; a run that was killed outright is cleaned up by the next.
@@ -19,7 +20,14 @@ fi
 
 # Debian packages: the workload's database, the rsync reference, the chart,
 # and the system tools the harness drives (GNU time measures every process).
+# The scale mode needs no database but XFS (reflinks).
+mode=()
 pkgs=(mariadb-server mariadb-client rsync gnuplot-nox e2fsprogs iproute2 util-linux mount time)
+if [ "${1:-}" = scale ]; then
+  mode=(scale)
+  shift
+  pkgs=(rsync gnuplot-nox xfsprogs iproute2 util-linux mount time coreutils)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
@@ -43,4 +51,4 @@ minio=$(GO=$go ./scripts/ensure-minio.sh)
 "${MAKE:-make}" --no-print-directory build >/dev/null
 "$go" build -o bin/voldelta-bench ./bench
 
-exec bin/voldelta-bench -voldelta bin/voldelta -restic "$restic" -minio "$minio" "$@"
+exec bin/voldelta-bench "${mode[@]}" -voldelta bin/voldelta -restic "$restic" -minio "$minio" "$@"

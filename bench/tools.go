@@ -96,29 +96,29 @@ func (b *Bench) restic(w *world, side Side, name string, args ...string) *Cmd {
 		Args: append([]string{b.cfg.Restic}, args...)}
 }
 
-// resticBackup: `restic backup` of the source's mounted files, to MinIO
-// across the link.
-func (b *Bench) resticBackup(ctx context.Context, w *world, phase string) (*Round, error) {
+// resticBackup: `restic backup` of the directory path at the source (the
+// source's mounted files), to MinIO across the link.
+func (b *Bench) resticBackup(ctx context.Context, w *world, phase, path string) (*Round, error) {
 	r := &Round{Name: "restic backup " + phase}
 	mark, err := b.minioStep(ctx, w)
 	if err != nil {
 		return nil, err
 	}
-	err = r.chargeMinio(mark, b.measureCmd(ctx, r, b.restic(w, SideSrc, "restic backup", "backup", "--host", "source", w.src.Mount)))
+	err = r.chargeMinio(mark, b.measureCmd(ctx, r, b.restic(w, SideSrc, "restic backup", "backup", "--host", "source", path)))
 	log.Printf("restic backup %s: %.1fs, %s over the link", phase, r.Seconds, mb(r.LinkTxBytes+r.LinkRxBytes))
 	return r, err
 }
 
-// resticRestore restores the latest snapshot's source tree into dir at
-// the destination (MinIO local there), then syncfs's the target, and
-// verifies it against tree.
-func (b *Bench) resticRestore(ctx context.Context, w *world, tree Tree, name, dir string, extra ...string) (*Round, error) {
+// resticRestore restores the latest snapshot's tree under path (the
+// directory backed up) into dir at the destination (MinIO local there),
+// then syncfs's the target, and verifies it with check.
+func (b *Bench) resticRestore(ctx context.Context, w *world, name, path, dir string, check func() (bool, string), extra ...string) (*Round, error) {
 	r := &Round{Name: name}
 	mark, err := b.minioStep(ctx, w)
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"restore", "latest:" + w.src.Mount, "--target", dir}, extra...)
+	args := append([]string{"restore", "latest:" + path, "--target", dir}, extra...)
 	err = b.measure(ctx, r, func() error {
 		u, err := b.restic(w, SideDst, name, args...).Run(ctx)
 		r.add(u)
@@ -134,15 +134,15 @@ func (b *Bench) resticRestore(ctx context.Context, w *world, tree Tree, name, di
 		return r, err
 	}
 	log.Printf("%s: %.1fs", name, r.Seconds)
-	r.verify(func() (bool, string) { return b.verifyTree(tree, dir) })
+	r.verify(check)
 	return r, nil
 }
 
 func (b *Bench) resticInitial(ctx context.Context, w *world, tree Tree) (backup, restore *Round, err error) {
-	if backup, err = b.resticBackup(ctx, w, "initial"); err != nil {
+	if backup, err = b.resticBackup(ctx, w, "initial", w.src.Mount); err != nil {
 		return backup, nil, err
 	}
-	restore, err = b.resticRestore(ctx, w, tree, "restic restore initial", w.resticB.Mount)
+	restore, err = b.resticRestore(ctx, w, "restic restore initial", w.src.Mount, w.resticB.Mount, b.treeCheck(tree, w.resticB.Mount))
 	return backup, restore, err
 }
 
@@ -151,22 +151,22 @@ func (b *Bench) resticInitial(ctx context.Context, w *world, tree Tree) (backup,
 // the tree restored before.
 func (b *Bench) resticDelta(ctx context.Context, w *world, tree Tree, tr *ToolResult) error {
 	var err error
-	if tr.Delta, err = b.resticBackup(ctx, w, "delta"); err != nil {
+	if tr.Delta, err = b.resticBackup(ctx, w, "delta", w.src.Mount); err != nil {
 		return err
 	}
 	empty, err := b.ext4Volume(ctx, "restic-c", w.size)
 	if err != nil {
 		return err
 	}
-	tr.FullRestore, err = b.resticRestore(ctx, w, tree, "restic restore full", empty.Mount)
+	tr.FullRestore, err = b.resticRestore(ctx, w, "restic restore full", w.src.Mount, empty.Mount, b.treeCheck(tree, empty.Mount))
 	if cerr := empty.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
 		return err
 	}
-	tr.InPlaceRestore, err = b.resticRestore(ctx, w, tree, "restic restore in-place", w.resticB.Mount,
-		"--overwrite", "if-changed", "--delete")
+	tr.InPlaceRestore, err = b.resticRestore(ctx, w, "restic restore in-place", w.src.Mount, w.resticB.Mount,
+		b.treeCheck(tree, w.resticB.Mount), "--overwrite", "if-changed", "--delete")
 	return err
 }
 
@@ -178,13 +178,11 @@ const rsyncdConf = `use chroot = no
   gid = root
 `
 
-// rsyncRound: `rsync --inplace --no-whole-file` of the source's files to
-// an rsync daemon at the destination, across the link, then a syncfs of
-// the target.
-func (b *Bench) rsyncRound(ctx context.Context, w *world, tree Tree, phase string) (*Round, error) {
-	r := &Round{Name: "rsync " + phase}
+// startRsyncd starts an rsync daemon in the destination namespace whose
+// module "vol" is dir, and waits until it listens.
+func (b *Bench) startRsyncd(ctx context.Context, dir string) (*Service, error) {
 	conf := filepath.Join(b.cfg.Work, "rsyncd.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(rsyncdConf, w.rsyncDst.Mount)), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(rsyncdConf, dir)), 0o644); err != nil {
 		return nil, err
 	}
 	d, err := (&Cmd{Name: "rsync --daemon", Side: SideDst, Log: b.logPath("rsync"),
@@ -195,6 +193,18 @@ func (b *Bench) rsyncRound(ctx context.Context, w *world, tree Tree, phase strin
 	}
 	if err := waitPort(ctx, b.cfg, SideDst, localAddr(portRsync), 30*time.Second); err != nil {
 		d.Stop()
+		return nil, err
+	}
+	return d, nil
+}
+
+// rsyncRound: `rsync --inplace --no-whole-file` of the source's files to
+// an rsync daemon at the destination, across the link, then a syncfs of
+// the target.
+func (b *Bench) rsyncRound(ctx context.Context, w *world, tree Tree, phase string) (*Round, error) {
+	r := &Round{Name: "rsync " + phase}
+	d, err := b.startRsyncd(ctx, w.rsyncDst.Mount)
+	if err != nil {
 		return nil, err
 	}
 	if err := b.evict(ctx, w); err != nil {

@@ -24,6 +24,7 @@ type Volume struct {
 	Image  string
 	Dev    string
 	Mount  string // "" when not mounted
+	FS     string // the filesystem MountAt mounts: "" is ext4
 	Size   int64
 	detach func() error
 	umount func() error
@@ -31,8 +32,9 @@ type Volume struct {
 }
 
 // newVolume creates a sparse image of size bytes and attaches it to a
-// free loop device; the cleanup detaches exactly that device.
-func newVolume(ctx context.Context, cl *Cleanup, work, name string, size int64) (*Volume, error) {
+// free loop device (losetup with extra args, e.g. --direct-io=on); the
+// cleanup detaches exactly that device.
+func newVolume(ctx context.Context, cl *Cleanup, work, name string, size int64, losetup ...string) (*Volume, error) {
 	img := filepath.Join(work, "img", name+".img")
 	if err := os.MkdirAll(filepath.Dir(img), 0o755); err != nil {
 		return nil, err
@@ -47,7 +49,7 @@ func newVolume(ctx context.Context, cl *Cleanup, work, name string, size int64) 
 		return nil, err
 	}
 	f.Close()
-	dev, err := sh(ctx, "losetup", "-f", "--show", img)
+	dev, err := sh(ctx, append(append([]string{"losetup", "-f", "--show"}, losetup...), img)...)
 	if err != nil {
 		return nil, err
 	}
@@ -67,14 +69,31 @@ func (v *Volume) Mkfs(ctx context.Context) error {
 	return err
 }
 
-// MountAt mounts the volume's ext4 at dir (read-only: ro,noload).
+// MkfsXFS makes an XFS with reflinks (cp --reflink=always, FICLONE) on
+// the volume; MountAt then mounts it as XFS.
+func (v *Volume) MkfsXFS(ctx context.Context) error {
+	v.FS = "xfs"
+	_, err := sh(ctx, "mkfs.xfs", "-q", "-f", "-m", "reflink=1", "-L", v.Name, v.Dev)
+	return err
+}
+
+// MountAt mounts the volume's filesystem (ext4 unless MkfsXFS made it) at
+// dir (read-only: ro,noload; noload is ext4's, norecovery XFS's).
 func (v *Volume) MountAt(ctx context.Context, dir string, ro bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	args := []string{"mount", "-t", "ext4"}
+	fstype := v.FS
+	if fstype == "" {
+		fstype = "ext4"
+	}
+	args := []string{"mount", "-t", fstype}
 	if ro {
-		args = append(args, "-o", "ro,noload")
+		opt := "ro,noload"
+		if fstype == "xfs" {
+			opt = "ro,norecovery"
+		}
+		args = append(args, "-o", opt)
 	}
 	if _, err := sh(ctx, append(args, v.Dev, dir)...); err != nil {
 		return err
