@@ -192,6 +192,18 @@ func TestReflinkXFS(t *testing.T) {
 	reflinkCopy(t, live, snap1)
 	id1 := mustIdentity(t, snap1)
 
+	// A second copy of the unchanged file: nothing changed, an empty list
+	// (not nil, which would mean "read everything").
+	same := filepath.Join(mnt, "same.img")
+	reflinkCopy(t, live, same)
+	r, err := NewReflink(snap1, same)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exts, err := r.Changed(ctx, size1); err != nil || exts == nil || len(exts) != 0 {
+		t.Fatalf("unchanged copy: %v, %v", exts, err)
+	}
+
 	// Change live: scattered pages, a few unaligned bytes, a 4 MiB region,
 	// a range of zeros written, a punched range, a page in the hole, a
 	// preallocation in the hole (unwritten: reads zeros), growth by data and by a sparse tail.
@@ -280,7 +292,7 @@ func TestReflinkXFS(t *testing.T) {
 
 	// The base written (even with the byte it held) after NewReflink: its
 	// identity changes and the hints are refused.
-	r, err := NewReflink(snap1, snap2)
+	r, err = NewReflink(snap1, snap2)
 	if err != nil {
 		t.Fatal(err)
 	}
