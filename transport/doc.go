@@ -10,11 +10,16 @@
 // Config.Streams data streams opened after it:
 //
 //	control stream (agent ⇄ receiver):
-//	    agent → HELLO (magic, version, volume, size, chunk params, streams)
-//	    receiver → WELCOME (last generation, root, target state)
+//	    agent → HELLO (magic, version, volume, size, chunk params, streams, image)
+//	    receiver → WELCOME (last generation, root, target state, its size
+//	              and image, whether the receiver holds its manifest: HasBase)
 //	              or ERROR (e.g. code 2 naming both versions) and the end
+//	    optionally, with HasBase: agent → BASE_GET (root);
+//	        receiver → the committed manifest as MANIFEST frames, MANIFEST_END
 //	    concurrently:
-//	        agent → MANIFEST batches of entries, in order, then MANIFEST_END
+//	        agent → MANIFEST batches of entries, in order, or MANIFEST_COPY
+//	                runs of the committed manifest's entries (with HasBase),
+//	                then MANIFEST_END
 //	        receiver → NEED index ranges as it classifies entries, then NEED_END
 //	    receiver → RESULT once the target is written and verified,
 //	               or ERROR from either end at any point
