@@ -94,7 +94,11 @@ var luksMagic = []byte("LUKS\xba\xbe")
 
 // refuseLUKS refuses an image that starts with a LUKS header: an encrypted
 // Longhorn volume whose volume.meta does not say so (longhorn-engine up to
-// v1.9 writes no Encrypted key), refused like one that does.
+// v1.9 writes no Encrypted key), refused like one that does. The magic is
+// enough (any version). A volume that is not Longhorn-encrypted but that
+// the workload formatted with LUKS itself starts the same way and is
+// refused too (its image would be the right bytes, but the two cannot be
+// told apart from the replica).
 func refuseLUKS(vol string, img io.ReaderAt) error {
 	hdr := make([]byte, len(luksMagic)+2)
 	n, err := img.ReadAt(hdr, 0)
