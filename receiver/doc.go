@@ -3,7 +3,8 @@
 // difference, verifies the result and commits a new generation.
 //
 // Per volume the state directory keeps state.json (committed generation,
-// root hash, target fingerprint), the known extents of the target
+// root hash, size, the image identity its HELLO named, target
+// fingerprint), the known extents of the target
 // (extents-*.bin: the committed manifest, or what recovery proved) and,
 // during an apply, a journal. A round:
 //
@@ -18,7 +19,14 @@
 //	    no state / params changed / changed outside voldelta / journal lost or
 //	        damaged / a verification or scrub failed → index = scan(target)
 //	    new journal (nonce) and state phase=applying (the target is not current from here on)
-//	for each manifest entry e, as the manifest streams in:
+//	    base = the index, if it is the committed manifest (state committed, no rescan,
+//	        same params) and a root rebuilt over it is the committed root; else none
+//	WELCOME: committed generation, root, size, image; HasBase = there is a base
+//	BASE_GET (optional, once, before any manifest frame; root = the base's):
+//	    the base in MANIFEST frames of ≤ 2048 entries, MANIFEST_END (count, root)
+//	for each manifest entry e, as the manifest streams in (MANIFEST frames, or
+//	MANIFEST_COPY runs of the base, contiguous with what came before, counted
+//	toward the manifest limit):
 //	    e in place per index            → skip
 //	    e zero run                      → zero later
 //	    e's chunk intact elsewhere      → copy later
@@ -26,7 +34,7 @@
 //	fetched chunk arrives (hash checked against e.ID):
 //	    before the plan ran and the index has data → hold it in memory (bounded)
 //	    else stage it; every 8 MiB, or when idle: journal intents (one fsync), write in place
-//	manifest end (root checked):
+//	manifest end (root checked: this is what makes a MANIFEST_COPY delta safe):
 //	    grow a file target to the source's size
 //	    read back: every skipped entry is read and hashed (resumes, --verify
 //	        full, fingerprints that cannot vouch); a mismatch is fetched or zeroed instead
@@ -40,7 +48,7 @@
 //	all fetched: shrink a file, fsync target, check it is still the file or
 //	    device it opened, read back every range written this round; a mismatch
 //	    commits nothing and marks the index for a rescan (the next round repairs);
-//	    write extents and state (phase=committed, generation+1, fingerprint), RESULT
+//	    write extents and state (phase=committed, generation+1, size, image, fingerprint), RESULT
 //
 // A target is reported current (ReadStatus) only in phase committed, with
 // no rescan pending, and while its fingerprint still vouches for it: for a
