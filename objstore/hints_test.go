@@ -141,6 +141,11 @@ func TestPushWithHintsReadsOnlyTheChange(t *testing.T) {
 	if got, err := s.GenerationImage(context.Background(), "h", 3); err != nil || got != "" {
 		t.Errorf("generation 3, pushed without an image, records %q (%v)", got, err)
 	}
+	// No extents at all (nil) says that nothing changed: nothing is read.
+	st5, read5 := pushCounted(t, s, "h", v4, PushOptions{Hints: &fakeHints{}})
+	if st5.ScanMode != ScanIncremental || st5.BytesRead != 0 || read5 != 0 || st5.RootHash != st4.RootHash {
+		t.Fatalf("push with no changed extents: mode %q (%q), bytes_read %d, read %d, root %s (want %s)", st5.ScanMode, st5.FullScanReason, st5.BytesRead, read5, st5.RootHash, st4.RootHash)
+	}
 }
 
 // Hints are not used, and the whole source is read, when the latest
