@@ -1,4 +1,4 @@
-package snapmeta_test
+package snapmeta
 
 import (
 	"bytes"

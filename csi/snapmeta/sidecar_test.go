@@ -1,4 +1,4 @@
-package snapmeta_test
+package snapmeta
 
 import (
 	"context"
@@ -24,7 +24,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/voldelta/voldelta/csi/snapmeta"
 	"github.com/voldelta/voldelta/internal/k8stest"
 	"github.com/voldelta/voldelta/internal/pki"
 )
@@ -70,11 +69,12 @@ type sidecar struct {
 }
 
 // startSidecar runs the sidecar in front of the driver's socket, serving
-// TLS with cert and key, talking to the API server as the admin of cfg. A
-// non-empty audience is passed as --audience (the service then expects it
-// instead of the SnapshotMetadataService's). It is stopped when the test
-// ends; its log is shown if the test failed.
-func startSidecar(t *testing.T, bin, dir string, cfg *rest.Config, d *testDriver, cert, key []byte, audience string) *sidecar {
+// TLS with cert and key, talking to the API server as the admin of cfg. The
+// sidecar takes the audience from the SnapshotMetadataService at each call
+// (v1.1.0 ignores its --audience flag: runtime.Runtime.Audience shadows
+// Args.Audience and is never set). It is stopped when the test ends; its
+// log is shown if the test failed.
+func startSidecar(t *testing.T, bin, dir string, cfg *rest.Config, d *testDriver, cert, key []byte) *sidecar {
 	t.Helper()
 	port, httpPort := freePort(t), freePort(t)
 	kubeconfig := fmt.Sprintf(`apiVersion: v1
@@ -109,9 +109,6 @@ current-context: test
 		"-disable-metrics",
 		"-timeout", "20s",
 		"-v", "5",
-	}
-	if audience != "" {
-		args = append(args, "-audience", audience)
 	}
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.Create(logPath)
@@ -223,7 +220,7 @@ func newWorld(t *testing.T, ctx context.Context) *world {
 	_, err = ax.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{})
 	must(err)
 	must(k8stest.Eventually(ctx, func() (bool, string, error) {
-		_, err := w.dyn.Resource(snapmeta.SnapshotMetadataServices[0]).List(ctx, metav1.ListOptions{})
+		_, err := w.dyn.Resource(SnapshotMetadataServices[0]).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err.Error(), nil
 		}
@@ -262,7 +259,7 @@ func newWorld(t *testing.T, ctx context.Context) *world {
 	must(err)
 	leaf, err := w.ca.Issue("csi-snapshot-metadata", []string{"127.0.0.1", "localhost"}, time.Hour)
 	must(err)
-	w.sidecar = startSidecar(t, w.bin, dir, w.cp.Config, w.driver, leaf.CertPEM, leaf.KeyPEM, "")
+	w.sidecar = startSidecar(t, w.bin, dir, w.cp.Config, w.driver, leaf.CertPEM, leaf.KeyPEM)
 	w.setService(t, ctx, w.sidecar.addr, w.audience)
 
 	// The VolumeSnapshotClass, and the snapshots and contents as the
@@ -285,7 +282,7 @@ func (w *world) setService(t *testing.T, ctx context.Context, addr, audience str
 		"spec": map[string]any{"address": addr, "audience": audience,
 			"caCert": base64.StdEncoding.EncodeToString(w.ca.PEM)},
 	}}
-	ri := w.dyn.Resource(snapmeta.SnapshotMetadataServices[0])
+	ri := w.dyn.Resource(SnapshotMetadataServices[0])
 	old, err := ri.Get(ctx, driverName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -336,9 +333,9 @@ func (w *world) snapshot(t *testing.T, ctx context.Context, name, handle string)
 	}
 }
 
-// agentClient is a snapmeta.Client acting as the agent's ServiceAccount,
+// agentClient is a Client acting as the agent's ServiceAccount,
 // with exactly the permissions deploy/agent grants it.
-func (w *world) agentClient(t *testing.T, maxResults int32) *snapmeta.Client {
+func (w *world) agentClient(t *testing.T, maxResults int32) *Client {
 	t.Helper()
 	cfg := w.cp.ImpersonatedConfig("voldelta-system", "voldelta-agent")
 	kube, err := kubernetes.NewForConfig(cfg)
@@ -349,7 +346,7 @@ func (w *world) agentClient(t *testing.T, maxResults int32) *snapmeta.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := snapmeta.NewClient(snapmeta.Options{Kube: kube, Dynamic: dyn, MaxResults: maxResults})
+	c, err := NewClient(Options{Kube: kube, Dynamic: dyn, MaxResults: maxResults})
 	if err != nil {
 		t.Fatal(err)
 	}

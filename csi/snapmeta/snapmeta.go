@@ -253,16 +253,22 @@ func (s *Source) Changed(ctx context.Context, newSize uint64) ([]chunk.Extent, e
 	if err != nil {
 		return nil, err
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(svc.CACert) {
-		return nil, hint.Unavailable("SnapshotMetadataService %s: spec.caCert holds no PEM certificate", svc.Driver)
-	}
 	tok, err := s.c.token(ctx, svc.Audience)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
 		return nil, hint.Unavailable("%v", err)
+	}
+	return s.delta(ctx, svc, tok, newSize)
+}
+
+// delta asks svc for the delta with the token tok.
+func (s *Source) delta(ctx context.Context, svc *Service, tok string, newSize uint64) ([]chunk.Extent, error) {
+	r := s.r
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(svc.CACert) {
+		return nil, hint.Unavailable("SnapshotMetadataService %s: spec.caCert holds no PEM certificate", svc.Driver)
 	}
 	conn, err := grpc.NewClient(svc.Address, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})))
 	if err != nil {

@@ -1,4 +1,4 @@
-package snapmeta_test
+package snapmeta
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/voldelta/voldelta/chunk"
-	"github.com/voldelta/voldelta/csi/snapmeta"
 	"github.com/voldelta/voldelta/hint"
 )
 
@@ -29,12 +28,12 @@ func TestChangedThroughTheSidecar(t *testing.T) {
 	w := newWorld(t, ctx)
 	want := []chunk.Extent{{Offset: 0, Length: blockSize}, {Offset: 10 * blockSize, Length: 3 * blockSize},
 		{Offset: 100 * blockSize, Length: blockSize}, {Offset: 1023 * blockSize, Length: blockSize}}
-	req := snapmeta.Request{Driver: driverName, BaseHandle: baseHandle, Namespace: appNS, Target: "new"}
+	req := Request{Driver: driverName, BaseHandle: baseHandle, Namespace: appNS, Target: "new"}
 
-	changed := func(t *testing.T, c *snapmeta.Client, r snapmeta.Request) ([]chunk.Extent, error) {
+	changed := func(t *testing.T, c *Client, r Request) ([]chunk.Extent, error) {
 		t.Helper()
 		src := c.Source(r)
-		if src.Name() != "csi-snapshot-metadata" || src.BaseImage() != "csi:"+driverName+"/"+r.BaseHandle {
+		if src.Name() != "csi-snapshot-metadata" || src.BaseImage() != "csi:"+r.Driver+"/"+r.BaseHandle {
 			t.Fatalf("source %q with base %q", src.Name(), src.BaseImage())
 		}
 		return src.Changed(ctx, w.size)
@@ -44,6 +43,7 @@ func TestChangedThroughTheSidecar(t *testing.T) {
 		if !errors.Is(err, hint.ErrUnavailable) {
 			t.Fatalf("err %v, want one wrapping hint.ErrUnavailable", err)
 		}
+		t.Log(err)
 		for _, s := range says {
 			if !strings.Contains(err.Error(), s) {
 				t.Fatalf("err %q does not say %q", err, s)
@@ -84,7 +84,7 @@ func TestChangedThroughTheSidecar(t *testing.T) {
 	})
 
 	t.Run("nothing changed", func(t *testing.T) {
-		got, err := changed(t, w.agentClient(t, 0), snapmeta.Request{Driver: driverName, BaseHandle: newHandle, Namespace: appNS, Target: "new"})
+		got, err := changed(t, w.agentClient(t, 0), Request{Driver: driverName, BaseHandle: newHandle, Namespace: appNS, Target: "new"})
 		if err != nil || got == nil || len(got) != 0 {
 			t.Fatalf("changed %v, %v; want none", got, err)
 		}
@@ -100,12 +100,12 @@ func TestChangedThroughTheSidecar(t *testing.T) {
 	})
 
 	t.Run("no service for the driver", func(t *testing.T) {
-		_, err := changed(t, w.agentClient(t, 0), snapmeta.Request{Driver: "other.csi.example.com", BaseHandle: baseHandle, Namespace: appNS, Target: "new"})
+		_, err := changed(t, w.agentClient(t, 0), Request{Driver: "other.csi.example.com", BaseHandle: baseHandle, Namespace: appNS, Target: "new"})
 		wantUnavailable(t, err, "no SnapshotMetadataService", "other.csi.example.com")
 	})
 
 	t.Run("a base the driver does not know", func(t *testing.T) {
-		_, err := changed(t, w.agentClient(t, 0), snapmeta.Request{Driver: driverName, BaseHandle: "snap-gone", Namespace: appNS, Target: "new"})
+		_, err := changed(t, w.agentClient(t, 0), Request{Driver: driverName, BaseHandle: "snap-gone", Namespace: appNS, Target: "new"})
 		wantUnavailable(t, err, "NotFound", "snap-gone")
 	})
 
@@ -114,7 +114,7 @@ func TestChangedThroughTheSidecar(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := snapmeta.NewClient(snapmeta.Options{Kube: w.kube, Dynamic: w.dyn, ServiceAccountNamespace: appNS, ServiceAccountName: "nobody"})
+		c, err := NewClient(Options{Kube: w.kube, Dynamic: w.dyn, ServiceAccountNamespace: appNS, ServiceAccountName: "nobody"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -122,15 +122,20 @@ func TestChangedThroughTheSidecar(t *testing.T) {
 		wantUnavailable(t, err, "PermissionDenied")
 	})
 
-	t.Run("a service that expects another audience", func(t *testing.T) {
-		leaf, err := w.ca.Issue("csi-snapshot-metadata", []string{"127.0.0.1"}, time.Hour)
+	t.Run("a token for another audience", func(t *testing.T) {
+		// The agent asks for tokens of the service's audience; a token of
+		// another (a service that moved to a new audience, a stale or
+		// foreign token) is refused by the sidecar's TokenReview.
+		c := w.agentClient(t, 0)
+		svc, err := c.Service(ctx, driverName)
 		if err != nil {
 			t.Fatal(err)
 		}
-		other := startSidecar(t, w.bin, w.dir, w.cp.Config, w.driver, leaf.CertPEM, leaf.KeyPEM, "another-audience")
-		w.setService(t, ctx, other.addr, w.audience)
-		defer w.setService(t, ctx, w.sidecar.addr, w.audience)
-		_, err = changed(t, w.agentClient(t, 0), req)
+		tok, err := c.token(ctx, "another-audience")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Source(req).delta(ctx, svc, tok, w.size)
 		wantUnavailable(t, err, "did not authenticate the token", w.audience, "Unauthenticated")
 	})
 
