@@ -247,6 +247,14 @@ func TestHostileAgent(t *testing.T) {
 				last := m.Entries[len(m.Entries)-1]
 				send(ctrl, transport.ManifestBatch{Entries: append(slicesClone(m.Entries), chunk.Entry{Offset: last.End(), Length: 1, ID: chunk.Sum([]byte{1})})})
 			}},
+		{"MANIFEST_COPY past the committed manifest", transport.ErrCodeProtocol, "but the committed manifest has",
+			func(t *testing.T, f *fakeAgent, ctrl *yamux.Stream, data []byte, m *chunk.Manifest) {
+				send(ctrl, transport.ManifestCopy{First: 0, Count: 1 << 40})
+			}},
+		{"BASE_GET with another root", transport.ErrCodeProtocol, "but the committed manifest's root is",
+			func(t *testing.T, f *fakeAgent, ctrl *yamux.Stream, data []byte, m *chunk.Manifest) {
+				send(ctrl, transport.BaseGet{Root: m.Root})
+			}},
 		{"MANIFEST_END with another root", transport.ErrCodeProtocol, "root",
 			func(t *testing.T, f *fakeAgent, ctrl *yamux.Stream, data []byte, m *chunk.Manifest) {
 				send(ctrl, transport.ManifestBatch{Entries: m.Entries}, transport.ManifestEnd{Count: uint64(len(m.Entries)), Root: chunk.Sum([]byte("other"))})

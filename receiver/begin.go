@@ -353,12 +353,8 @@ func (p *Apply) AddManifest(ctx context.Context, entries []chunk.Entry) error {
 // without a base or out of its range; whether they fit where the manifest
 // stands is checked as for any entry, and the root at EndManifest decides.
 func (p *Apply) AddBase(ctx context.Context, first, count uint64) error {
-	if p.base == nil {
-		return failf(ErrBadInput, "MANIFEST_COPY, but this receiver holds no base manifest for the round (WELCOME said so): send the manifest's entries")
-	}
-	n := uint64(len(p.base.Entries))
-	if first >= n || count > n-first {
-		return failf(ErrBadInput, "MANIFEST_COPY of %d entries from entry %d, but the committed manifest has %d entries", count, first, n)
+	if err := p.checkBase(first, count); err != nil {
+		return err
 	}
 	const batch = 4096
 	for k := first; k < first+count; k += batch {
@@ -366,6 +362,18 @@ func (p *Apply) AddBase(ctx context.Context, first, count uint64) error {
 		if err := p.push(ctx, event{batch: es, copied: true}); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkBase says whether the base holds entries first..first+count-1.
+func (p *Apply) checkBase(first, count uint64) error {
+	if p.base == nil {
+		return failf(ErrBadInput, "MANIFEST_COPY, but this receiver holds no base manifest for the round (WELCOME said so): send the manifest's entries")
+	}
+	n := uint64(len(p.base.Entries))
+	if first >= n || count > n-first {
+		return failf(ErrBadInput, "MANIFEST_COPY of %d entries from entry %d, but the committed manifest has %d entries", count, first, n)
 	}
 	return nil
 }

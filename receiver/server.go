@@ -534,7 +534,11 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello t
 				return
 			}
 			started = true
-			if base != nil && m.First < uint64(len(base.Entries)) && base.Entries[m.First].Offset != next {
+			if err := ap.checkBase(m.First, m.Count); err != nil {
+				ap.Fail(ctx, err)
+				return
+			}
+			if base.Entries[m.First].Offset != next {
 				ap.Fail(ctx, failf(ErrBadInput, "MANIFEST_COPY from entry %d, which starts at offset %d, but the manifest so far ends at %d: copied entries must continue it",
 					m.First, base.Entries[m.First].Offset, next))
 				return
