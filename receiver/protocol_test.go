@@ -674,3 +674,60 @@ func TestVersionMismatch(t *testing.T) {
 		t.Fatalf("a refused HELLO changed the target's state: %+v", vs)
 	}
 }
+
+// stateBeforeImages is a state.json as the receiver wrote it before
+// generations recorded their image (protocol 1): its checksum was computed
+// without the image field.
+const stateBeforeImages = `{
+  "volume": "vol",
+  "target": "/dev/x",
+  "phase": "committed",
+  "generation": 3,
+  "root": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+  "size": 1048576,
+  "committed_at": "2023-11-14T22:13:20Z",
+  "params": {
+    "Algorithm": "rabin-seg/blake3/v1",
+    "Polynomial": 17349423945073011,
+    "MinSize": 16384,
+    "AvgSize": 65536,
+    "MaxSize": 262144,
+    "SegmentSize": 4194304
+  },
+  "extents": "extents-00.bin",
+  "history": [
+    {
+      "generation": 3,
+      "root": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+      "size": 1048576,
+      "at": "2023-11-14T22:13:20Z"
+    }
+  ],
+  "updated": "2023-11-14T22:13:21Z",
+  "checksum": "45c853a5b7ac46f1587ea546222b7cfd113e208de2eed0cc05f5fcfb134f2181"
+}`
+
+// TestStateBeforeImagesLoads: upgrading the receiver keeps every volume's
+// state readable (an empty image is left out of the checksummed JSON), and
+// an image recorded later is checksummed and read back.
+func TestStateBeforeImagesLoads(t *testing.T) {
+	st, err := decodeState([]byte(stateBeforeImages))
+	if err != nil {
+		t.Fatalf("a state written before images does not load: %v", err)
+	}
+	if st.Generation != 3 || st.Image != "" || st.History[0].Image != "" {
+		t.Fatalf("decoded %+v", st)
+	}
+	vd := volumeDir{dir: t.TempDir()}
+	st.Image, st.History[0].Image = "snap-3", "snap-3"
+	if err := vd.saveState(st); err != nil {
+		t.Fatal(err)
+	}
+	got, err := vd.loadState()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Image != "snap-3" || got.History[0].Image != "snap-3" {
+		t.Fatalf("image %q, history %+v after a reload", got.Image, got.History)
+	}
+}
