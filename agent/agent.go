@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/hint"
 	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
 )
@@ -37,10 +38,30 @@ type Options struct {
 	Compression transport.CompressionLevel
 	// ScanWorkers is the number of segments chunked at once; 0: all cores.
 	ScanWorkers int
-	// Previous and Changed skip reading unchanged segments: Previous is the
+	// Hints, if set, say which extents changed since a base image; the
+	// round uses them (an incremental scan from the committed generation's
+	// manifest) only when the base is the image the receiver's committed
+	// generation was made from and this agent or the receiver holds that
+	// manifest, and otherwise scans in full, saying why (Stats.ScanMode,
+	// FullScanReason). See package hint.
+	Hints hint.Source
+	// ImageID identifies the image this round reads (hint.FileIdentity, a
+	// snapshot's identity); the receiver records it with the generation so
+	// the next round can tell whether its hints' base is that image.
+	ImageID string
+	// Cache keeps the manifests of committed rounds and each volume's hint
+	// policy; nil keeps nothing (a hinted round then fetches the base
+	// manifest from the receiver).
+	Cache *Cache
+	// FullScan is the periodic full-scan policy for hinted rounds;
+	// ForceFullScan reads the whole volume this round (and, with hints,
+	// checks them against the result).
+	FullScan      FullScanPolicy
+	ForceFullScan bool
+	// Previous and Changed are hints the caller vouches for: Previous the
 	// manifest of an earlier image of this volume (Stats.Manifest of its
-	// round), Changed every extent that may differ since, as the storage's
-	// changed-block tracking reports it. See chunk.ScanOptions.
+	// round), Changed every extent that may differ since. Used when Hints
+	// is nil. See chunk.ScanOptions.
 	Previous *chunk.Manifest
 	Changed  []chunk.Extent
 	// Progress, if set, is called as the round advances (from several
@@ -98,6 +119,23 @@ type Stats struct {
 	Generation        uint64  `json:"generation"`
 	Params            string  `json:"params"`
 	ReusedBytes       uint64  `json:"reused_bytes"`
+	// How the volume was scanned: ScanMode "incremental" (only what the
+	// hints name was read) or "full", FullScanReason why full, HintSource
+	// the hint source's name, ChangedBytes what it named, BytesRead what
+	// was read of the source, HintCheck "match" or "mismatch" when a
+	// periodic full scan was compared with the hints.
+	ScanMode       string `json:"scan_mode"`
+	FullScanReason string `json:"full_scan_reason,omitempty"`
+	HintSource     string `json:"hint_source,omitempty"`
+	ChangedBytes   uint64 `json:"changed_bytes"`
+	BytesRead      uint64 `json:"bytes_read"`
+	HintCheck      string `json:"hint_check,omitempty"`
+	// The manifest on the wire: entries sent in full, entries sent as
+	// copies of the receiver's committed manifest, and whether that
+	// manifest was fetched from the receiver (BaseBytes on the wire).
+	ManifestEntriesSent   uint64 `json:"manifest_entries_sent"`
+	ManifestEntriesCopied uint64 `json:"manifest_entries_copied"`
+	BaseFetched           bool   `json:"base_fetched"`
 	// Manifest is the manifest the receiver committed; pass it as
 	// Options.Previous to the next round together with changed extents.
 	Manifest *chunk.Manifest `json:"-"`
@@ -230,7 +268,7 @@ func (r *round) run(ctx context.Context) error {
 		return err
 	}
 	err = ctrl.Send(transport.Hello{Version: transport.ProtocolVersion, Volume: r.opt.Volume, Size: r.size,
-		Params: r.opt.Params, Streams: uint16(r.opt.Transport.Streams), Agent: r.opt.Name})
+		Params: r.opt.Params, Streams: uint16(r.opt.Transport.Streams), Agent: r.opt.Name, Image: r.opt.ImageID})
 	if err != nil {
 		return err
 	}
@@ -250,6 +288,23 @@ func (r *round) run(ctx context.Context) error {
 	r.stats.TargetState = w.State.String()
 	r.stats.PreviousGen = w.Generation
 	r.opt.Logger.Info("receiver accepted", "receiver", w.Receiver, "target", w.State, "generation", w.Generation)
+	plan, err := r.plan(ctx, ctrl, w)
+	if err != nil {
+		return err
+	}
+	if plan.cacheErr != nil {
+		r.opt.Logger.Warn("agent cache", "err", plan.cacheErr)
+	}
+	r.stats.ScanMode, r.stats.FullScanReason, r.stats.HintSource = plan.mode, plan.reason, plan.source
+	r.stats.BaseFetched = plan.fetched
+	if plan.changed != nil {
+		r.stats.ChangedBytes = hint.Bytes(plan.changed)
+	}
+	r.opt.Logger.Info("scan plan", "mode", plan.mode, "reason", plan.reason, "hints", plan.source, "changed_bytes", r.stats.ChangedBytes)
+	var copyBase *chunk.Manifest
+	if w.HasBase && plan.base != nil && plan.base.Root == w.Root {
+		copyBase = plan.base
+	}
 
 	data := make([]*transport.Stream, r.opt.Transport.Streams)
 	for k := range data {
@@ -275,7 +330,7 @@ func (r *round) run(ctx context.Context) error {
 	// work that no longer comes.
 	g.Go(func() error {
 		var err error
-		if root, err = r.sendManifest(gctx, ctrl); err != nil {
+		if root, err = r.sendManifest(gctx, ctrl, plan, copyBase); err != nil {
 			r.queue.abort()
 		}
 		return err
@@ -342,7 +397,46 @@ func (r *round) run(ctx context.Context) error {
 		return fmt.Errorf("%w: receiver wrote %d fetched chunks, agent sent %d", transport.ErrProtocol, result.Fetched, r.stats.ChunksSent)
 	}
 	ctrl.CloseWrite()
+	r.afterCommit(ctx, plan)
 	return nil
+}
+
+// afterCommit checks a periodic full scan against the hints, and keeps the
+// committed manifest and the volume's policy in the cache.
+func (r *round) afterCommit(ctx context.Context, plan *scanPlan) {
+	pol := plan.policy
+	now := time.Now()
+	if plan.check {
+		hinted, _, err := chunk.ScanManifest(ctx, r.src, r.size, r.opt.Params, chunk.ScanOptions{Workers: r.opt.ScanWorkers, Previous: plan.prev, Changed: plan.changed})
+		switch {
+		case err != nil:
+			r.opt.Logger.Warn("check the hints against the full scan", "err", err)
+		case hinted.Root == r.stats.Manifest.Root:
+			r.stats.HintCheck = "match"
+		default:
+			r.stats.HintCheck = "mismatch"
+			why := fmt.Sprintf("on %s a full scan found root %s where its hints gave %s", now.UTC().Format(time.RFC3339), r.stats.Manifest.Root.Short(), hinted.Root.Short())
+			r.opt.Logger.Error("change hints missed a change: distrusting them for this volume", "hints", plan.source, "detail", why)
+			if pol.Distrusted == nil {
+				pol.Distrusted = map[string]string{}
+			}
+			pol.Distrusted[plan.source] = why
+		}
+	}
+	if r.opt.Cache == nil {
+		return
+	}
+	if plan.mode == ScanFull {
+		pol.LastFullScan, pol.RoundsSinceFullScan = now, 0
+	} else {
+		pol.RoundsSinceFullScan++
+	}
+	if err := r.opt.Cache.Store(r.opt.Volume, r.stats.Manifest); err != nil {
+		r.opt.Logger.Warn("keep the committed manifest", "err", err)
+	}
+	if err := r.opt.Cache.SavePolicy(r.opt.Volume, pol); err != nil {
+		r.opt.Logger.Warn("keep the volume's hint policy", "err", err)
+	}
 }
 
 func firstErr(errs ...error) error {
@@ -365,33 +459,89 @@ func recvCtx(ctx context.Context, sess *transport.Session, st *transport.Stream,
 	return m, err
 }
 
-// sendManifest scans the source and streams the manifest as it is cut.
-func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk.ID, error) {
+// sendManifest scans the source and streams the manifest as it is cut: as
+// copies of base's entries where it has them (MANIFEST_COPY), the rest in
+// MANIFEST batches; base nil sends every entry.
+func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream, plan *scanPlan, base *chunk.Manifest) (chunk.ID, error) {
 	const batchSize = 2048
 	b := chunk.NewBuilder(r.opt.Params, r.size)
+	enc := &manifestEncoder{}
+	if base != nil {
+		enc.base = base.Entries
+	}
 	batch := make([]chunk.Entry, 0, batchSize)
-	var frameBytes uint64
+	var pending []chunk.Entry // entries not yet in r.entries
+	var frameBytes, literal uint64
 	var sendFailed error
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
-		}
+	send := func(m transport.Message, n uint64) error {
+		// NEED refers to entries by index: they are known before sent.
 		r.mu.Lock()
-		r.entries = append(r.entries, batch...)
+		r.entries = append(r.entries, pending...)
 		r.mu.Unlock()
-		frameBytes += transport.HeaderSize + 4 + uint64(len(batch))*chunk.EntrySize
-		err := ctrl.Send(transport.ManifestBatch{Entries: batch})
-		batch = batch[:0]
+		pending = pending[:0]
+		frameBytes += transport.HeaderSize + n
+		err := ctrl.Send(m)
 		if err != nil && sendFailed == nil {
 			sendFailed = err
 		}
 		return err
 	}
-	scanStart := time.Now()
-	st, err := chunk.Scan(ctx, r.src, r.size, r.opt.Params, chunk.ScanOptions{
-		Workers:  r.opt.ScanWorkers,
-		Previous: r.opt.Previous,
-		Changed:  r.opt.Changed,
+	flushCopy := func() error {
+		if enc.count == 0 {
+			return nil
+		}
+		m := transport.ManifestCopy{First: enc.first, Count: enc.count}
+		enc.copied += enc.count
+		enc.count = 0
+		return send(m, 16)
+	}
+	flushBatch := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		literal += uint64(len(batch))
+		err := send(transport.ManifestBatch{Entries: batch}, 4+uint64(len(batch))*chunk.EntrySize)
+		batch = batch[:0]
+		return err
+	}
+	flush := func() error {
+		if err := flushCopy(); err != nil {
+			return err
+		}
+		return flushBatch()
+	}
+	emit := func(e chunk.Entry) error {
+		if err := b.Add(e); err != nil {
+			return err
+		}
+		if enc.match(e) {
+			if err := flushBatch(); err != nil {
+				return err
+			}
+			if enc.count > 0 && enc.first+enc.count != uint64(enc.j) {
+				if err := flushCopy(); err != nil {
+					return err
+				}
+			}
+			if enc.count == 0 {
+				enc.first = uint64(enc.j)
+			}
+			enc.count++
+			pending = append(pending, e)
+			return nil
+		}
+		if err := flushCopy(); err != nil {
+			return err
+		}
+		pending = append(pending, e)
+		batch = append(batch, e)
+		if len(batch) == batchSize {
+			return flushBatch()
+		}
+		return nil
+	}
+	so := chunk.ScanOptions{
+		Workers: r.opt.ScanWorkers,
 		Progress: func(n uint64) {
 			r.scanned.Store(n)
 			if err := flush(); err != nil {
@@ -399,16 +549,12 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 			}
 			r.progress()
 		},
-	}, func(e chunk.Entry) error {
-		if err := b.Add(e); err != nil {
-			return err
-		}
-		batch = append(batch, e)
-		if len(batch) == batchSize {
-			return flush()
-		}
-		return nil
-	})
+	}
+	if plan.mode == ScanIncremental {
+		so.Previous, so.Changed = plan.prev, plan.changed
+	}
+	scanStart := time.Now()
+	st, err := chunk.Scan(ctx, r.src, r.size, r.opt.Params, so, emit)
 	switch {
 	case err == nil:
 	case sendFailed != nil:
@@ -432,10 +578,14 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream) (chunk
 	r.stats.ChunksData = st.DataChunks
 	r.stats.ChunksZero = st.ZeroChunks
 	r.stats.ReusedBytes = st.ReusedBytes
+	r.stats.BytesRead = st.ReadBytes
 	r.stats.ManifestEntries = b.Count()
+	r.stats.ManifestEntriesSent = literal
+	r.stats.ManifestEntriesCopied = enc.copied
 	frameBytes += transport.HeaderSize + 8 + 32
 	r.stats.ManifestBytes = frameBytes
-	r.opt.Logger.Info("scan done", "bytes", r.size, "chunks", st.Chunks(), "entries", b.Count(), "root", root.Short(), "seconds", r.stats.ScanSeconds)
+	r.opt.Logger.Info("scan done", "mode", plan.mode, "bytes", r.size, "read", st.ReadBytes, "chunks", st.Chunks(), "entries", b.Count(),
+		"entries_sent", literal, "entries_copied", enc.copied, "root", root.Short(), "seconds", r.stats.ScanSeconds)
 	if err := ctrl.Send(transport.ManifestEnd{Count: b.Count(), Root: root}); err != nil {
 		return chunk.ID{}, err
 	}

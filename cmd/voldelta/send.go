@@ -27,6 +27,7 @@ func newSendCmd() *cobra.Command {
 		compress  string
 		quiet     bool
 		progress  string
+		hf        hintFlags
 	)
 	c := &cobra.Command{
 		Use:   "send --source PATH --to HOST:PORT --volume NAME [flags]",
@@ -40,15 +41,36 @@ new generation.
 The first round copies everything that is not zero; later rounds send only
 changed chunks. An interrupted round is resumed by the next one.
 
+Change hints make a round read only what changed instead of the whole
+source: --base FILE names the image the receiver's last generation was sent
+from, of which --source is a later reflinked copy (cp --reflink=always on XFS
+with reflink=1 or btrfs); --changed FILE lists the changed extents (rbd diff
+JSON, or OFFSET LENGTH lines). Hints are used only when the receiver's last
+generation was made from exactly that base (the receiver records each
+image's identity: device, inode, size, change time) and its manifest is at
+hand (kept in --cache-dir, or fetched from the receiver); otherwise the round
+reads everything and --stats-json says why (scan_mode, full_scan_reason). A
+hinted round re-reads a few chunks around each changed extent, and the
+manifest goes on the wire as a delta against the receiver's. Every
+--full-scan-interval (default 24h) a hinted round reads everything anyway and
+checks the hints against it; hints caught missing a change are not used
+again for the volume (until --trust-hints).
+
 --stats-json writes one JSON object (to a file, or '-' for stdout) with at
 least: volume, source_bytes, chunks_total, chunks_sent, chunks_zero,
 bytes_sent_raw (uncompressed bytes of chunks sent), wire_bytes (bytes written
 to the TCP connection, TLS and framing included), manifest_bytes,
-scan_seconds, duration_seconds, root_hash, generation.`,
+manifest_entries_sent, manifest_entries_copied, scan_mode, full_scan_reason,
+hint_source, changed_bytes, bytes_read, hint_check, scan_seconds,
+duration_seconds, root_hash, generation.`,
 		Example: `  voldelta send --source /dev/vg0/db-snap --to replica:7300 --volume db \
       --tls-cert agent.pem --tls-key agent-key.pem --tls-ca ca.pem
   voldelta send --source disk.img --to 127.0.0.1:7300 --volume demo --insecure \
-      --bwlimit 100Mbit --stats-json stats.json`,
+      --bwlimit 100Mbit --stats-json stats.json
+  # reflink snapshots of a live image: each round reads what changed since the last
+  cp --reflink=always live.img snap-2.img
+  voldelta send --source snap-2.img --base snap-1.img --to replica:7300 --volume vm \
+      --tls-cert agent.pem --tls-key agent-key.pem --tls-ca ca.pem && rm snap-1.img`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
 			for flag, v := range map[string]string{"--source": opt.Source, "--to": opt.Addr, "--volume": opt.Volume} {
@@ -81,6 +103,9 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 			if _, err := transport.NewCompressor(opt.Compression); err != nil {
 				return usagef(c, "--compress: %v", err)
 			}
+			if err := hf.apply(c, &opt); err != nil {
+				return err
+			}
 			if opt.Logger, err = lf.logger(c, stderr); err != nil {
 				return err
 			}
@@ -108,6 +133,9 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 					stats.Volume, stats.Generation, stats.RootHash[:16], stats.ChunksSent, stats.ChunksTotal,
 					humanBytes(stats.BytesSentRaw), humanBytes(stats.SourceBytes), humanBytes(uint64(stats.WireBytes)),
 					stats.ChunksCopied, stats.DurationSeconds)
+				fmt.Fprintf(stderr, "voldelta: %s scan read %s of %s%s; manifest %s on the wire (%d entries sent, %d copied from the receiver's)\n",
+					stats.ScanMode, humanBytes(stats.BytesRead), humanBytes(stats.SourceBytes), scanWhy(stats),
+					humanBytes(stats.ManifestBytes), stats.ManifestEntriesSent, stats.ManifestEntriesCopied)
 			}
 			return nil
 		},
@@ -127,6 +155,7 @@ scan_seconds, duration_seconds, root_hash, generation.`,
 	fs.IntVar(&opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
 	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line or progress")
 	fs.StringVar(&progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
+	hf.register(fs)
 	cf.register(fs)
 	lf.register(fs, "warn")
 	return c
@@ -233,4 +262,15 @@ func humanBytes(n uint64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// scanWhy says what a round's scan was based on, for the summary line.
+func scanWhy(st *agent.Stats) string {
+	if st.ScanMode == agent.ScanIncremental {
+		return fmt.Sprintf(" (%s changed per the %s hints)", humanBytes(st.ChangedBytes), st.HintSource)
+	}
+	if st.FullScanReason != "" {
+		return " (" + st.FullScanReason + ")"
+	}
+	return ""
 }
