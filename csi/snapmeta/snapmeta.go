@@ -311,14 +311,15 @@ func (s *Source) delta(ctx context.Context, svc *Service, tok string, newSize ui
 // unavailable explains a failed GetMetadataDelta.
 func (s *Source) unavailable(svc *Service, err error) error {
 	st := status.Convert(err)
+	msg := strings.TrimSuffix(st.Message(), ": ") // the sidecar's PermissionDenied ends so when RBAC gives no reason
 	what := fmt.Sprintf("snapshot metadata service of %s at %s, delta %s -> %s/%s", svc.Driver, svc.Address, s.r.BaseHandle, s.r.Namespace, s.r.Target)
 	switch st.Code() {
 	case codes.Unauthenticated:
-		return hint.Unavailable("%s: the service did not authenticate the token for audience %q (Unauthenticated: %s)", what, svc.Audience, st.Message())
+		return hint.Unavailable("%s: the service did not authenticate the token for audience %q (Unauthenticated: %s)", what, svc.Audience, msg)
 	case codes.PermissionDenied:
-		return hint.Unavailable("%s: the agent may not get VolumeSnapshots in %s (PermissionDenied: %s)", what, s.r.Namespace, st.Message())
+		return hint.Unavailable("%s: the agent may not get VolumeSnapshots in %s (PermissionDenied: %s)", what, s.r.Namespace, msg)
 	case codes.Unavailable:
-		return hint.Unavailable("%s: unavailable: %s", what, st.Message())
+		return hint.Unavailable("%s: unavailable: %s", what, msg)
 	}
-	return hint.Unavailable("%s: %s: %s", what, st.Code(), st.Message())
+	return hint.Unavailable("%s: %s: %s", what, st.Code(), msg)
 }
