@@ -75,8 +75,8 @@ func FuzzJournalRecords(f *testing.F) {
 }
 
 func FuzzDecodeState(f *testing.F) {
-	st := &State{Volume: "v", Target: "/t", Phase: PhaseCommitted, Generation: 2, Root: "ab", Params: smallParams(),
-		CommittedAt: time.Unix(1700000000, 5).UTC(), History: []Committed{{Generation: 2, Root: "ab"}}}
+	st := &State{Volume: "v", Target: "/t", Phase: PhaseCommitted, Generation: 2, Root: "ab", Params: smallParams(), Image: "snap-2",
+		CommittedAt: time.Unix(1700000000, 5).UTC(), History: []Committed{{Generation: 2, Root: "ab", Image: "snap-2"}}}
 	sum, err := stateChecksum(st)
 	if err != nil {
 		f.Fatal(err)
