@@ -95,17 +95,15 @@ type Previous struct {
 // without a commit leaves the target incomplete, with its progress
 // journaled for the next one.
 type Apply struct {
-	vol  Volume
-	opt  Options
-	log  *slog.Logger
-	vd   volumeDir
-	t    *target
-	st   *State
-	prev Previous
-	hdr  Header
-	// base is the committed generation's manifest when the round's index
-	// is exactly it (see Base); its entries are the index's, not a copy.
-	base      *chunk.Manifest
+	vol       Volume
+	opt       Options
+	log       *slog.Logger
+	vd        volumeDir
+	t         *target
+	st        *State
+	prev      Previous
+	hdr       Header
+	base      *chunk.Manifest // the committed manifest if the index is exactly it (Base); it shares the index's entries
 	a         *applier
 	events    chan event
 	unlock    func()
