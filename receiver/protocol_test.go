@@ -675,6 +675,21 @@ func TestVersionMismatch(t *testing.T) {
 	}
 }
 
+// TestImageNotUTF8: an image identity the state file could not keep
+// unchanged is refused before anything is claimed.
+func TestImageNotUTF8(t *testing.T) {
+	src := gen1Source()
+	s, m1 := committed(t, src)
+	_, err := s.dial(hello(m1.Size, m1.Params, "snap-\xff"))
+	var re *transport.RemoteError
+	if !errors.As(err, &re) || re.Code != transport.ErrCodeProtocol || !strings.Contains(re.Message, "not valid UTF-8") {
+		t.Fatalf("HELLO with a non-UTF-8 image answered %v, want ERROR 1 saying so", err)
+	}
+	if vs := s.status(); !vs.Current || vs.Generation != 1 || vs.Image != "img-1" {
+		t.Fatalf("a refused HELLO changed the target's state: %+v", vs)
+	}
+}
+
 // stateBeforeImages is a state.json as the receiver wrote it before
 // generations recorded their image (protocol 1): its checksum was computed
 // without the image field.

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/transport"
@@ -350,6 +351,11 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	if err := hello.Params.Validate(); err != nil {
 		return fail(transport.ErrCodeParams, "%v", err)
 	}
+	if !utf8.ValidString(hello.Image) {
+		// It is kept in the JSON state, which would not keep it unchanged,
+		// and given back in WELCOME for the agent to compare.
+		return failf(ErrBadInput, "HELLO names an image identity that is not valid UTF-8 (%q)", hello.Image)
+	}
 	if hello.Streams < 1 || hello.Streams > transport.MaxDataStreams {
 		return failf(ErrBadInput, "agent announces %d data streams, want 1..%d", hello.Streams, transport.MaxDataStreams)
 	}
@@ -362,7 +368,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	// session's window budget.
 	sess.LimitStreams(int(hello.Streams))
 	opt := s.opt
-	opt.Logger = log.With("agent", hello.Agent)
+	opt.Logger = log.With("agent", hello.Agent, "image", hello.Image)
 	opt.Idle = s.cfg.Transport.IdleTimeout
 	ap, err := Begin(ctx, Volume{Name: hello.Volume, Path: path, StateDir: s.cfg.StateDir}, opt,
 		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent, Image: hello.Image})
