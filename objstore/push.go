@@ -189,7 +189,8 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 	// The bases are read before the scan: the push's clock (see the
 	// package doc) starts here.
 	t0 := clock.Now()
-	bases, latest, prev, err := s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel)
+	wantPrev := opt.Hints != nil && !opt.FullScan // keep the latest manifest only for the hints
+	bases, latest, prev, err := s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, wantPrev, opt.Parallel)
 	if err != nil {
 		return nil, err
 	}
@@ -300,7 +301,7 @@ func (s *Store) Push(ctx context.Context, src io.ReaderAt, size uint64, opt Push
 		}
 		log.Warn("push took more than half the gc grace period: refreshing its chunks", "elapsed", clock.Now().Sub(t0).Round(time.Second))
 		t0 = clock.Now()
-		if bases, latest, _, err = s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, opt.Parallel); err != nil {
+		if bases, latest, _, err = s.readBases(ctx, opt.Volume, opt.OwnVolumeOnly, false, opt.Parallel); err != nil {
 			return nil, err
 		}
 		st.BaseGeneration, st.BaseManifests = latest, len(bases)
@@ -500,8 +501,9 @@ func decodeManifest(what string, body []byte) (*chunk.Manifest, error) {
 
 // readBases reads the latest manifest of volume and, unless ownOnly, of
 // every other volume; it returns them, volume's latest generation and its
-// base (with its manifest and image; nil if none or removed meanwhile).
-func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, parallel int) ([]base, uint64, *base, error) {
+// base (with its image, and with keepOwn its manifest; nil if none or
+// removed meanwhile).
+func (s *Store) readBases(ctx context.Context, volume string, ownOnly, keepOwn bool, parallel int) ([]base, uint64, *base, error) {
 	v := ""
 	if ownOnly {
 		v = volume
@@ -531,7 +533,10 @@ func (s *Store) readBases(ctx context.Context, volume string, ownOnly bool, para
 				return err
 			}
 			if b.volume == volume {
-				b.m, b.image = m, image
+				b.image = image
+				if keepOwn {
+					b.m = m
+				}
 			}
 			b.ids = make(map[chunk.ID]struct{}, len(m.Entries))
 			for _, e := range m.Entries {
