@@ -63,8 +63,9 @@
 // and PushStats.ScanMode ("incremental", "full") and FullScanReason say
 // which and why. Any other hint error fails the push. The store cannot
 // check hints: extents a source missed keep the previous generation's
-// bytes in the new one (its root is that image's, so a pull verifies it),
-// until a FullScan push stores the source whole again.
+// bytes in the new one (whose root hash is then that of the image the
+// hints describe, so a pull cannot tell either), until a FullScan push
+// stores the source whole again.
 //
 // # Damaged chunks and their repair
 //

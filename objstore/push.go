@@ -117,9 +117,9 @@ type PushStats struct {
 	// ScanMode is ScanIncremental when the scan read only what the change
 	// hints name, ScanFull otherwise, and FullScanReason says why then.
 	ScanMode       string `json:"scan_mode"`
-	FullScanReason string `json:"full_scan_reason,omitempty"`
-	HintSource     string `json:"hint_source,omitempty"` // Hints.Name()
-	ChangedBytes   uint64 `json:"changed_bytes"`         // the changed extents' bytes (incremental)
+	FullScanReason string `json:"full_scan_reason"`
+	HintSource     string `json:"hint_source"`   // Hints.Name()
+	ChangedBytes   uint64 `json:"changed_bytes"` // the changed extents' bytes (incremental)
 	// BytesRead is what the scan read from the source; the chunks
 	// uploaded are read again (bytes_uploaded_raw, usually from the page
 	// cache).
