@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/voldelta/voldelta/agent"
 	"github.com/voldelta/voldelta/internal/k8sagent"
 )
 
@@ -70,6 +71,10 @@ It serves Prometheus metrics on --metrics-addr and health probes on
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9501", "serve /healthz and /readyz here ('0' disables)")
 	fs.IntVar(&o.Workers, "workers", 2, "rounds run at once")
 	fs.IntVar(&o.Streams, "streams", 0, "data streams per round (default: the transport's)")
+	fs.StringVar(&o.CacheDir, "cache-dir", "/var/lib/voldelta/agent", "host path where the manifests of committed rounds are kept (the base of the next round's delta; '' keeps none)")
+	fs.DurationVar(&o.FullScan.Interval, "full-scan-interval", agent.DefaultFullScanInterval, "a round with change hints reads the whole snapshot anyway when the volume's last full scan is older than this, and checks the hints against it (0: never)")
+	fs.IntVar(&o.FullScan.Every, "full-scan-every", 0, "a round with change hints reads the whole snapshot anyway every N rounds (0: only by --full-scan-interval)")
+	fs.BoolVar(&o.NoSnapshotMetadata, "no-snapshot-metadata", false, "do not ask CSI snapshot metadata services (KEP-3314) for changed blocks")
 	cf.register(fs)
 	lf.register(fs, "info")
 	return c

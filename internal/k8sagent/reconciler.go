@@ -13,12 +13,12 @@ import (
 	"sync"
 	"time"
 
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -29,6 +29,8 @@ import (
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/csi/snapmeta"
+	"github.com/voldelta/voldelta/hint"
 	"github.com/voldelta/voldelta/internal/k8sutil"
 	"github.com/voldelta/voldelta/objstore"
 	"github.com/voldelta/voldelta/transport"
@@ -84,6 +86,16 @@ type Options struct {
 	// ProgressInterval is how often status.progress is updated while a
 	// round sends; default 10s.
 	ProgressInterval time.Duration
+	// Cache keeps the manifests of committed rounds on the node (a host
+	// path, so that they survive restarts) and each volume's hint policy;
+	// nil: none (hinted rounds fetch their base from the receiver).
+	Cache *agent.Cache
+	// FullScan is the periodic full-scan policy of hinted rounds.
+	FullScan agent.FullScanPolicy
+	// SnapshotMetadata, if set, asks CSI snapshot metadata services
+	// (KEP-3314) for the blocks changed between snapshots of drivers that
+	// offer one.
+	SnapshotMetadata *snapmeta.Client
 	// RetryAfterUnresolved is how long to wait before looking again at a
 	// VolumeSync whose volume cannot be resolved or is not attached;
 	// default 30s. Watches on VolumeAttachments and Longhorn Volumes
@@ -94,18 +106,6 @@ type Options struct {
 // Reconciler runs the rounds of the VolumeSyncs of its node.
 type Reconciler struct {
 	o Options
-
-	mu    sync.Mutex
-	bases map[types.NamespacedName]*base
-}
-
-// base is what the agent remembers of a VolumeSync's last committed round,
-// to scan the next one from its manifest and the storage's changed
-// extents. It lives in memory only: after a restart the first round reads
-// everything.
-type base struct {
-	snapshot, handle string
-	manifest         *chunk.Manifest
 }
 
 // New checks o and returns a Reconciler.
@@ -144,7 +144,7 @@ func New(o Options) (*Reconciler, error) {
 	if o.RetryAfterUnresolved <= 0 {
 		o.RetryAfterUnresolved = 30 * time.Second
 	}
-	return &Reconciler{o: o, bases: make(map[types.NamespacedName]*base)}, nil
+	return &Reconciler{o: o}, nil
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -154,9 +154,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err := r.o.Reader.Get(ctx, req.NamespacedName, &vs); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.o.Metrics.forget(req.Namespace, req.Name)
-			r.mu.Lock()
-			delete(r.bases, req.NamespacedName)
-			r.mu.Unlock()
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -285,13 +282,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	orig = vs.DeepCopy()
 
 	log.Info("round starts", "snapshot", vs.Status.PendingSnapshot, "destination", dest.where(), "volume", dest.volume, "bytes", img.Size())
-	prev, changed := r.changes(ctx, log, req.NamespacedName, &vs, vol, snap)
+	hints := r.hints(ctx, log, &vs, vol, snap, img)
+	// Only now, with the base's delta taken and a newer snapshot above the
+	// base, may older snapshots go (see pruneSnapshots).
+	if err := r.pruneSnapshots(ctx, &vs); err != nil {
+		log.Warn("delete older snapshots", "err", err) // retried after the next round
+	}
+	imageID := imageIdentity(img, snap)
 	prog := r.reportProgress(ctx, &vs)
 	var res round
 	if store == nil {
-		res, err = r.send(ctx, &vs, dest, tcfg, img, prev, changed, prog, log)
+		res, err = r.send(ctx, &vs, dest, tcfg, img, imageID, hints, prog, log)
 	} else {
-		res, err = r.push(ctx, store, dest, img, prev, changed, prog)
+		res, err = r.push(ctx, store, dest, img, imageID, hints, prog)
 	}
 	prog.stop()
 	// Progress may be set on the server: make the next patch remove it.
@@ -334,13 +337,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	st.LastManualTrigger = st.PendingManualTrigger
 	st.PendingManualTrigger = ""
 	st.BaseSnapshot = st.PendingSnapshot
-	r.mu.Lock()
-	if res.manifest != nil {
-		r.bases[req.NamespacedName] = &base{snapshot: st.BaseSnapshot, handle: snap.Handle, manifest: res.manifest}
-	} else {
-		delete(r.bases, req.NamespacedName)
-	}
-	r.mu.Unlock()
 	st.PendingSnapshot = ""
 	st.Rounds++
 	st.ConsecutiveFailures = 0
@@ -355,10 +351,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	r.o.Metrics.success(vs.Namespace, vs.Name, started, end, res.generation, res.sent, res.wire)
 	r.event(&vs, corev1.EventTypeNormal, v1alpha1.ReasonSynced, "Sync", "generation %d committed on %s: %d of %d bytes sent (%d on the wire) in %s",
 		res.generation, dest.where(), res.sent, res.source, res.wire, st.LastSyncDuration.Duration)
-	log.Info("round committed", "generation", res.generation, "sent", res.sent, "wire", res.wire, "root", res.root)
-	if err := r.pruneSnapshots(ctx, &vs); err != nil {
-		log.Warn("delete older snapshots", "err", err) // retried after the next round
-	}
+	log.Info("round committed", "generation", res.generation, "sent", res.sent, "wire", res.wire, "root", res.root,
+		"scan", res.scanMode, "read", res.read, "full_scan_reason", res.fullScanReason)
 	return ctrl.Result{RequeueAfter: wait}, nil
 }
 
@@ -369,14 +363,19 @@ type round struct {
 	source, sent, reused uint64
 	wire                 int64
 	manifest             *chunk.Manifest
+	scanMode             string
+	fullScanReason       string
+	read                 uint64
 }
 
 // send runs the round against a receiver.
 func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest destination, tcfg transport.Config, img csi.Image,
-	prev *chunk.Manifest, changed []chunk.Extent, prog *progressReporter, log *slog.Logger) (round, error) {
+	imageID string, hints hint.Source, prog *progressReporter, log *slog.Logger) (round, error) {
 	stats, err := r.o.Sync(ctx, agent.Options{
-		Previous:  prev,
-		Changed:   changed,
+		Hints:     hints,
+		ImageID:   imageID,
+		Cache:     r.o.Cache,
+		FullScan:  r.o.FullScan,
 		Progress:  prog.set,
 		Source:    vs.Namespace + "/" + vs.Status.PendingSnapshot,
 		Image:     img,
@@ -391,18 +390,19 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 		return round{}, err
 	}
 	return round{generation: stats.Generation, root: stats.RootHash, source: stats.SourceBytes, sent: stats.BytesSentRaw,
-		reused: stats.ReusedBytes, wire: stats.WireBytes, manifest: stats.Manifest}, nil
+		reused: stats.ReusedBytes, wire: stats.WireBytes, manifest: stats.Manifest,
+		scanMode: stats.ScanMode, fullScanReason: stats.FullScanReason, read: stats.BytesRead}, nil
 }
 
 // push runs the round against a store: the snapshot becomes the store's
 // next generation of the volume.
 func (r *Reconciler) push(ctx context.Context, store *objstore.Store, dest destination, img csi.Image,
-	prev *chunk.Manifest, changed []chunk.Extent, prog *progressReporter) (round, error) {
+	imageID string, hints hint.Source, prog *progressReporter) (round, error) {
 	stats, err := store.Push(ctx, img, img.Size(), objstore.PushOptions{
-		Volume:   dest.volume,
-		Params:   r.o.Params,
-		Previous: prev,
-		Changed:  changed,
+		Volume: dest.volume,
+		Params: r.o.Params,
+		Hints:  hints,
+		Image:  imageID,
 		Progress: func(p objstore.PushProgress) {
 			prog.set(agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: p.ScannedBytes, ScanDone: p.ScanDone,
 				NeedBytes: p.UploadBytes, SentBytes: p.UploadedBytes})
@@ -412,34 +412,72 @@ func (r *Reconciler) push(ctx context.Context, store *objstore.Store, dest desti
 		return round{}, fmt.Errorf("push to %s: %w", store, err)
 	}
 	return round{generation: stats.Generation, root: stats.RootHash, source: stats.SourceBytes, sent: stats.BytesUploadedRaw,
-		reused: stats.ReusedBytes, wire: int64(stats.BytesUploaded), manifest: stats.Manifest}, nil
+		reused: stats.ReusedBytes, wire: int64(stats.BytesUploaded), manifest: stats.Manifest,
+		scanMode: stats.ScanMode, fullScanReason: stats.FullScanReason, read: stats.BytesRead}, nil
 }
 
-// changes returns the previous round's manifest and the extents changed
-// since its snapshot, if the agent remembers that round and the image
-// source can tell; (nil, nil) reads the whole snapshot.
-func (r *Reconciler) changes(ctx context.Context, log *slog.Logger, key types.NamespacedName, vs *v1alpha1.VolumeSync, vol *csi.Volume, snap csi.SnapshotResult) (*chunk.Manifest, []chunk.Extent) {
-	ct, ok := r.o.Images.(csi.ChangeTracker)
-	if !ok {
-		return nil, nil
+// imageIdentity names the image a round reads, for HELLO: a Longhorn
+// snapshot's identity, else the CSI snapshot's (driver and handle).
+func imageIdentity(img csi.Image, snap csi.SnapshotResult) string {
+	if id := csi.ImageID(img); id != "" {
+		return id
 	}
-	r.mu.Lock()
-	b := r.bases[key]
-	r.mu.Unlock()
-	if b == nil || b.snapshot != vs.Status.BaseSnapshot || b.manifest.Params != r.o.Params {
-		return nil, nil
+	if snap.Driver != "" && snap.Handle != "" {
+		return snapmeta.SnapshotIdentity(snap)
 	}
-	changed, err := ct.Changed(ctx, vol, b.handle, snap.Handle)
+	return ""
+}
+
+// hints returns the change hints of this round relative to the base
+// snapshot, asked now (before older snapshots are deleted): from the
+// Longhorn replica's snapshot chain when the image is a Longhorn
+// snapshot, else from the driver's CSI snapshot metadata service if it
+// has one; nil if there is no base or no source. The round uses them only
+// if the base is what the destination's generation was made from.
+func (r *Reconciler) hints(ctx context.Context, log *slog.Logger, vs *v1alpha1.VolumeSync, vol *csi.Volume, snap csi.SnapshotResult, img csi.Image) hint.Source {
+	if vs.Status.BaseSnapshot == "" {
+		return nil
+	}
+	base, err := r.snapshotHandle(ctx, vs.Namespace, vs.Status.BaseSnapshot)
 	if err != nil {
-		log.Info("changed extents unknown; reading the whole snapshot", "base", b.snapshot, "err", err)
-		return nil, nil
+		log.Info("base snapshot unknown; the round reads the whole snapshot", "base", vs.Status.BaseSnapshot, "err", err)
+		return nil
 	}
-	var n uint64
-	for _, e := range changed {
-		n += e.Length
+	var src hint.Source
+	switch ct, ok := r.o.Images.(csi.ChangeTracker); {
+	case ok && csi.ImageID(img) != "":
+		src = csi.ChangeHints(ct, vol, base, snap.Handle)
+	case r.o.SnapshotMetadata != nil && snap.Driver != "":
+		src = r.o.SnapshotMetadata.Source(snapmeta.Request{Driver: snap.Driver, BaseHandle: base, Namespace: vs.Namespace, Target: vs.Status.PendingSnapshot})
+	default:
+		return nil
 	}
-	log.Info("changed extents since the base snapshot", "base", b.snapshot, "extents", len(changed), "bytes", n)
-	return b.manifest, changed
+	f := hint.Precompute(ctx, src, img.Size())
+	if f.Err != nil {
+		log.Info("changed extents unknown; the round reads the whole snapshot", "hints", src.Name(), "base", vs.Status.BaseSnapshot, "err", f.Err)
+	} else {
+		log.Info("changed extents since the base snapshot", "hints", src.Name(), "base", vs.Status.BaseSnapshot, "extents", len(f.Extents), "bytes", hint.Bytes(f.Extents))
+	}
+	return f
+}
+
+// snapshotHandle returns the storage handle of a VolumeSnapshot.
+func (r *Reconciler) snapshotHandle(ctx context.Context, ns, name string) (string, error) {
+	vs, err := r.o.Snapshots.SnapshotV1().VolumeSnapshots(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	if vs.Status == nil || vs.Status.BoundVolumeSnapshotContentName == nil {
+		return "", fmt.Errorf("VolumeSnapshot %s/%s is bound to no content", ns, name)
+	}
+	c, err := r.o.Snapshots.SnapshotV1().VolumeSnapshotContents().Get(ctx, *vs.Status.BoundVolumeSnapshotContentName, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	if c.Status == nil || c.Status.SnapshotHandle == nil {
+		return "", fmt.Errorf("VolumeSnapshotContent %s has no snapshot handle", c.Name)
+	}
+	return *c.Status.SnapshotHandle, nil
 }
 
 // progressReporter patches status.progress of a running round every
@@ -702,8 +740,14 @@ func TLSFromSecret(sec *corev1.Secret, server bool) (*tls.Config, error) {
 	return transport.NewTLS(cert, pool, server), nil
 }
 
-// pruneSnapshots deletes this VolumeSync's snapshots other than the base
-// and the pending one.
+// pruneSnapshots deletes the oldest of this VolumeSync's snapshots other
+// than the base and the pending one: at most one per round, and none while
+// an earlier deletion is still under way. It runs after the pending
+// snapshot was taken and the base's delta read: a Longhorn engine (v1.9)
+// that gets a trim while Removed snapshots lie under the base punches as
+// many snapshot files under the volume head as there are Removed ones, so
+// one Removed snapshot at a time, with the pending snapshot above the base,
+// keeps the base's bytes as they were synced.
 func (r *Reconciler) pruneSnapshots(ctx context.Context, vs *v1alpha1.VolumeSync) error {
 	list, err := r.o.Snapshots.SnapshotV1().VolumeSnapshots(vs.Namespace).List(ctx, metav1.ListOptions{
 		LabelSelector: LabelVolumeSync + "=" + vs.Name,
@@ -711,14 +755,22 @@ func (r *Reconciler) pruneSnapshots(ctx context.Context, vs *v1alpha1.VolumeSync
 	if err != nil {
 		return err
 	}
-	var errs []error
-	for _, s := range list.Items {
-		if s.Name == vs.Status.BaseSnapshot || s.Name == vs.Status.PendingSnapshot || !metav1.IsControlledBy(&s, vs) {
+	var oldest *snapv1.VolumeSnapshot
+	for i := range list.Items {
+		s := &list.Items[i]
+		if s.Name == vs.Status.BaseSnapshot || s.Name == vs.Status.PendingSnapshot || !metav1.IsControlledBy(s, vs) {
 			continue
 		}
-		if _, err := r.o.Snapshotter.EnsureDeleted(ctx, s.Namespace, s.Name); err != nil {
-			errs = append(errs, err)
+		if s.DeletionTimestamp != nil {
+			return nil // one at a time
+		}
+		if oldest == nil || s.CreationTimestamp.Before(&oldest.CreationTimestamp) {
+			oldest = s
 		}
 	}
-	return errors.Join(errs...)
+	if oldest == nil {
+		return nil
+	}
+	_, err = r.o.Snapshotter.EnsureDeleted(ctx, oldest.Namespace, oldest.Name)
+	return err
 }

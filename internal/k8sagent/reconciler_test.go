@@ -36,10 +36,14 @@ import (
 	"github.com/voldelta/voldelta/transport"
 )
 
-type memImage struct{ *bytes.Reader }
+type memImage struct {
+	*bytes.Reader
+	id string
+}
 
-func (m memImage) Size() uint64 { return uint64(m.Len()) }
-func (m memImage) Close() error { return nil }
+func (m memImage) Size() uint64    { return uint64(m.Len()) }
+func (m memImage) Close() error    { return nil }
+func (m memImage) ImageID() string { return m.id }
 
 // images opens every ready snapshot as a fixed byte image and records the
 // handles it was asked for; it reports one changed extent between any two
@@ -55,12 +59,17 @@ func (i *images) Changed(_ context.Context, _ *csi.Volume, base, target string) 
 	return []chunk.Extent{{Offset: 0, Length: 512}}, nil
 }
 
+// SnapshotID names a snapshot as the image opened from it is named.
+func (i *images) SnapshotID(_ context.Context, _ *csi.Volume, handle string) (string, error) {
+	return "img:" + handle, nil
+}
+
 func (i *images) Open(_ context.Context, _ *csi.Volume, s csi.SnapshotResult) (csi.Image, error) {
 	i.opened = append(i.opened, s.Handle)
 	if i.data != nil {
-		return memImage{bytes.NewReader(bytes.Clone(i.data))}, nil
+		return memImage{bytes.NewReader(bytes.Clone(i.data)), "img:" + s.Handle}, nil
 	}
-	return memImage{bytes.NewReader(make([]byte, 4096))}, nil
+	return memImage{bytes.NewReader(make([]byte, 4096)), "img:" + s.Handle}, nil
 }
 
 type fixture struct {
@@ -304,16 +313,23 @@ func TestRoundsOnOwnNode(t *testing.T) {
 	if vs.Status.LastManualTrigger != "cutover-1" || vs.Status.BaseSnapshot != second || vs.Status.LastGeneration != 2 {
 		t.Fatalf("status after round 2: %+v", vs.Status)
 	}
-	if got := f.snapshots(); len(got) != 1 || got[0] != second {
-		t.Fatalf("snapshots after round 2: %v, want only %s", got, second)
+	// Round 1's snapshot is deleted by round 3, once a snapshot newer
+	// than the base exists (a Longhorn engine punches the snapshots right
+	// under the head when a trim meets a Removed snapshot).
+	if got := f.snapshots(); len(got) != 2 || got[0] != first || got[1] != second {
+		t.Fatalf("snapshots after round 2: %v, want %s and %s", got, first, second)
 	}
 	// Round 2 was scanned from round 1's manifest and the changed extents
 	// between the two snapshots.
-	if len(f.syncs) != 2 || f.syncs[0].Previous != nil || f.syncs[0].Changed != nil {
-		t.Fatalf("round 1 had hints: %+v", f.syncs)
+	if len(f.syncs) != 2 || f.syncs[0].Hints != nil || f.syncs[0].ImageID != "img:handle-"+first {
+		t.Fatalf("round 1: hints %v, image %q", f.syncs[0].Hints, f.syncs[0].ImageID)
 	}
-	if p := f.syncs[1].Previous; p == nil || p.Root != (chunk.ID{1}) || len(f.syncs[1].Changed) != 1 {
-		t.Fatalf("round 2: previous %+v, changed %+v", p, f.syncs[1].Changed)
+	h := f.syncs[1].Hints
+	if h == nil || h.BaseImage() != "img:handle-"+first || f.syncs[1].ImageID != "img:handle-"+second {
+		t.Fatalf("round 2: hints %v, image %q", h, f.syncs[1].ImageID)
+	}
+	if exts, err := h.Changed(context.Background(), 4096); err != nil || len(exts) != 1 {
+		t.Fatalf("round 2: hints gave %v, %v", exts, err)
 	}
 	if len(f.imgs.changes) != 1 || f.imgs.changes[0] != [2]string{"handle-" + first, "handle-" + second} {
 		t.Fatalf("changes asked: %v", f.imgs.changes)
@@ -329,6 +345,27 @@ func TestRoundsOnOwnNode(t *testing.T) {
 		if ev := <-f.events.Events; !strings.HasPrefix(ev, "Normal Synced generation") {
 			t.Errorf("event %d: %q", i, ev)
 		}
+	}
+
+	// Round 3: its snapshot is taken, the base's delta read, and only then
+	// is round 1's snapshot deleted; round 2's stays as the base.
+	vs = f.get()
+	vs.Spec.Trigger.Manual = "3"
+	if err := f.cl.Update(context.Background(), vs); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile()
+	third := f.get().Status.PendingSnapshot
+	if got := f.snapshots(); len(got) != 3 {
+		t.Fatalf("snapshots when round 3's is taken: %v, want all three", got)
+	}
+	f.ready(third)
+	f.reconcile()
+	if got := f.snapshots(); len(got) != 2 || got[0] != second || got[1] != third {
+		t.Fatalf("snapshots after round 3: %v, want %s and %s", got, second, third)
+	}
+	if len(f.imgs.changes) != 2 || f.imgs.changes[1] != [2]string{"handle-" + second, "handle-" + third} {
+		t.Fatalf("changes asked: %v", f.imgs.changes)
 	}
 }
 

@@ -14,8 +14,10 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/voldelta/voldelta/agent"
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
+	"github.com/voldelta/voldelta/csi/snapmeta"
 	"github.com/voldelta/voldelta/internal/k8sutil"
 )
 
@@ -47,6 +49,14 @@ type RunOptions struct {
 	Params chunk.Params
 	// Streams is the number of data streams per round; 0: default.
 	Streams int
+	// CacheDir keeps the manifests of committed rounds and the volumes'
+	// hint policy, on a host path so that they survive restarts; "" keeps
+	// none (hinted rounds fetch their base from the receiver).
+	CacheDir string
+	// FullScan is the periodic full-scan policy of hinted rounds.
+	FullScan agent.FullScanPolicy
+	// NoSnapshotMetadata disables CSI snapshot metadata (KEP-3314) hints.
+	NoSnapshotMetadata bool
 	// Registry receives the metrics; default controller-runtime's registry
 	// (served on MetricsAddr).
 	Registry prometheus.Registerer
@@ -122,8 +132,21 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cache *agent.Cache
+	if o.CacheDir != "" {
+		if cache, err = agent.OpenCache(o.CacheDir); err != nil {
+			return nil, err
+		}
+	}
+	var meta *snapmeta.Client
+	if !o.NoSnapshotMetadata {
+		if meta, err = snapmeta.NewClient(snapmeta.Options{Kube: kube, Dynamic: dyn}); err != nil {
+			return nil, err
+		}
+	}
 	r, err := New(Options{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Kube: kube, Snapshots: snaps, Resolver: res, Snapshotter: sn,
-		Images: imgs, NodeName: o.NodeName, Recorder: mgr.GetEventRecorder("voldelta-agent"), Sync: o.Sync, Params: o.Params, Streams: o.Streams, Metrics: m, Logger: o.Logger})
+		Images: imgs, NodeName: o.NodeName, Recorder: mgr.GetEventRecorder("voldelta-agent"), Sync: o.Sync, Params: o.Params, Streams: o.Streams, Metrics: m, Logger: o.Logger,
+		Cache: cache, FullScan: o.FullScan, SnapshotMetadata: meta})
 	if err != nil {
 		return nil, err
 	}
