@@ -17,6 +17,9 @@ type Metrics struct {
 	duration   *prometheus.HistogramVec
 	generation *prometheus.GaugeVec
 	lastOK     *prometheus.GaugeVec
+	scans      *prometheus.CounterVec
+	readBytes  *prometheus.CounterVec
+	mismatches *prometheus.CounterVec
 
 	mu       sync.Mutex
 	snapTime map[[2]string]time.Time
@@ -40,6 +43,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Receiver generation committed by the last successful round."}, l),
 		lastOK: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_last_success_timestamp_seconds",
 			Help: "Unix time of the last successful round's commit."}, l),
+		scans: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "voldelta_agent_scans_total",
+			Help: "Committed rounds by how the snapshot was scanned (mode: incremental, full)."}, append(l, "mode")),
+		readBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "voldelta_agent_read_bytes_total",
+			Help: "Bytes of snapshots read by committed rounds' scans."}, l),
+		mismatches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "voldelta_agent_hint_mismatches_total",
+			Help: "Periodic full scans that found a change the hints missed (the hint source is then distrusted for the volume)."}, append(l, "source")),
 		snapTime: make(map[[2]string]time.Time),
 		now:      time.Now,
 		lagDesc: prometheus.NewDesc("voldelta_agent_replica_lag_seconds",
@@ -62,6 +71,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		return nil, err
 	}
 	if m.lastOK, err = register(reg, m.lastOK); err != nil {
+		return nil, err
+	}
+	if m.scans, err = register(reg, m.scans); err != nil {
+		return nil, err
+	}
+	if m.readBytes, err = register(reg, m.readBytes); err != nil {
+		return nil, err
+	}
+	if m.mismatches, err = register(reg, m.mismatches); err != nil {
 		return nil, err
 	}
 	// The lag is computed from this Metrics; a second one in the same
@@ -87,6 +105,18 @@ func (m *Metrics) success(ns, name string, start, end time.Time, gen uint64, sen
 	m.mu.Unlock()
 }
 
+// scan records how a committed round scanned, and a hint check that failed.
+func (m *Metrics) scan(ns, name, mode string, read uint64, source, check string) {
+	if m == nil || mode == "" {
+		return
+	}
+	m.scans.WithLabelValues(ns, name, mode).Inc()
+	m.readBytes.WithLabelValues(ns, name).Add(float64(read))
+	if check == "mismatch" {
+		m.mismatches.WithLabelValues(ns, name, source).Inc()
+	}
+}
+
 func (m *Metrics) failure(ns, name string) {
 	if m == nil {
 		return
@@ -101,7 +131,7 @@ func (m *Metrics) forget(ns, name string) {
 	}
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
-	}{m.rounds, m.bytesSent, m.wireBytes, m.duration, m.generation, m.lastOK} {
+	}{m.rounds, m.bytesSent, m.wireBytes, m.duration, m.generation, m.lastOK, m.scans, m.readBytes, m.mismatches} {
 		v.DeletePartialMatch(prometheus.Labels{"namespace": ns, "volumesync": name})
 	}
 	m.mu.Lock()

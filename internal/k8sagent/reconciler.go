@@ -349,6 +349,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	r.o.Metrics.success(vs.Namespace, vs.Name, started, end, res.generation, res.sent, res.wire)
+	r.o.Metrics.scan(vs.Namespace, vs.Name, res.scanMode, res.read, res.hintSource, res.hintCheck)
+	if res.hintCheck == "mismatch" {
+		r.event(&vs, corev1.EventTypeWarning, v1alpha1.ReasonSynced, "CheckHints",
+			"a full scan found a change the %s hints missed: they are not used again for this volume", res.hintSource)
+	}
 	r.event(&vs, corev1.EventTypeNormal, v1alpha1.ReasonSynced, "Sync", "generation %d committed on %s: %d of %d bytes sent (%d on the wire) in %s",
 		res.generation, dest.where(), res.sent, res.source, res.wire, st.LastSyncDuration.Duration)
 	log.Info("round committed", "generation", res.generation, "sent", res.sent, "wire", res.wire, "root", res.root,
@@ -365,6 +370,8 @@ type round struct {
 	manifest             *chunk.Manifest
 	scanMode             string
 	fullScanReason       string
+	hintSource           string
+	hintCheck            string
 	read                 uint64
 }
 
@@ -391,7 +398,8 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 	}
 	return round{generation: stats.Generation, root: stats.RootHash, source: stats.SourceBytes, sent: stats.BytesSentRaw,
 		reused: stats.ReusedBytes, wire: stats.WireBytes, manifest: stats.Manifest,
-		scanMode: stats.ScanMode, fullScanReason: stats.FullScanReason, read: stats.BytesRead}, nil
+		scanMode: stats.ScanMode, fullScanReason: stats.FullScanReason, read: stats.BytesRead,
+		hintSource: stats.HintSource, hintCheck: stats.HintCheck}, nil
 }
 
 // push runs the round against a store: the snapshot becomes the store's

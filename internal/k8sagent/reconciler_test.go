@@ -11,6 +11,7 @@ import (
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	snapfake "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/fake"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -150,8 +151,16 @@ func newFixture(t *testing.T, node string, vs *v1alpha1.VolumeSync) *fixture {
 			}
 			f.gen++
 			f.clock.Step(3 * time.Second)
-			return &agent.Stats{Generation: f.gen, RootHash: "abc", SourceBytes: opt.Image.Size(), BytesSentRaw: 100 * f.gen, WireBytes: 150,
-				ReusedBytes: 7 * (f.gen - 1), Manifest: &chunk.Manifest{Params: opt.Params, Size: opt.Image.Size(), Root: chunk.ID{byte(f.gen)}}}, nil
+			st := &agent.Stats{Generation: f.gen, RootHash: "abc", SourceBytes: opt.Image.Size(), BytesSentRaw: 100 * f.gen, WireBytes: 150,
+				ReusedBytes: 7 * (f.gen - 1), Manifest: &chunk.Manifest{Params: opt.Params, Size: opt.Image.Size(), Root: chunk.ID{byte(f.gen)}},
+				ScanMode: agent.ScanFull, BytesRead: opt.Image.Size()}
+			if opt.Hints != nil { // as agent.Sync reports a hinted round and a failed hint check
+				st.ScanMode, st.BytesRead, st.HintSource = agent.ScanIncremental, 512, opt.Hints.Name()
+				if f.gen == 3 {
+					st.ScanMode, st.HintCheck = agent.ScanFull, "mismatch"
+				}
+			}
+			return st, nil
 		},
 	})
 	if err != nil {
@@ -367,10 +376,38 @@ func TestRoundsOnOwnNode(t *testing.T) {
 	if len(f.imgs.changes) != 2 || f.imgs.changes[1] != [2]string{"handle-" + second, "handle-" + third} {
 		t.Fatalf("changes asked: %v", f.imgs.changes)
 	}
+	// Round 2 was incremental, round 3 a full scan that caught the hints.
+	for mode, want := range map[string]float64{agent.ScanFull: 2, agent.ScanIncremental: 1} {
+		if n := testutil.ToFloat64(metricWith(t, f.reg, "voldelta_agent_scans_total", "mode", mode)); n != want {
+			t.Errorf("scans_total{mode=%s} = %v, want %v", mode, n, want)
+		}
+	}
+	if n := testutil.ToFloat64(metricWith(t, f.reg, "voldelta_agent_hint_mismatches_total", "source", csi.HintSourceLonghorn)); n != 1 {
+		t.Errorf("hint_mismatches_total = %v, want 1", n)
+	}
 }
 
 // metricVec sums a metric family's values.
+// metricWith sums the series of name whose label has the value.
+func metricWith(t *testing.T, reg *prometheus.Registry, name, label, value string) prometheus.Collector {
+	t.Helper()
+	return metricSum(t, reg, name, func(m *dto.Metric) bool {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == label && lp.GetValue() == value {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func metricVec(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	return metricSum(t, reg, name, func(*dto.Metric) bool { return true })
+}
+
+// metricSum sums the values of name's series that match, as a gauge.
+func metricSum(t *testing.T, reg *prometheus.Registry, name string, match func(*dto.Metric) bool) prometheus.Collector {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -382,7 +419,9 @@ func metricVec(t *testing.T, reg *prometheus.Registry, name string) prometheus.C
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			if match(m) {
+				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
 		}
 	}
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "sum"})
