@@ -366,6 +366,11 @@ var ErrStalled = errors.New("connection stalled")
 // message the protocol expected within its deadline (RecvWithin).
 var ErrIdle = errors.New("peer sent nothing")
 
+// ErrNotReading is returned by SendWithin when the peer, although alive,
+// did not take a frame within its deadline: it does not read the stream,
+// whose window is full.
+var ErrNotReading = errors.New("peer does not read")
+
 // Err returns why the session ended if this end decided it (ErrStalled),
 // nil otherwise.
 func (s *Session) Err() error {
@@ -465,10 +470,31 @@ func newStream(sess *Session, st *yamux.Stream) *Stream {
 	return &Stream{sess: sess, st: st, dr: dr, fr: fr}
 }
 
-// Send writes one message as a single frame.
+// Send writes one message as a single frame. It waits for window space
+// as long as the peer takes to read (see SendWithin).
 func (s *Stream) Send(m Message) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.send(m)
+}
+
+// SendWithin is Send, failing with ErrNotReading (naming what) when the
+// frame is not taken within d: a peer that stops reading fills the
+// stream's window, and Send would wait for it forever. The stream is out
+// of step after such a failure (part of the frame may be sent).
+func (s *Stream) SendWithin(d time.Duration, what string, m Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.st.SetWriteDeadline(time.Now().Add(d))
+	defer s.st.SetWriteDeadline(time.Time{})
+	err := s.send(m)
+	if err != nil && errors.Is(err, yamux.ErrTimeout) {
+		return fmt.Errorf("%w: %s not taken within %v", ErrNotReading, what, d)
+	}
+	return err
+}
+
+func (s *Stream) send(m Message) error {
 	b := AppendFrameHeader(s.buf[:0], m.FrameType(), 0)
 	b = m.AppendPayload(b)
 	n := len(b) - HeaderSize
@@ -486,8 +512,9 @@ func (s *Stream) Send(m Message) error {
 }
 
 // SendError sends an ERROR frame, ignoring failures: it is the last word.
+// A peer that does not take it within Config.WriteTimeout does not get it.
 func (s *Stream) SendError(code ErrorCode, format string, a ...any) {
-	_ = s.Send(ErrorMsg{Code: code, Message: fmt.Sprintf(format, a...)})
+	_ = s.SendWithin(s.sess.cfg.WriteTimeout, "ERROR", ErrorMsg{Code: code, Message: fmt.Sprintf(format, a...)})
 }
 
 // Recv reads the next message. An ERROR frame from the peer is returned as

@@ -971,3 +971,47 @@ func TestLoadTLS(t *testing.T) {
 		}
 	}
 }
+
+// A peer that stops reading fills the stream's window: SendWithin then
+// fails with ErrNotReading instead of waiting for it forever, and so does
+// SendError, bounded by WriteTimeout, rather than block its caller.
+func TestSendWithinPeerNotReading(t *testing.T) {
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			cli, srv := pair(t, k, func(cli, srv *Config) {
+				cli.StreamWindow, srv.StreamWindow = 256<<10, 256<<10
+				srv.WriteTimeout = 200 * time.Millisecond
+			})
+			ctx := t.Context()
+			cst, err := cli.Open(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cst.Send(DataOpen{}); err != nil { // yamux opens the stream with its first frame
+				t.Fatal(err)
+			}
+			sst, err := srv.Accept(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The agent never reads cst: its window (256 KiB) fills.
+			batch := ManifestBatch{Entries: make([]chunk.Entry, 1000)} // 49 KiB
+			for i := range batch.Entries {
+				batch.Entries[i] = chunk.Entry{Offset: uint64(i), Length: 1, ID: idOf(byte(i))}
+			}
+			var sent int
+			for ; sent < 100; sent++ {
+				if err = sst.SendWithin(200*time.Millisecond, "the base manifest", batch); err != nil {
+					break
+				}
+			}
+			if !errors.Is(err, ErrNotReading) || !strings.Contains(err.Error(), "the base manifest not taken within 200ms") {
+				t.Fatalf("after %d frames: %v, want ErrNotReading naming the frame", sent, err)
+			}
+			if sent < 4 || sent > 8 {
+				t.Fatalf("%d frames of 49 KiB taken before the 256 KiB window was full", sent)
+			}
+			sst.SendError(ErrCodeProtocol, "you do not read") // returns: bounded by WriteTimeout
+		})
+	}
+}
