@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -110,40 +109,13 @@ current-context: test
 		"-timeout", "20s",
 		"-v", "5",
 	}
-	logPath := filepath.Join(dir, name+".log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			if len(b) > 12000 {
-				b = b[len(b)-12000:]
-			}
-			t.Logf("%s log (tail):\n%s", name, b)
-		}
-	})
+	exited := k8stest.RunProcess(t, dir, name, bin, args...)
 	s := &sidecar{addr: fmt.Sprintf("127.0.0.1:%d", port), health: fmt.Sprintf("http://127.0.0.1:%d/health", httpPort)}
 	// Ready once it has validated the driver (Probe, GetPluginCapabilities).
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	hc := &http.Client{Timeout: 5 * time.Second}
-	err = k8stest.Eventually(ctx, func() (bool, string, error) {
+	err := k8stest.Eventually(ctx, func() (bool, string, error) {
 		select {
 		case <-exited:
 			return false, "", fmt.Errorf("the sidecar exited (its log follows)")

@@ -178,7 +178,15 @@ func Start(t testing.TB) *ControlPlane {
 // fails, and stops it at cleanup.
 func (cp *ControlPlane) run(t testing.TB, name, bin string, args ...string) <-chan struct{} {
 	t.Helper()
-	logPath := filepath.Join(cp.dir, name+".log")
+	return RunProcess(t, cp.dir, name, bin, args...)
+}
+
+// RunProcess starts bin with args, its output in dir/name.log (the tail is
+// logged if the test fails), and interrupts it at cleanup (killed after
+// 20s). The channel is closed when the process exits.
+func RunProcess(t testing.TB, dir, name, bin string, args ...string) <-chan struct{} {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -201,8 +209,8 @@ func (cp *ControlPlane) run(t testing.TB, name, bin string, args ...string) <-ch
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
-			if len(b) > 8000 {
-				b = b[len(b)-8000:]
+			if len(b) > 12000 {
+				b = b[len(b)-12000:]
 			}
 			t.Logf("%s log (tail):\n%s", name, b)
 		}
