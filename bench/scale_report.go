@@ -336,11 +336,11 @@ func renderScaleMarkdown(res *ScaleResults) string {
 	var b strings.Builder
 	d, m := res.Delta, res.Machine
 	fmt.Fprintf(&b, "# Delta round time against volume size (`make bench-scale`)\n\n")
-	fmt.Fprintf(&b, "Commit `%s`", shortCommit(res.Commit))
+	fmt.Fprintf(&b, "Binary: `%s` (its `--version`); the harness ran in the tree at `%s`", res.Versions["voldelta binary"], shortCommit(res.Commit))
 	if len(res.TreeDirty) > 0 {
-		fmt.Fprintf(&b, " (working tree with %d modified tracked files at the start)", len(res.TreeDirty))
+		fmt.Fprintf(&b, " (%d modified tracked files at the start)", len(res.TreeDirty))
 	}
-	fmt.Fprintf(&b, "; %s. Run: `%s`, %s, %.1f min. ", res.Versions["voldelta binary"], res.Command, res.Started, res.TotalSeconds/60)
+	fmt.Fprintf(&b, ". Run: `%s`, %s, %.1f min. ", res.Command, res.Started, res.TotalSeconds/60)
 	fmt.Fprintf(&b, "Machine: %d × %s, kernel %s, %.0f GiB; load %s at the start, %s at the end.\n\n", m.NProc, m.CPUModel, m.Kernel, m.MemGiB, m.LoadBefore, m.LoadAfter)
 	fmt.Fprintf(&b, "Link: %s each way, %.0f ms RTT added by the delay proxies; measured %.1f Mbit/s payload (%.1f on the veth), RTT %.1f ms. ",
 		res.Link.Rate, 2*res.Link.OneWayDelayMs, res.Probe.GoodputMbit, res.Probe.LinkRateMbit, res.Probe.RTTMillisMed)
