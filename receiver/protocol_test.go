@@ -44,9 +44,14 @@ type testServer struct {
 	done    chan error
 	mu      sync.Mutex
 	results []Result // what OnCommit saw
+	// agentWindow, if set, is the stream window of the agents dialled.
+	agentWindow uint32
 }
 
-func newTestServer(t *testing.T) *testServer {
+func newTestServer(t *testing.T) *testServer { t.Helper(); return newTestServerWith(t, nil) }
+
+// newTestServerWith is newTestServer with its configuration changed by mod.
+func newTestServerWith(t *testing.T, mod func(*Config)) *testServer {
 	t.Helper()
 	dir := t.TempDir()
 	s := &testServer{t: t, target: filepath.Join(dir, "target.img")}
@@ -60,6 +65,9 @@ func newTestServer(t *testing.T) *testServer {
 			s.results = append(s.results, r)
 			s.mu.Unlock()
 		},
+	}
+	if mod != nil {
+		mod(&s.cfg)
 	}
 	s.start()
 	t.Cleanup(s.stop)
@@ -148,6 +156,9 @@ func (s *testServer) dial(h transport.Message) (*testAgent, error) {
 	s.t.Helper()
 	tc := transport.DefaultConfig()
 	tc.Insecure = true
+	if s.agentWindow != 0 {
+		tc.StreamWindow = s.agentWindow
+	}
 	sess, err := transport.Dial(s.t.Context(), s.addr, tc)
 	if err != nil {
 		s.t.Fatal(err)
@@ -345,7 +356,12 @@ func gen2Of(src []byte) []byte {
 // image "img-1".
 func committed(t *testing.T, src []byte) (*testServer, *chunk.Manifest) {
 	t.Helper()
-	s := newTestServer(t)
+	return committedWith(t, src, nil)
+}
+
+func committedWith(t *testing.T, src []byte, mod func(*Config)) (*testServer, *chunk.Manifest) {
+	t.Helper()
+	s := newTestServerWith(t, mod)
 	m := scan(t, src, tinyParams())
 	a := s.mustDial(hello(m.Size, m.Params, "img-1"))
 	if a.welcome.HasBase || a.welcome.Generation != 0 || a.welcome.State != transport.TargetNew {
@@ -745,4 +761,41 @@ func TestStateBeforeImagesLoads(t *testing.T) {
 	if got.Image != "snap-3" || got.History[0].Image != "snap-3" {
 		t.Fatalf("image %q, history %+v after a reload", got.Image, got.History)
 	}
+}
+
+// TestBaseGetNotRead: an agent that asks for the base and does not read
+// it (the control stream's window fills) does not hold the volume: the
+// frame not taken within the idle timeout ends the session, and the next
+// round commits.
+func TestBaseGetNotRead(t *testing.T) {
+	src := randBytes(210, 64*MiB) // about 8000 entries: the base is more than the 256 KiB window
+	s, m1 := committedWith(t, src, func(c *Config) {
+		c.Transport.IdleTimeout = time.Second
+		c.Transport.WriteTimeout = time.Second
+	})
+	if n := len(m1.Entries) * chunk.EntrySize; n < 300<<10 {
+		t.Fatalf("the base is %d bytes: too small to fill the window", n)
+	}
+	s.agentWindow = 256 << 10 // what it lets the receiver send before it reads
+	a := s.mustDial(hello(m1.Size, m1.Params, "img-2"))
+	if !a.welcome.HasBase {
+		t.Fatalf("WELCOME %+v without a base", a.welcome)
+	}
+	if err := a.ctrl.Send(transport.BaseGet{Root: a.welcome.Root}); err != nil {
+		t.Fatal(err)
+	}
+	select { // the receiver ends the session
+	case <-a.sess.Done():
+	case <-time.After(safety):
+		t.Fatal("the receiver still holds a session whose agent does not read")
+	}
+	b := s.mustDial(hello(m1.Size, m1.Params, "img-2"))
+	if w := b.welcome; w.Generation != 1 || w.State != transport.TargetIncomplete {
+		t.Fatalf("WELCOME %+v after the abandoned round: want generation 1, incomplete", w)
+	}
+	r, err := b.round(src, m1, sendFull(m1))
+	if err != nil || r.Generation != 2 || r.Root != m1.Root {
+		t.Fatalf("the next round: %+v, %v", r, err)
+	}
+	s.assertTarget(src)
 }

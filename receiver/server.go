@@ -517,7 +517,10 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello t
 				return
 			}
 			baseSent = true
-			if err := sendBase(ctrl, base); err != nil {
+			if err := sendBase(ctrl, base, idle); err != nil {
+				if errors.Is(err, transport.ErrNotReading) {
+					err = fail(transport.ErrCodeProtocol, "agent alive but not reading: %v", err)
+				}
 				ap.Fail(ctx, err)
 				return
 			}
@@ -589,14 +592,17 @@ func checkBaseGet(m transport.BaseGet, base *chunk.Manifest, started, sent bool)
 }
 
 // sendBase answers BASE_GET: the base's entries in MANIFEST frames of at
-// most baseBatch entries, then MANIFEST_END with its count and root.
-func sendBase(ctrl *transport.Stream, base *chunk.Manifest) error {
+// most baseBatch entries, then MANIFEST_END with its count and root. Each
+// frame must be taken within idle: an agent that asks and does not read
+// would otherwise hold the volume.
+func sendBase(ctrl *transport.Stream, base *chunk.Manifest, idle time.Duration) error {
 	for k := 0; k < len(base.Entries); k += baseBatch {
-		if err := ctrl.Send(transport.ManifestBatch{Entries: base.Entries[k:min(k+baseBatch, len(base.Entries))]}); err != nil {
+		m := transport.ManifestBatch{Entries: base.Entries[k:min(k+baseBatch, len(base.Entries))]}
+		if err := ctrl.SendWithin(idle, "MANIFEST frame of the base manifest", m); err != nil {
 			return fmt.Errorf("send the base manifest: %w", err)
 		}
 	}
-	if err := ctrl.Send(transport.ManifestEnd{Count: uint64(len(base.Entries)), Root: base.Root}); err != nil {
+	if err := ctrl.SendWithin(idle, "MANIFEST_END of the base manifest", transport.ManifestEnd{Count: uint64(len(base.Entries)), Root: base.Root}); err != nil {
 		return fmt.Errorf("send the base manifest: %w", err)
 	}
 	return nil
