@@ -26,6 +26,7 @@ const (
 	// Protocol version 2:
 	FrameBaseGet      FrameType = 11
 	FrameManifestCopy FrameType = 12
+	FrameChunkPatch   FrameType = 13
 )
 
 func (t FrameType) String() string {
@@ -54,6 +55,8 @@ func (t FrameType) String() string {
 		return "BASE_GET"
 	case FrameManifestCopy:
 		return "MANIFEST_COPY"
+	case FrameChunkPatch:
+		return "CHUNK_PATCH"
 	}
 	return fmt.Sprintf("FrameType(%d)", uint8(t))
 }

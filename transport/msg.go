@@ -80,6 +80,35 @@ type Welcome struct {
 	// with the HELLO's params: it answers BASE_GET and accepts
 	// MANIFEST_COPY.
 	HasBase bool
+	// AcceptsPatch says the receiver takes CHUNK_PATCH: its target holds
+	// the committed generation, so a chunk may be sent as the ranges that
+	// differ from the bytes the target holds at the chunk's offset.
+	AcceptsPatch bool
+}
+
+// PatchRange is a byte range within a chunk, relative to its start.
+type PatchRange struct {
+	Offset, Length uint32
+}
+
+// ChunkPatch carries the bytes of a chunk that differ from what the
+// receiver's target holds at the chunk's offset (agent → receiver, data
+// streams; only after WELCOME had AcceptsPatch): Ranges, sorted and
+// disjoint, within the chunk, and their bytes, concatenated (RawLen in
+// all), encoded with Codec. The receiver reads the rest from its target,
+// and the result must hash to the chunk's ID. Data aliases the frame
+// buffer when decoded.
+type ChunkPatch struct {
+	Index  uint64
+	Codec  Codec
+	RawLen uint32
+	Ranges []PatchRange
+	Data   []byte
+}
+
+// Chunk returns the patch's data as a Chunk, for the decompressor.
+func (m ChunkPatch) Chunk() Chunk {
+	return Chunk{Index: m.Index, Codec: m.Codec, RawLen: m.RawLen, Data: m.Data}
 }
 
 // BaseGet asks the receiver for the manifest of its committed generation
@@ -178,6 +207,7 @@ func (Chunk) FrameType() FrameType         { return FrameChunk }
 func (Result) FrameType() FrameType        { return FrameResult }
 func (BaseGet) FrameType() FrameType       { return FrameBaseGet }
 func (ManifestCopy) FrameType() FrameType  { return FrameManifestCopy }
+func (ChunkPatch) FrameType() FrameType    { return FrameChunkPatch }
 
 // maxErrorMessage bounds the message of an ERROR frame, in bytes.
 const maxErrorMessage = 4096
@@ -222,10 +252,28 @@ func (m Welcome) AppendPayload(b []byte) []byte {
 	if m.HasBase {
 		flags |= welcomeHasBase
 	}
+	if m.AcceptsPatch {
+		flags |= welcomeAcceptsPatch
+	}
 	return append(b, flags)
 }
 
-const welcomeHasBase = 1
+const (
+	welcomeHasBase      = 1
+	welcomeAcceptsPatch = 2
+)
+
+func (m ChunkPatch) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, m.Index)
+	b = append(b, byte(m.Codec))
+	b = binary.BigEndian.AppendUint32(b, m.RawLen)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Ranges)))
+	for _, r := range m.Ranges {
+		b = binary.BigEndian.AppendUint32(b, r.Offset)
+		b = binary.BigEndian.AppendUint32(b, r.Length)
+	}
+	return append(b, m.Data...)
+}
 
 func (m BaseGet) AppendPayload(b []byte) []byte { return append(b, m.Root[:]...) }
 
@@ -394,10 +442,11 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		if d.err == nil && m.State > TargetIncomplete {
 			return nil, fmt.Errorf("%w: WELCOME with unknown target state %d", ErrProtocol, m.State)
 		}
-		if d.err == nil && flags&^welcomeHasBase != 0 {
+		if d.err == nil && flags&^(welcomeHasBase|welcomeAcceptsPatch) != 0 {
 			return nil, fmt.Errorf("%w: WELCOME with unknown flags %#x", ErrProtocol, flags)
 		}
 		m.HasBase = flags&welcomeHasBase != 0
+		m.AcceptsPatch = flags&welcomeAcceptsPatch != 0
 		return m, d.done()
 	case FrameError:
 		var m ErrorMsg
@@ -481,6 +530,8 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 			return nil, fmt.Errorf("%w: MANIFEST_COPY %d+%d is empty or overflows", ErrProtocol, m.First, m.Count)
 		}
 		return m, d.done()
+	case FrameChunkPatch:
+		return decodeChunkPatch(d)
 	case FrameResult:
 		var m Result
 		m.Generation = d.u64()
@@ -491,4 +542,43 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		return m, d.done()
 	}
 	return nil, fmt.Errorf("%w: unknown frame type %d", ErrProtocol, uint8(t))
+}
+
+// decodeChunkPatch decodes a CHUNK_PATCH: the ranges sorted, disjoint,
+// within the largest chunk, their lengths summing to RawLen.
+func decodeChunkPatch(d *decoder) (Message, error) {
+	var m ChunkPatch
+	m.Index = d.u64()
+	m.Codec = Codec(d.u8())
+	m.RawLen = d.u32()
+	n := d.u32()
+	if d.err != nil {
+		return nil, d.err
+	}
+	if m.Codec > CodecZstd {
+		return nil, fmt.Errorf("%w: CHUNK_PATCH %d with unknown codec %d", ErrProtocol, m.Index, m.Codec)
+	}
+	if n == 0 || uint64(n)*8 > uint64(len(d.b)) {
+		return nil, fmt.Errorf("%w: CHUNK_PATCH %d says %d ranges in %d bytes", ErrProtocol, m.Index, n, len(d.b))
+	}
+	m.Ranges = make([]PatchRange, n)
+	var end, sum uint64
+	for i := range m.Ranges {
+		r := PatchRange{Offset: d.u32(), Length: d.u32()}
+		if r.Length == 0 || uint64(r.Offset) < end || uint64(r.Offset)+uint64(r.Length) > chunk.MaxChunkSize {
+			return nil, fmt.Errorf("%w: CHUNK_PATCH %d range %d (%d+%d) is empty, out of order or past the largest chunk", ErrProtocol, m.Index, i, r.Offset, r.Length)
+		}
+		end = uint64(r.Offset) + uint64(r.Length)
+		sum += uint64(r.Length)
+		m.Ranges[i] = r
+	}
+	if sum != uint64(m.RawLen) {
+		return nil, fmt.Errorf("%w: CHUNK_PATCH %d ranges hold %d bytes, says %d", ErrProtocol, m.Index, sum, m.RawLen)
+	}
+	m.Data = d.b
+	d.b = nil
+	if m.Codec == CodecRaw && uint32(len(m.Data)) != m.RawLen {
+		return nil, fmt.Errorf("%w: raw CHUNK_PATCH %d has %d bytes, says %d", ErrProtocol, m.Index, len(m.Data), m.RawLen)
+	}
+	return m, nil
 }
