@@ -133,6 +133,10 @@ type Stats struct {
 	// The manifest on the wire: entries sent in full, entries sent as
 	// copies of the receiver's committed manifest, and whether that
 	// manifest was fetched from the receiver (BaseBytes on the wire).
+	// ChunksPatched counts the chunks sent as only their changed ranges
+	// (the receiver rebuilt them over its target's bytes); BytesSentRaw
+	// counts what was sent of them.
+	ChunksPatched         uint64 `json:"chunks_patched"`
 	ManifestEntriesSent   uint64 `json:"manifest_entries_sent"`
 	ManifestEntriesCopied uint64 `json:"manifest_entries_copied"`
 	BaseFetched           bool   `json:"base_fetched"`
@@ -242,6 +246,13 @@ type round struct {
 	mu      sync.RWMutex
 	entries []chunk.Entry
 
+	// patchExts, if set, are the extents in which the source may differ
+	// from what the receiver's target holds (the hints, and what the
+	// volume grew by): a needed chunk is sent as its bytes in them
+	// (CHUNK_PATCH) when that is smaller.
+	patchExts []chunk.Extent
+	patched   atomic.Uint64
+
 	queue     workQueue
 	scanned   atomic.Uint64
 	needBytes atomic.Uint64
@@ -305,6 +316,7 @@ func (r *round) run(ctx context.Context) error {
 	if w.HasBase && plan.base != nil && plan.base.Root == w.Root {
 		copyBase = plan.base
 	}
+	r.patchExts = patchExtents(plan, w, r.size)
 
 	data := make([]*transport.Stream, r.opt.Transport.Streams)
 	for k := range data {
@@ -393,6 +405,7 @@ func (r *round) run(ctx context.Context) error {
 	r.stats.BytesSentRaw = r.sentRaw.Load()
 	r.stats.BytesSentPayload = r.sentWire.Load()
 	r.stats.ChunksCompressed = r.zstd.Load()
+	r.stats.ChunksPatched = r.patched.Load()
 	if result.Fetched != r.stats.ChunksSent {
 		return fmt.Errorf("%w: receiver wrote %d fetched chunks, agent sent %d", transport.ErrProtocol, result.Fetched, r.stats.ChunksSent)
 	}
@@ -672,23 +685,57 @@ func (r *round) sendChunks(st *transport.Stream) error {
 		r.mu.RLock()
 		e := r.entries[i]
 		r.mu.RUnlock()
-		b := raw[:e.Length]
-		if _, err := r.src.ReadAt(b, int64(e.Offset)); err != nil {
-			return r.sourceError("read chunk "+e.ID.Short(), e.Offset, err)
+		msg, n, err := r.chunkMessage(i, e, raw, enc)
+		if err != nil {
+			return err
 		}
-		codec, payload := r.comp.Compress(b, enc)
-		if err := st.Send(transport.Chunk{Index: i, Codec: codec, RawLen: uint32(e.Length), Data: payload}); err != nil {
+		if err := st.Send(msg); err != nil {
 			return fmt.Errorf("send chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
 		}
 		r.sent.Add(1)
-		r.sentRaw.Add(e.Length)
-		r.sentWire.Add(uint64(len(payload)))
+		r.sentRaw.Add(n.raw)
+		r.sentWire.Add(n.wire)
+		codec := n.codec
 		if codec == transport.CodecZstd {
 			r.zstd.Add(1)
 		}
 		r.sentBytes.Add(e.Length)
 		r.progress()
 	}
+}
+
+// sentBytes is what one chunk message carried.
+type sentBytes struct {
+	raw, wire uint64
+	codec     transport.Codec
+}
+
+// chunkMessage reads entry i's bytes (those it needs) and encodes them as
+// a CHUNK, or as a CHUNK_PATCH when only part of them may differ from the
+// receiver's target.
+func (r *round) chunkMessage(i uint64, e chunk.Entry, raw, enc []byte) (transport.Message, sentBytes, error) {
+	if ranges, n, ok := patchRanges(r.patchExts, e); ok {
+		b := raw[:0]
+		for _, pr := range ranges {
+			off := e.Offset + uint64(pr.Offset)
+			part := raw[len(b) : len(b)+int(pr.Length)]
+			if _, err := r.src.ReadAt(part, int64(off)); err != nil {
+				return nil, sentBytes{}, r.sourceError("read chunk "+e.ID.Short(), off, err)
+			}
+			b = raw[:len(b)+int(pr.Length)]
+		}
+		codec, payload := r.comp.Compress(b, enc)
+		r.patched.Add(1)
+		return transport.ChunkPatch{Index: i, Codec: codec, RawLen: uint32(n), Ranges: ranges, Data: payload},
+			sentBytes{raw: n, wire: uint64(len(payload)), codec: codec}, nil
+	}
+	b := raw[:e.Length]
+	if _, err := r.src.ReadAt(b, int64(e.Offset)); err != nil {
+		return nil, sentBytes{}, r.sourceError("read chunk "+e.ID.Short(), e.Offset, err)
+	}
+	codec, payload := r.comp.Compress(b, enc)
+	return transport.Chunk{Index: i, Codec: codec, RawLen: uint32(e.Length), Data: payload},
+		sentBytes{raw: e.Length, wire: uint64(len(payload)), codec: codec}, nil
 }
 
 // workQueue hands manifest indexes to the data streams. It never blocks

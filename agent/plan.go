@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
@@ -210,4 +211,40 @@ func (m *manifestEncoder) match(e chunk.Entry) bool {
 		m.j++
 	}
 	return m.j < len(m.base) && m.base[m.j] == e
+}
+
+// patchExtents returns the extents in which the source may differ from the
+// receiver's target, or nil if chunks must be sent whole: only for an
+// incremental round whose base is the receiver's committed generation,
+// when the receiver accepts patches (its target holds that generation).
+func patchExtents(plan *scanPlan, w transport.Welcome, size uint64) []chunk.Extent {
+	if !w.AcceptsPatch || plan.mode != ScanIncremental || plan.prev == nil || plan.prev.Root != w.Root || plan.changed == nil {
+		return nil
+	}
+	exts := append([]chunk.Extent{}, plan.changed...)
+	if w.Size < size {
+		exts = append(exts, chunk.Extent{Offset: w.Size, Length: size - w.Size})
+	}
+	return hint.Normalize(exts, size)
+}
+
+// patchRanges returns the ranges of e that exts touch, relative to e, and
+// their total, if sending them (with 8 bytes of framing each) is smaller
+// than sending e whole.
+func patchRanges(exts []chunk.Extent, e chunk.Entry) ([]transport.PatchRange, uint64, bool) {
+	if exts == nil {
+		return nil, 0, false
+	}
+	k := sort.Search(len(exts), func(k int) bool { return exts[k].Offset+exts[k].Length > e.Offset })
+	ranges := []transport.PatchRange{}
+	var n uint64
+	for ; k < len(exts) && exts[k].Offset < e.End(); k++ {
+		lo, hi := max(exts[k].Offset, e.Offset), min(exts[k].Offset+exts[k].Length, e.End())
+		ranges = append(ranges, transport.PatchRange{Offset: uint32(lo - e.Offset), Length: uint32(hi - lo)})
+		n += hi - lo
+	}
+	if n+8*uint64(len(ranges)) >= e.Length {
+		return nil, 0, false
+	}
+	return ranges, n, true
 }

@@ -108,6 +108,11 @@ func TestHintedRounds(t *testing.T) {
 	if st.BaseFetched {
 		t.Fatal("the base was fetched although the agent cached it")
 	}
+	// The chunks around the 16 KiB write and the 5000-byte tail go as
+	// their changed bytes only; the 4 MiB region's chunks whole.
+	if st.ChunksPatched == 0 || st.BytesSentRaw > changed+uint64(len(exts))*2*chunk.DefaultMaxSize {
+		t.Fatalf("%d chunks patched, %d bytes sent for %d changed", st.ChunksPatched, st.BytesSentRaw, changed)
+	}
 
 	// Nothing changed, hints say so: nothing read, nothing sent.
 	st = w.round("img-3", fixedHints{base: "img-2", exts: []chunk.Extent{}}, nil)
@@ -236,5 +241,29 @@ func TestHintsBadExtentsFailTheRound(t *testing.T) {
 	_, err := agent.Sync(context.Background(), opt)
 	if err == nil || !strings.Contains(err.Error(), "change hints (test)") {
 		t.Fatalf("unsorted extents: %v", err)
+	}
+}
+
+// TestPatchesCatchAMissedChange: a chunk sent as its changed ranges is
+// rebuilt by the receiver over its own bytes and must hash to the chunk's
+// ID, so hints that miss a change inside a chunk they touch fail the round
+// (nothing committed, the target re-indexed), and the next round, without
+// those hints, repairs it.
+func TestPatchesCatchAMissedChange(t *testing.T) {
+	w := newHintWorld(t, 16<<20)
+	w.round("img-1", nil, nil)
+	told := w.write(1, 6<<20, 4096)
+	w.write(2, 6<<20+4096+512, 100) // the hints miss this, 512 bytes further
+	opt := w.p.options(w.src, "vol")
+	opt.ImageID, opt.Cache = "img-2", w.cache
+	opt.FullScan = agent.FullScanPolicy{Every: 100}
+	opt.Hints = fixedHints{base: "img-1", exts: []chunk.Extent{told}}
+	_, err := agent.Sync(context.Background(), opt)
+	if err == nil || !strings.Contains(err.Error(), "rebuilt from a patch") {
+		t.Fatalf("round with hints that missed a change in a patched chunk: %v", err)
+	}
+	st := w.round("img-2", nil, nil)
+	if st.ChunksPatched != 0 {
+		t.Fatalf("a round without hints patched %d chunks", st.ChunksPatched)
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
@@ -111,6 +113,7 @@ type Apply struct {
 	started   time.Time
 	committed bool
 	ran       bool
+	patched   atomic.Uint64 // chunks rebuilt from CHUNK_PATCH
 }
 
 // busy holds the volumes applied in this process, by state directory.
@@ -420,6 +423,34 @@ func (p *Apply) deliver(ctx context.Context, i uint64, e chunk.Entry, buf *[]byt
 	return nil
 }
 
+// readTarget reads the target's bytes at off into b, as zeros past its end.
+// Only entry's own chunk writes its range, so before it is written the
+// range holds what it held before the round.
+func (p *Apply) readTarget(b []byte, off uint64) error {
+	n, err := p.t.ReadAt(b, int64(off))
+	if err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("read target %s at %d for a chunk patch: %w", p.vol.Path, off, err)
+	}
+	clear(b[n:])
+	return nil
+}
+
+// deliverPatch is deliver for a chunk rebuilt from a patch: a mismatch
+// means the target's bytes under the patch were not the committed
+// generation's.
+func (p *Apply) deliverPatch(ctx context.Context, i uint64, e chunk.Entry, buf *[]byte) error {
+	if chunk.Sum(*buf) != e.ID {
+		chunk.PutBuffer(buf)
+		return p.verifyFailed(fmt.Errorf("chunk %d at offset %d rebuilt from a patch over the target's bytes does not hash to %s: the target does not hold the committed generation there", i, e.Offset, e.ID.Short()))
+	}
+	p.patched.Add(1)
+	if err := p.push(ctx, event{chunk: &arrived{i: int(i), buf: buf}}); err != nil {
+		chunk.PutBuffer(buf)
+		return err
+	}
+	return nil
+}
+
 // Run plans and writes until every chunk of the manifest is in place, asking
 // req for what the target lacks. It ends early with ctx (cancel with
 // ErrInterrupted as the cause when the sender went away) or the first
@@ -506,7 +537,7 @@ func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	a.result.Generation = st.Generation
 	a.result.Root = root
 	r := a.result
-	p.log.Info("generation committed", "generation", r.Generation, "root", r.Root.Short(), "skipped", r.Skipped, "copied", r.Copied,
+	p.log.Info("generation committed", "generation", r.Generation, "root", r.Root.Short(), "skipped", r.Skipped, "copied", r.Copied, "patched", p.patched.Load(),
 		"fetched", r.Fetched, "zeroed", r.Zeroed, "fetched_bytes", r.FetchBytes, "repaired", r.Repaired, "read_back_bytes", r.ReadBackBytes,
 		"manifest_literal", r.ManifestLiteral, "manifest_copied", r.ManifestCopied,
 		"duration", elapsed(p.started))

@@ -385,7 +385,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 		state = transport.TargetCommitted
 	}
 	welcome := transport.Welcome{Generation: prev.Generation, Root: prev.Root, State: state, Receiver: s.cfg.Name,
-		Size: prev.Size, Image: prev.Image, HasBase: ap.Base() != nil}
+		Size: prev.Size, Image: prev.Image, HasBase: ap.Base() != nil, AcceptsPatch: ap.Base() != nil}
 	if err := ctrl.Send(welcome); err != nil {
 		return err
 	}
@@ -650,6 +650,12 @@ func readData(ctx context.Context, st *transport.Stream, ap *Apply, dec *transpo
 		if err != nil {
 			return fmt.Errorf("data stream: %w", err)
 		}
+		if pm, ok := m.(transport.ChunkPatch); ok {
+			if err := readPatch(ctx, st, ap, dec, pm); err != nil {
+				return err
+			}
+			continue
+		}
 		c, ok := m.(transport.Chunk)
 		if !ok {
 			return failf(ErrBadInput, "unexpected %v on a data stream", m.FrameType())
@@ -676,4 +682,41 @@ func readData(ctx context.Context, st *transport.Stream, ap *Apply, dec *transpo
 			return err
 		}
 	}
+}
+
+// readPatch rebuilds a chunk from a CHUNK_PATCH: the target's bytes at the
+// chunk's offset with the patch's ranges written over them. The result
+// must hash to the chunk's ID, like any fetched chunk; if it does not, the
+// target did not hold the committed generation there, and the round fails
+// marking the index for a rescan.
+func readPatch(ctx context.Context, st *transport.Stream, ap *Apply, dec *transport.Decompressor, pm transport.ChunkPatch) error {
+	if ap.Base() == nil {
+		return failf(ErrBadInput, "CHUNK_PATCH %d, but this round's WELCOME did not accept patches", pm.Index)
+	}
+	e, ok := ap.Entry(pm.Index)
+	if !ok || e.Zero {
+		return failf(ErrBadInput, "chunk patch %d is not for a data entry of the manifest", pm.Index)
+	}
+	if n := len(pm.Ranges); n > 0 {
+		if last := pm.Ranges[n-1]; uint64(last.Offset)+uint64(last.Length) > e.Length {
+			return failf(ErrBadInput, "chunk patch %d reaches byte %d of a %d-byte chunk", pm.Index, last.Offset+last.Length, e.Length)
+		}
+	}
+	tmp := chunk.GetBuffer(int(pm.RawLen))
+	defer chunk.PutBuffer(tmp)
+	raw, err := dec.Decode(pm.Chunk(), *tmp)
+	if err != nil {
+		return failf(ErrBadInput, "%v", err)
+	}
+	buf := chunk.GetBuffer(int(e.Length))
+	if err := ap.readTarget(*buf, e.Offset); err != nil {
+		chunk.PutBuffer(buf)
+		return err
+	}
+	for _, r := range pm.Ranges {
+		copy((*buf)[r.Offset:r.Offset+r.Length], raw[:r.Length])
+		raw = raw[r.Length:]
+	}
+	st.Release()
+	return ap.deliverPatch(ctx, pm.Index, e, buf)
 }

@@ -95,7 +95,8 @@ type PatchRange struct {
 // receiver's target holds at the chunk's offset (agent → receiver, data
 // streams; only after WELCOME had AcceptsPatch): Ranges, sorted and
 // disjoint, within the chunk, and their bytes, concatenated (RawLen in
-// all), encoded with Codec. The receiver reads the rest from its target,
+// all), encoded with Codec. No ranges: the target holds the chunk's bytes
+// already (cut at other boundaries before). The receiver reads the rest from its target,
 // and the result must hash to the chunk's ID. Data aliases the frame
 // buffer when decoded.
 type ChunkPatch struct {
@@ -558,7 +559,7 @@ func decodeChunkPatch(d *decoder) (Message, error) {
 	if m.Codec > CodecZstd {
 		return nil, fmt.Errorf("%w: CHUNK_PATCH %d with unknown codec %d", ErrProtocol, m.Index, m.Codec)
 	}
-	if n == 0 || uint64(n)*8 > uint64(len(d.b)) {
+	if uint64(n)*8 > uint64(len(d.b)) {
 		return nil, fmt.Errorf("%w: CHUNK_PATCH %d says %d ranges in %d bytes", ErrProtocol, m.Index, n, len(d.b))
 	}
 	m.Ranges = make([]PatchRange, n)
