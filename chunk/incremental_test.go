@@ -135,7 +135,10 @@ func fullScan(t testing.TB, img []byte, p Params) *Manifest {
 // entry, with the same root.
 func TestIncrementalEqualsFullScan(t *testing.T) {
 	p := smallParams(t)
-	const cases = 300 // FuzzIncrementalEqualsFullScan explores further
+	cases := uint64(300) // FuzzIncrementalEqualsFullScan explores further
+	if raceEnabled {
+		cases = 40
+	}
 	var read, size uint64
 	for seed := uint64(0); seed < cases; seed++ {
 		st, n := checkIncremental(t, p, seed)
@@ -167,13 +170,13 @@ func firstDiff(got, want []Entry) string {
 func TestIncrementalReadsLittle(t *testing.T) {
 	p := DefaultParams()
 	rng := rand.New(rand.NewPCG(7, 7))
-	base := randomImage(rng, 256<<20)
+	base := randomImage(rng, 64<<20)
 	prev := fullScan(t, base, p)
 	img := append([]byte(nil), base...)
 	var exts []Extent
-	const writes, pageSize = 200, 16 << 10
+	const writes, pageSize = 100, 16 << 10
 	for k := range writes {
-		off := uint64(k)*(256<<20)/writes + rng.Uint64N(1<<20)
+		off := uint64(k)*(64<<20)/writes + rng.Uint64N(256<<10)
 		fillRandom(rng, img[off:off+pageSize])
 		exts = append(exts, Extent{Offset: off, Length: pageSize})
 	}
