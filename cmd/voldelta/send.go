@@ -60,8 +60,8 @@ again for the volume (until --trust-hints).
 least: volume, source_bytes, chunks_total, chunks_sent, chunks_zero,
 bytes_sent_raw (uncompressed bytes of chunks sent), wire_bytes (bytes written
 to the TCP connection, TLS and framing included), manifest_bytes,
-manifest_entries_sent, manifest_entries_copied, scan_mode, full_scan_reason,
-hint_source, changed_bytes, bytes_read, hint_check, scan_seconds,
+manifest_entries_sent, manifest_entries_copied, chunks_patched, scan_mode,
+full_scan_reason, hint_source, changed_bytes, bytes_read, hint_check, scan_seconds,
 duration_seconds, root_hash, generation.`,
 		Example: `  voldelta send --source /dev/vg0/db-snap --to replica:7300 --volume db \
       --tls-cert agent.pem --tls-key agent-key.pem --tls-ca ca.pem
@@ -133,9 +133,9 @@ duration_seconds, root_hash, generation.`,
 					stats.Volume, stats.Generation, stats.RootHash[:16], stats.ChunksSent, stats.ChunksTotal,
 					humanBytes(stats.BytesSentRaw), humanBytes(stats.SourceBytes), humanBytes(uint64(stats.WireBytes)),
 					stats.ChunksCopied, stats.DurationSeconds)
-				fmt.Fprintf(stderr, "voldelta: %s scan read %s of %s%s; manifest %s on the wire (%d entries sent, %d copied from the receiver's)\n",
+				fmt.Fprintf(stderr, "voldelta: %s scan read %s of %s%s; manifest %s on the wire (%d entries sent, %d copied from the receiver's); %d chunks sent as their changed bytes\n",
 					stats.ScanMode, humanBytes(stats.BytesRead), humanBytes(stats.SourceBytes), scanWhy(stats),
-					humanBytes(stats.ManifestBytes), stats.ManifestEntriesSent, stats.ManifestEntriesCopied)
+					humanBytes(stats.ManifestBytes), stats.ManifestEntriesSent, stats.ManifestEntriesCopied, stats.ChunksPatched)
 			}
 			return nil
 		},
