@@ -163,6 +163,8 @@ func (r *round) fetchBase(ctx context.Context, ctrl *transport.Stream, w transpo
 	}
 	m := &chunk.Manifest{Params: r.opt.Params, Size: w.Size}
 	b := chunk.NewBuilder(r.opt.Params, w.Size)
+	// At most one entry per minimum chunk, plus a short one per segment.
+	limit := w.Size/uint64(r.opt.Params.MinSize) + w.Size/r.opt.Params.SegmentSize + 1
 	for {
 		msg, err := recvCtx(ctx, r.sess, ctrl, r.opt.Transport.IdleTimeout, "base manifest after BASE_GET")
 		if err != nil {
@@ -170,6 +172,9 @@ func (r *round) fetchBase(ctx context.Context, ctrl *transport.Stream, w transpo
 		}
 		switch msg := msg.(type) {
 		case transport.ManifestBatch:
+			if b.Count()+uint64(len(msg.Entries)) > limit {
+				return nil, fmt.Errorf("%w: base manifest from the receiver has more than %d entries for %d bytes", transport.ErrProtocol, limit, w.Size)
+			}
 			for _, e := range msg.Entries {
 				if err := b.Add(e); err != nil {
 					return nil, fmt.Errorf("%w: base manifest from the receiver: %w", transport.ErrProtocol, err)
