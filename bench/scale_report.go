@@ -89,6 +89,7 @@ type ScaleRow struct {
 	LinkRxBytes    uint64   `json:"link_rx_bytes"`
 	WireBytes      *float64 `json:"wire_bytes,omitempty"`     // as voldelta reports it
 	SentRaw        *float64 `json:"bytes_sent_raw,omitempty"` // chunks sent, uncompressed
+	Patched        *float64 `json:"chunks_patched,omitempty"` // of them sent as their changed ranges
 	ManifestBytes  *float64 `json:"manifest_bytes,omitempty"`
 	Replaced       *float64 `json:"replaced_entries,omitempty"`
 	ReplacedFrom   string   `json:"replaced_entries_from,omitempty"`
@@ -147,7 +148,7 @@ func (r *ScaleRow) summarize(floor float64, probe LinkProbe) {
 	st := r.Steps[0].Stats
 	r.ScanSeconds, r.BytesRead = statNum(st, "scan_seconds"), statNum(st, "bytes_read")
 	r.WireBytes, r.ManifestBytes = statNum(st, "wire_bytes"), statNum(st, "manifest_bytes")
-	r.SentRaw = statNum(st, "bytes_sent_raw")
+	r.SentRaw, r.Patched = statNum(st, "bytes_sent_raw"), statNum(st, "chunks_patched")
 	r.ScanMode, _ = st["scan_mode"].(string)
 	r.FullScanReason, _ = st["full_scan_reason"].(string)
 	r.Replaced, r.ReplacedFrom = replacedEntries(st)
@@ -397,6 +398,12 @@ func renderScaleMarkdown(res *ScaleResults) string {
 				}
 				round += " (" + strings.Join(parts, " + ") + ")"
 			}
+			sent := optMB(r.SentRaw)
+			if r.Patched != nil && r.SentRaw != nil {
+				if chunks := statNum(r.Steps[0].Stats, "chunks_sent"); chunks != nil {
+					sent = fmt.Sprintf("%s (%.0f chunks, %.0f as patches)", sent, *chunks, *r.Patched)
+				}
+			}
 			manifest := "?"
 			if r.ManifestBytes != nil {
 				manifest = fmt.Sprintf("%.1f kB", *r.ManifestBytes/1e3)
@@ -404,10 +411,10 @@ func renderScaleMarkdown(res *ScaleResults) string {
 			fmt.Fprintf(&b, "| %d GiB | %s | %s | %.2f× | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s | %s | %s |\n",
 				s.GiB, r.Label, round, r.FloorRatio, optSecs(r.ScanSeconds), mode, optMB(r.BytesRead),
 				mbs(uint64(r.FSReadSrc)), mbs(uint64(r.FSReadDst)), mbs(r.LinkTxBytes), mbs(r.LinkRxBytes), secs(r.LinkLimited),
-				fmt.Sprintf("%.1f s", r.Seconds-r.LinkLimited), optMB(r.SentRaw), manifest, ver)
+				fmt.Sprintf("%.1f s", r.Seconds-r.LinkLimited), sent, manifest, ver)
 		}
 	}
-	fmt.Fprintf(&b, "\nRound = wall time of the sync (voldelta: `send` until the receiver committed; rsync: until its target is synced; restic: backup + in-place restore). Bytes read (tool) = the agent's `bytes_read`; read from disk = GNU time's file-system inputs of each side's processes (reads the page cache served are not in it). Link = the veth counters, headers included; link-limited = the busier direction's bytes at the veth rate the probe measured (what the link alone needs for what the row sent); round − link-limited = what the round costs beyond its transfer (scan, planning, apply, round trips: the part that grows with the volume). Read from disk includes the kernel's readahead around each range. Chunks sent (raw) = voldelta's `bytes_sent_raw`: whole content-defined chunks (16/64/256 KiB), so a 16 KiB page write costs the one or two chunks around it. MB = 10^6 bytes.\n")
+	fmt.Fprintf(&b, "\nRound = wall time of the sync (voldelta: `send` until the receiver committed; rsync: until its target is synced; restic: backup + in-place restore). Bytes read (tool) = the agent's `bytes_read`; read from disk = GNU time's file-system inputs of each side's processes (reads the page cache served are not in it). Link = the veth counters, headers included; link-limited = the busier direction's bytes at the veth rate the probe measured (what the link alone needs for what the row sent); round − link-limited = what the round costs beyond its transfer (scan, planning, apply, round trips: the part that grows with the volume). Read from disk includes the kernel's readahead around each range. Chunks sent (raw) = voldelta's `bytes_sent_raw`: content-defined chunks (16/64/256 KiB) it sent, whole, or, where it could (`chunks_patched`), as the ranges that changed in them; a 16 KiB page write sent whole costs the one or two chunks around it. MB = 10^6 bytes.\n")
 
 	fmt.Fprintf(&b, "\n## Acceptance targets\n\n| size | target | measured | limit | |\n|---|---|---|---|---|\n")
 	for _, c := range res.Checks {
