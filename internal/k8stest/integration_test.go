@@ -405,10 +405,11 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	w.trigger(vsync, "2")
 	got = w.waitSynced(vsync, "2")
 	st2 := got.Status
-	// The second segment (4-8 MiB) is untouched since the first snapshot:
-	// Longhorn's chain says so, and it is not read again.
-	if st2.LastReusedBytes != 4<<20 {
-		t.Errorf("round 2 reused %d bytes of the previous manifest, want the untouched segment (%d)", st2.LastReusedBytes, 4<<20)
+	// Longhorn's chain names the changed 64 KiB: the scan re-reads a few
+	// chunks around it and reuses the rest of the previous manifest, the
+	// untouched segment (4-8 MiB) and most of the changed one.
+	if st2.LastReusedBytes <= 5<<20 || st2.LastReusedBytes > 8<<20-64<<10 {
+		t.Errorf("round 2 reused %d bytes of the previous manifest, want all but about the 64 KiB change of 8 MiB", st2.LastReusedBytes)
 	}
 	if st2.LastGeneration != 2 || st2.Rounds != 2 || st2.LastRootHash == st.LastRootHash || st2.BaseSnapshot == first {
 		t.Fatalf("status after round 2: %+v", st2)
@@ -420,19 +421,14 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if !bytes.Equal(w.targetBytes(), want) {
 		t.Fatal("round 2: the target does not hold the snapshot's bytes")
 	}
-	// The first round's snapshot is deleted once the second committed.
-	err = k8stest.Eventually(ctx, func() (bool, string, error) {
-		l, err := c.snaps.SnapshotV1().VolumeSnapshots(srcNS).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, "", err
-		}
-		var names []string
-		for _, s := range l.Items {
-			names = append(names, s.Name)
-		}
-		return len(names) == 1 && names[0] == st2.BaseSnapshot, fmt.Sprintf("snapshots %v", names), nil
-	})
+	// The first round's snapshot is kept until the third round has taken
+	// its own and read the base's delta (a Longhorn engine's trim punches
+	// the snapshots right under the head while a Removed one is below).
+	l, err := c.snaps.SnapshotV1().VolumeSnapshots(srcNS).List(ctx, metav1.ListOptions{})
 	c.must(err)
+	if len(l.Items) != 2 {
+		t.Fatalf("snapshots after round 2: %d, want the base and the one before", len(l.Items))
+	}
 
 	// controller-runtime's registry is global: compare with what it held
 	// before this test (go test -count=N runs it again in one process).
