@@ -61,6 +61,27 @@ type segmentBase struct {
 	zeroLen    uint64
 }
 
+// zerosFrom returns the zero chunks a scan cuts from boundary c when the
+// previous image held zeros there and nothing changed since (c at or past
+// reach, the next change at next): whole ZeroChunkLength chunks up to the
+// end of the previous zero run or the next change, or up to the segment's
+// end if the run reaches it. Empty if there are none.
+func (b *segmentBase) zerosFrom(c, reach, next uint64) Entry {
+	if c < reach || c >= b.prevEnd || c >= next {
+		return Entry{}
+	}
+	e := b.entries[b.entryAt(c)]
+	if !e.Zero {
+		return Entry{}
+	}
+	limit := min(e.End(), next)
+	if limit == b.end {
+		return Entry{Offset: c, Length: limit - c, Zero: true} // the last one is cut by the segment's end
+	}
+	n := (limit - c) / b.zeroLen * b.zeroLen
+	return Entry{Offset: c, Length: n, Zero: n > 0}
+}
+
 // clip returns b.entries cut to [b.start, b.prevEnd), zero runs clipped.
 func (b *segmentBase) clip() []Entry {
 	all := b.entries
@@ -268,6 +289,21 @@ func (b *segmentBase) incremental(ctx context.Context, r io.ReaderAt, p Params, 
 			for i < len(changed) && changed[i].Offset < c {
 				reach = max(reach, changed[i].Offset+changed[i].Length)
 				i++
+			}
+			next := b.end // where the next changed extent starts
+			if i < len(changed) {
+				next = changed[i].Offset
+			}
+			if z := b.zerosFrom(c, reach, next); z.Length > 0 {
+				// Unchanged zeros: their cuts are known without reading.
+				out = append(out, z)
+				st.ZeroChunks += (z.Length + b.zeroLen - 1) / b.zeroLen
+				st.ZeroBytes += z.Length
+				st.ReusedBytes += z.Length
+				c = z.End()
+				if err := w.seek(c, min(c+lookahead, next+lookahead)); err != nil {
+					return nil, st, err
+				}
 			}
 			if c == b.end || c >= reach && c < b.prevEnd && b.isBoundary(c) {
 				cur = c

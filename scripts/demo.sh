@@ -35,9 +35,10 @@ for _ in $(seq 50); do
 done
 
 send() {
+  local name=$1; shift
   "$bin" send --source "$work/source.img" --to "127.0.0.1:$port" --volume demo \
     --tls-cert "$work/pki/agent.pem" --tls-key "$work/pki/agent-key.pem" --tls-ca "$work/pki/ca.pem" \
-    --stats-json "$work/$1.json"
+    --cache-dir "$work/agent-cache" --stats-json "$work/$name.json" "$@"
 }
 
 report() {
@@ -50,6 +51,7 @@ print(f"  chunks           {s['chunks_sent']} sent of {s['chunks_total']} ({s['c
 print(f"  chunk bytes sent {mib(s['bytes_sent_raw'])} raw")
 print(f"  on the wire      {mib(s['wire_bytes'])} (TLS and framing included; manifest {s['manifest_bytes']/1024:.1f} KiB)")
 print(f"  time             {s['duration_seconds']:.2f} s (scan {s['scan_seconds']:.2f} s)")
+print(f"  scan             {s['scan_mode']}: read {mib(s['bytes_read'])}" + (f" ({s['full_scan_reason']})" if s.get('full_scan_reason') else f", {s['chunks_patched']} chunks sent as their changed bytes"))
 print(f"  generation       {s['generation']}, root {s['root_hash'][:16]}…")
 PY
 }
@@ -69,6 +71,18 @@ dd if=/dev/zero of="$work/source.img" bs=1M count=16 seek=32 conv=notrunc status
 say "Sync 2: only the delta"
 send second
 report second
+cmp "$work/source.img" "$work/replica.img" && echo "  replica is byte-identical"
+
+say "Sync 3: with change hints (the writer lists what it changed: 100 pages of 8 KiB)"
+: > "$work/changed.txt"
+for i in $(seq 100); do
+  page=$(( (i * 104729) % (size_mib * 128) ))
+  dd if=/dev/urandom of="$work/source.img" bs=8192 count=1 seek=$page conv=notrunc status=none
+  echo "$(( page * 8192 )) 8192" >> "$work/changed.txt"
+done
+sort -n -o "$work/changed.txt" "$work/changed.txt"
+send third --changed "$work/changed.txt"
+report third
 cmp "$work/source.img" "$work/replica.img" && echo "  replica is byte-identical"
 
 say "Receiver status"
