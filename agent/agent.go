@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/voldelta/voldelta/hint"
 	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure one sync round.
@@ -317,6 +319,12 @@ func (r *round) run(ctx context.Context) error {
 		copyBase = plan.base
 	}
 	r.patchExts = patchExtents(plan, w, r.size)
+	if f, ok := r.src.(*os.File); ok && plan.mode == ScanIncremental {
+		// Scattered reads of what changed: read-ahead would only add to them.
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+			r.opt.Logger.Debug("fadvise random", "err", err)
+		}
+	}
 
 	data := make([]*transport.Stream, r.opt.Transport.Streams)
 	for k := range data {
@@ -565,6 +573,11 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream, plan *
 	}
 	if plan.mode == ScanIncremental {
 		so.Previous, so.Changed = plan.prev, plan.changed
+		if so.Workers == 0 {
+			// Scattered small reads wait on the disk, not the CPU: more in
+			// flight keep it busy.
+			so.Workers = min(16, 4*runtime.GOMAXPROCS(0))
+		}
 	}
 	scanStart := time.Now()
 	st, err := chunk.Scan(ctx, r.src, r.size, r.opt.Params, so, emit)

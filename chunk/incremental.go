@@ -206,7 +206,7 @@ func (w *window) seek(from, to uint64) error {
 // grow makes the window reach further past the chunk it could not cut.
 func (w *window) grow(reach uint64) error {
 	have := w.off + uint64(len(w.buf))
-	return w.seek(w.pos, max(have+uint64(w.p.MaxSize), min(reach, w.pos+maxWindow)))
+	return w.seek(w.pos, max(have+uint64(w.p.AvgSize), min(reach, w.pos+maxWindow)))
 }
 
 // next cuts the chunk that starts at w.pos. ok is false if the window ends

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,9 @@ const (
 type arrived struct {
 	i   int
 	buf *[]byte
+	// patch, if not nil, are the only ranges of the chunk that differ
+	// from the target's bytes (CHUNK_PATCH): only they are written.
+	patch []transport.PatchRange
 }
 
 type manifestEnd struct {
@@ -310,7 +314,7 @@ func (a *applier) flushStaged() error {
 	staged := a.staged
 	a.staged, a.stagedBytes = nil, 0
 	for k, c := range staged {
-		err := a.writeFetched(c.i, *c.buf)
+		err := a.writeFetched(c.i, *c.buf, c.patch)
 		chunk.PutBuffer(c.buf)
 		if err != nil {
 			for _, rest := range staged[k+1:] {
@@ -325,10 +329,17 @@ func (a *applier) flushStaged() error {
 // writeFetched writes a fetched chunk in place. Before the copy plan ran,
 // that forgets what the index knew about the region, so a copy that would
 // have read it is fetched instead.
-func (a *applier) writeFetched(i int, data []byte) error {
+func (a *applier) writeFetched(i int, data []byte, patch []transport.PatchRange) error {
 	e := a.entries[i]
-	if _, err := a.t.WriteAt(data, int64(e.Offset)); err != nil {
-		return fmt.Errorf("apply chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
+	if patch == nil {
+		if _, err := a.t.WriteAt(data, int64(e.Offset)); err != nil {
+			return fmt.Errorf("apply chunk %s at %d: %w", e.ID.Short(), e.Offset, err)
+		}
+	}
+	for _, r := range patch { // the rest of the chunk is on the target already
+		if _, err := a.t.WriteAt(data[r.Offset:r.Offset+r.Length], int64(e.Offset)+int64(r.Offset)); err != nil {
+			return fmt.Errorf("apply chunk %s at %d: %w", e.ID.Short(), e.Offset+uint64(r.Offset), err)
+		}
 	}
 	a.idx.clobber(e.Offset, e.Length)
 	a.pending--
@@ -465,7 +476,7 @@ func (a *applier) plan() error {
 		buf := a.buffered[i]
 		delete(a.buffered, i)
 		a.bufBytes -= int64(len(*buf))
-		err := a.writeFetched(i, *buf)
+		err := a.writeFetched(i, *buf, nil)
 		chunk.PutBuffer(buf)
 		if err != nil {
 			return err

@@ -438,13 +438,13 @@ func (p *Apply) readTarget(b []byte, off uint64) error {
 // deliverPatch is deliver for a chunk rebuilt from a patch: a mismatch
 // means the target's bytes under the patch were not the committed
 // generation's.
-func (p *Apply) deliverPatch(ctx context.Context, i uint64, e chunk.Entry, buf *[]byte) error {
+func (p *Apply) deliverPatch(ctx context.Context, i uint64, e chunk.Entry, buf *[]byte, ranges []transport.PatchRange) error {
 	if chunk.Sum(*buf) != e.ID {
 		chunk.PutBuffer(buf)
 		return p.verifyFailed(fmt.Errorf("chunk %d at offset %d rebuilt from a patch over the target's bytes does not hash to %s: the target does not hold the committed generation there", i, e.Offset, e.ID.Short()))
 	}
 	p.patched.Add(1)
-	if err := p.push(ctx, event{chunk: &arrived{i: int(i), buf: buf}}); err != nil {
+	if err := p.push(ctx, event{chunk: &arrived{i: int(i), buf: buf, patch: ranges}}); err != nil {
 		chunk.PutBuffer(buf)
 		return err
 	}

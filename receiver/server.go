@@ -718,5 +718,6 @@ func readPatch(ctx context.Context, st *transport.Stream, ap *Apply, dec *transp
 		raw = raw[r.Length:]
 	}
 	st.Release()
-	return ap.deliverPatch(ctx, pm.Index, e, buf)
+	// The ranges alias the frame: copy them before the next one is read.
+	return ap.deliverPatch(ctx, pm.Index, e, buf, append([]transport.PatchRange{}, pm.Ranges...))
 }
