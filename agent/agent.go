@@ -482,7 +482,8 @@ func recvCtx(ctx context.Context, sess *transport.Session, st *transport.Stream,
 
 // sendManifest scans the source and streams the manifest as it is cut: as
 // copies of base's entries where it has them (MANIFEST_COPY), the rest in
-// MANIFEST batches; base nil sends every entry.
+// MANIFEST_NEXT batches (entries without their offsets); base nil sends
+// every entry.
 func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream, plan *scanPlan, base *chunk.Manifest) (chunk.ID, error) {
 	const batchSize = 2048
 	b := chunk.NewBuilder(r.opt.Params, r.size)
@@ -521,7 +522,7 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream, plan *
 			return nil
 		}
 		literal += uint64(len(batch))
-		err := send(transport.ManifestBatch{Entries: batch}, 4+uint64(len(batch))*chunk.EntrySize)
+		err := send(transport.ManifestNext{Entries: batch}, transport.ManifestNextSize(batch))
 		batch = batch[:0]
 		return err
 	}

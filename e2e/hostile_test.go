@@ -607,6 +607,16 @@ func fakeReceiver(t *testing.T, script func(ctrl *transport.Stream, m *chunk.Man
 			if b, ok := msg.(transport.ManifestBatch); ok {
 				m.Entries = append(m.Entries, b.Entries...)
 			}
+			if b, ok := msg.(transport.ManifestNext); ok { // offsets from the manifest's end so far
+				var end uint64
+				if n := len(m.Entries); n > 0 {
+					end = m.Entries[n-1].End()
+				}
+				for _, e := range b.Entries {
+					e.Offset += end
+					m.Entries = append(m.Entries, e)
+				}
+			}
 			if e, ok := msg.(transport.ManifestEnd); ok {
 				m.Root = e.Root
 				break

@@ -537,6 +537,21 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello t
 				next = m.Entries[n-1].End()
 			}
 			err = ap.AddManifest(ctx, m.Entries)
+		case transport.ManifestNext:
+			// Offsets count from the manifest's end so far.
+			for i := range m.Entries {
+				m.Entries[i].Offset += next
+			}
+			started = true
+			count += uint64(len(m.Entries))
+			if count > limit {
+				ap.Fail(ctx, tooMany())
+				return
+			}
+			if n := len(m.Entries); n > 0 {
+				next = m.Entries[n-1].End()
+			}
+			err = ap.AddManifest(ctx, m.Entries)
 		case transport.ManifestCopy:
 			if ended {
 				ap.Fail(ctx, failf(ErrBadInput, "MANIFEST_COPY after MANIFEST_END"))

@@ -27,6 +27,7 @@ const (
 	FrameBaseGet      FrameType = 11
 	FrameManifestCopy FrameType = 12
 	FrameChunkPatch   FrameType = 13
+	FrameManifestNext FrameType = 14
 )
 
 func (t FrameType) String() string {
@@ -57,6 +58,8 @@ func (t FrameType) String() string {
 		return "MANIFEST_COPY"
 	case FrameChunkPatch:
 		return "CHUNK_PATCH"
+	case FrameManifestNext:
+		return "MANIFEST_NEXT"
 	}
 	return fmt.Sprintf("FrameType(%d)", uint8(t))
 }

@@ -139,6 +139,35 @@ type ManifestBatch struct {
 	Entries []chunk.Entry
 }
 
+// ManifestNext carries the next manifest entries without their offsets:
+// each starts where the one before ends, the first where the manifest so
+// far ends (agent → receiver). A decoded ManifestNext's offsets count from
+// 0 at its first entry; the receiver adds where the manifest so far ends.
+type ManifestNext struct {
+	Entries []chunk.Entry
+}
+
+// Sizes of a ManifestNext entry: flags u8, then a zero run's length u64,
+// or a data chunk's length u32 and ID.
+const (
+	nextZeroSize = 1 + 8
+	nextDataSize = 1 + 4 + 32
+)
+
+// ManifestNextSize is the encoded size of a MANIFEST_NEXT payload holding
+// entries.
+func ManifestNextSize(entries []chunk.Entry) uint64 {
+	n := uint64(4)
+	for _, e := range entries {
+		if e.Zero {
+			n += nextZeroSize
+		} else {
+			n += nextDataSize
+		}
+	}
+	return n
+}
+
 // ManifestEnd closes the manifest.
 type ManifestEnd struct {
 	Count uint64
@@ -209,6 +238,7 @@ func (Result) FrameType() FrameType        { return FrameResult }
 func (BaseGet) FrameType() FrameType       { return FrameBaseGet }
 func (ManifestCopy) FrameType() FrameType  { return FrameManifestCopy }
 func (ChunkPatch) FrameType() FrameType    { return FrameChunkPatch }
+func (ManifestNext) FrameType() FrameType  { return FrameManifestNext }
 
 // maxErrorMessage bounds the message of an ERROR frame, in bytes.
 const maxErrorMessage = 4096
@@ -263,6 +293,21 @@ const (
 	welcomeHasBase      = 1
 	welcomeAcceptsPatch = 2
 )
+
+func (m ManifestNext) AppendPayload(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Entries)))
+	for _, e := range m.Entries {
+		if e.Zero {
+			b = append(b, 1)
+			b = binary.BigEndian.AppendUint64(b, e.Length)
+			continue
+		}
+		b = append(b, 0)
+		b = binary.BigEndian.AppendUint32(b, uint32(e.Length))
+		b = append(b, e.ID[:]...)
+	}
+	return b
+}
 
 func (m ChunkPatch) AppendPayload(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.Index)
@@ -533,6 +578,8 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		return m, d.done()
 	case FrameChunkPatch:
 		return decodeChunkPatch(d)
+	case FrameManifestNext:
+		return decodeManifestNext(d)
 	case FrameResult:
 		var m Result
 		m.Generation = d.u64()
@@ -582,4 +629,43 @@ func decodeChunkPatch(d *decoder) (Message, error) {
 		return nil, fmt.Errorf("%w: raw CHUNK_PATCH %d has %d bytes, says %d", ErrProtocol, m.Index, len(m.Data), m.RawLen)
 	}
 	return m, nil
+}
+
+// decodeManifestNext decodes a MANIFEST_NEXT, offsets counted from 0.
+func decodeManifestNext(d *decoder) (Message, error) {
+	n := d.u32()
+	if d.err != nil {
+		return nil, d.err
+	}
+	if uint64(n)*nextZeroSize > uint64(len(d.b)) {
+		return nil, fmt.Errorf("%w: MANIFEST_NEXT says %d entries in %d bytes", ErrProtocol, n, len(d.b))
+	}
+	m := ManifestNext{Entries: make([]chunk.Entry, n)}
+	var off uint64
+	for i := range m.Entries {
+		e := chunk.Entry{Offset: off}
+		switch flags := d.u8(); flags {
+		case 1:
+			e.Zero, e.Length = true, d.u64()
+		case 0:
+			e.Length = uint64(d.u32())
+			e.ID = d.id()
+			if d.err == nil && (e.Length == 0 || e.Length > chunk.MaxChunkSize) {
+				return nil, fmt.Errorf("%w: MANIFEST_NEXT entry %d is a %d-byte chunk", ErrProtocol, i, e.Length)
+			}
+		default:
+			if d.err == nil {
+				return nil, fmt.Errorf("%w: MANIFEST_NEXT entry %d has unknown flags %#x", ErrProtocol, i, flags)
+			}
+		}
+		if d.err != nil {
+			return nil, d.err
+		}
+		if e.Length == 0 || off+e.Length < off {
+			return nil, fmt.Errorf("%w: MANIFEST_NEXT entry %d is empty or runs past 2^64", ErrProtocol, i)
+		}
+		off += e.Length
+		m.Entries[i] = e
+	}
+	return m, d.done()
 }

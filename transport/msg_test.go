@@ -69,6 +69,10 @@ func TestGoldenEncodings(t *testing.T) {
 			`0102030405060708 | 0000000000001122`},
 		{"CHUNK_PATCH", ChunkPatch{Index: 7, Codec: CodecRaw, RawLen: 3, Ranges: []PatchRange{{Offset: 4, Length: 1}, {Offset: 0x10000, Length: 2}}, Data: []byte("xyz")},
 			`0000000000000007 | 00 | 00000003 | 00000002 | 00000004 00000001 | 00010000 00000002 | 78797a`},
+		{"MANIFEST_NEXT", ManifestNext{Entries: []chunk.Entry{
+			{Offset: 0, Length: 0x2000, ID: idOf(0xbb)},
+			{Offset: 0x2000, Length: 0x10000, Zero: true},
+		}}, `00000002 | 00 00002000 ` + ids("bb") + ` | 01 0000000000010000`},
 		{"CHUNK_PATCH no ranges", ChunkPatch{Index: 8, Codec: CodecRaw, Ranges: []PatchRange{}, Data: []byte{}},
 			`0000000000000008 | 00 | 00000000 | 00000000`},
 		{"WELCOME patches", Welcome{State: TargetCommitted, Receiver: "r", HasBase: true, AcceptsPatch: true},
@@ -212,7 +216,13 @@ func TestDecodeRejects(t *testing.T) {
 		want    string // in the error message
 	}{
 		{"unknown type 0", 0, nil, "unknown frame type 0"},
-		{"unknown type 14", 14, []byte{1, 2}, "unknown frame type 14"},
+		{"unknown type 15", 15, []byte{1, 2}, "unknown frame type 15"},
+		{"MANIFEST_NEXT count", FrameManifestNext, []byte{0, 0, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 9}, "2 entries in 9 bytes"},
+		{"MANIFEST_NEXT flags", FrameManifestNext, []byte{0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0, 9}, "unknown flags 0x2"},
+		{"MANIFEST_NEXT empty run", FrameManifestNext, []byte{0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0}, "empty"},
+		{"MANIFEST_NEXT huge chunk", FrameManifestNext, cat([]byte{0, 0, 0, 1, 0, 0x01, 0, 0, 0}, make([]byte, 32)), "16777216-byte chunk"},
+		{"MANIFEST_NEXT overflow", FrameManifestNext, []byte{0, 0, 0, 2, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0, 1}, "past 2^64"},
+		{"MANIFEST_NEXT stray", FrameManifestNext, []byte{0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 9, 7}, "stray"},
 		{"unknown type 255", 255, nil, "unknown frame type 255"},
 		{"HELLO bad magic", FrameHello, cat([]byte("HTTP"), encode(sampleMessages()[0])[4:]), "not a voldelta agent"},
 		{"HELLO GET request", FrameHello, []byte("GET / HTTP/1.1\r\n"), "not a voldelta agent"},
