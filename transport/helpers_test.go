@@ -72,6 +72,13 @@ func sampleMessages() []Message {
 		ManifestCopy{First: 12, Count: 1 << 20},
 		ManifestCopy{First: 1<<64 - 2, Count: 1},
 		ManifestCopy{First: 0, Count: 1<<64 - 1},
+		ManifestNext{Entries: []chunk.Entry{
+			{Offset: 0, Length: 300 << 10, ID: idOf(0x22)},
+			{Offset: 300 << 10, Length: 64 << 20, Zero: true},
+			{Offset: 300<<10 + 64<<20, Length: 1 << 20, ID: idOf(0x33)},
+		}},
+		ChunkPatch{Index: 9, Codec: CodecRaw, RawLen: 5, Ranges: []PatchRange{{Offset: 0, Length: 2}, {Offset: 100, Length: 3}}, Data: []byte("abcde")},
+		Welcome{Generation: 3, State: TargetCommitted, Receiver: "r", HasBase: true, AcceptsPatch: true},
 		Result{Generation: 8, Root: idOf(0x55), Skipped: 1, Copied: 2, Fetched: 3, Zeroed: 4, CopyBytes: 5 << 20, FetchBytes: 6 << 20},
 	}
 }
