@@ -485,6 +485,20 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello t
 	tooMany := func() error {
 		return failf(ErrBadInput, "manifest of more than %d entries for a volume of %d bytes with %d-byte minimum chunks and %d-byte segments", limit, hello.Size, hello.Params.MinSize, hello.Params.SegmentSize)
 	}
+	// literal adds entries sent in full (MANIFEST, MANIFEST_NEXT).
+	literal := func(entries []chunk.Entry) error {
+		started = true
+		count += uint64(len(entries))
+		if count > limit {
+			err := tooMany()
+			ap.Fail(ctx, err)
+			return err
+		}
+		if n := len(entries); n > 0 {
+			next = entries[n-1].End()
+		}
+		return ap.AddManifest(ctx, entries)
+	}
 	for {
 		var m transport.Message
 		var err error
@@ -527,31 +541,13 @@ func readControl(ctx context.Context, ctrl *transport.Stream, ap *Apply, hello t
 			ap.log.Info("sent the base manifest", "entries", len(base.Entries), "root", base.Root.Short())
 			continue
 		case transport.ManifestBatch:
-			started = true
-			count += uint64(len(m.Entries))
-			if count > limit {
-				ap.Fail(ctx, tooMany())
-				return
-			}
-			if n := len(m.Entries); n > 0 {
-				next = m.Entries[n-1].End()
-			}
-			err = ap.AddManifest(ctx, m.Entries)
+			err = literal(m.Entries)
 		case transport.ManifestNext:
 			// Offsets count from the manifest's end so far.
 			for i := range m.Entries {
 				m.Entries[i].Offset += next
 			}
-			started = true
-			count += uint64(len(m.Entries))
-			if count > limit {
-				ap.Fail(ctx, tooMany())
-				return
-			}
-			if n := len(m.Entries); n > 0 {
-				next = m.Entries[n-1].End()
-			}
-			err = ap.AddManifest(ctx, m.Entries)
+			err = literal(m.Entries)
 		case transport.ManifestCopy:
 			if ended {
 				ap.Fail(ctx, failf(ErrBadInput, "MANIFEST_COPY after MANIFEST_END"))
