@@ -493,20 +493,34 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream, plan *
 	}
 	batch := make([]chunk.Entry, 0, batchSize)
 	var pending []chunk.Entry // entries not yet in r.entries
-	var frameBytes, literal uint64
+	var frameBytes, literal, queuedBytes uint64
 	var sendFailed error
-	send := func(m transport.Message, n uint64) error {
+	var queue []transport.Message // frames not yet written, in order
+	// write sends the queued frames in one write.
+	write := func() error {
+		if len(queue) == 0 {
+			return nil
+		}
 		// NEED refers to entries by index: they are known before sent.
 		r.mu.Lock()
 		r.entries = append(r.entries, pending...)
 		r.mu.Unlock()
 		pending = pending[:0]
-		frameBytes += transport.HeaderSize + n
-		err := ctrl.Send(m)
+		err := ctrl.SendAll(queue)
+		clear(queue)
+		queue, queuedBytes = queue[:0], 0
 		if err != nil && sendFailed == nil {
 			sendFailed = err
 		}
 		return err
+	}
+	send := func(m transport.Message, n uint64) error {
+		frameBytes += transport.HeaderSize + n
+		queue = append(queue, m)
+		if queuedBytes += n; queuedBytes >= 256<<10 {
+			return write()
+		}
+		return nil
 	}
 	flushCopy := func() error {
 		if enc.count == 0 {
@@ -522,15 +536,19 @@ func (r *round) sendManifest(ctx context.Context, ctrl *transport.Stream, plan *
 			return nil
 		}
 		literal += uint64(len(batch))
+		// The queue keeps the batch until it is written: a new one.
 		err := send(transport.ManifestNext{Entries: batch}, transport.ManifestNextSize(batch))
-		batch = batch[:0]
+		batch = make([]chunk.Entry, 0, batchSize)
 		return err
 	}
 	flush := func() error {
 		if err := flushCopy(); err != nil {
 			return err
 		}
-		return flushBatch()
+		if err := flushBatch(); err != nil {
+			return err
+		}
+		return write()
 	}
 	emit := func(e chunk.Entry) error {
 		if err := b.Add(e); err != nil {

@@ -494,6 +494,35 @@ func (s *Stream) SendWithin(d time.Duration, what string, m Message) error {
 	return err
 }
 
+// SendAll sends ms in order with one write: small frames sent one by one
+// each wait their turn on the connection (behind the data streams, and the
+// bandwidth limit), together they wait once.
+func (s *Stream) SendAll(ms []Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buf[:0]
+	for _, m := range ms {
+		start := len(b)
+		b = AppendFrameHeader(b, m.FrameType(), 0)
+		b = m.AppendPayload(b)
+		n := len(b) - start - HeaderSize
+		if uint64(n) > uint64(s.fr.max) {
+			return fmt.Errorf("send %v: %w: %d bytes, limit %d", m.FrameType(), ErrFrameTooLarge, n, s.fr.max)
+		}
+		AppendFrameHeader(b[start:start], m.FrameType(), n)
+	}
+	if cap(b) <= 2<<20 {
+		s.buf = b
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	if _, err := s.st.Write(b); err != nil {
+		return fmt.Errorf("send %d frames: %w", len(ms), s.sess.cause(err))
+	}
+	return nil
+}
+
 func (s *Stream) send(m Message) error {
 	b := AppendFrameHeader(s.buf[:0], m.FrameType(), 0)
 	b = m.AppendPayload(b)
