@@ -1015,3 +1015,43 @@ func TestSendWithinPeerNotReading(t *testing.T) {
 		})
 	}
 }
+
+// TestSendAll: frames sent together arrive one by one, in order; one too
+// large sends nothing.
+func TestSendAll(t *testing.T) {
+	cli, srv := pair(t, kinds[1], func(c, s *Config) { c.MaxFrameSize = 1<<20 + ChunkHeaderSize })
+	ctx := t.Context()
+	st, err := cli.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := Chunk{Index: 9, RawLen: 2 << 20, Data: make([]byte, 2<<20)}
+	if err := st.SendAll([]Message{NeedEnd{Total: 1}, big}); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("a batch with an oversized frame: %v, want ErrFrameTooLarge", err)
+	}
+	var want []Message
+	for _, m := range sampleMessages() {
+		if _, isErr := m.(ErrorMsg); !isErr { // Recv returns those as errors
+			want = append(want, m)
+		}
+	}
+	if err := st.SendAll(want); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SendAll(nil); err != nil {
+		t.Fatalf("an empty batch: %v", err)
+	}
+	rst, err := srv.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range want {
+		m, err := rst.Recv()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if !equalMsg(m, w) {
+			t.Fatalf("frame %d: got %#v, want %#v (the oversized batch must send nothing)", i, m, w)
+		}
+	}
+}
