@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/voldelta/voldelta/internal/toolcache"
 )
 
 // Scale sizes the scenarios: the study's figures divided by Divisor, in the
@@ -144,14 +146,7 @@ func commonFlags(fs *flag.FlagSet, defaultWork string) func(cfg *Config, outName
 	return func(cfg *Config, outName string) error {
 		cfg.Work, cfg.Keep, cfg.Rate, cfg.Delay = *work, *keep, *rate, *delay
 		cfg.Command = strings.Join(os.Args, " ")
-		cache := os.Getenv("CACHE")
-		if cache == "" {
-			base := os.Getenv("XDG_CACHE_HOME")
-			if base == "" {
-				base = filepath.Join(os.Getenv("HOME"), ".cache")
-			}
-			cache = filepath.Join(base, "voldelta")
-		}
+		cache := toolcache.Dir()
 		if *restic == "" {
 			*restic = filepath.Join(cache, "bin", "restic")
 		}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/voldelta/voldelta/internal/k8stest"
 	"github.com/voldelta/voldelta/internal/pki"
+	"github.com/voldelta/voldelta/internal/toolcache"
 )
 
 // sidecarBinary returns the csi-snapshot-metadata sidecar built by
@@ -32,19 +33,7 @@ import (
 // get it.
 func sidecarBinary(t *testing.T) string {
 	t.Helper()
-	bin := os.Getenv("VOLDELTA_CSI_SNAPSHOT_METADATA")
-	if bin == "" {
-		cache := os.Getenv("CACHE")
-		if cache == "" {
-			base := os.Getenv("XDG_CACHE_HOME")
-			if base == "" {
-				home, _ := os.UserHomeDir()
-				base = filepath.Join(home, ".cache")
-			}
-			cache = filepath.Join(base, "voldelta")
-		}
-		bin = filepath.Join(cache, "bin", "csi-snapshot-metadata")
-	}
+	bin := toolcache.Bin("VOLDELTA_CSI_SNAPSHOT_METADATA", "csi-snapshot-metadata")
 	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
 		t.Fatalf("the CSI snapshot metadata tests need the csi-snapshot-metadata sidecar at %s (run `make tools` or scripts/ensure-csi-snapshot-metadata.sh, or set VOLDELTA_CSI_SNAPSHOT_METADATA)", bin)
 	}

@@ -33,6 +33,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"github.com/voldelta/voldelta/internal/pki"
+	"github.com/voldelta/voldelta/internal/toolcache"
 )
 
 // ControlPlane is an etcd and a kube-apiserver on loopback. No controllers
@@ -50,19 +51,7 @@ func Binaries() (etcd, apiserver string, err error) {
 	if etcd == "" {
 		etcd, _ = exec.LookPath("etcd")
 	}
-	apiserver = os.Getenv("VOLDELTA_KUBE_APISERVER")
-	if apiserver == "" {
-		cache := os.Getenv("CACHE")
-		if cache == "" {
-			base := os.Getenv("XDG_CACHE_HOME")
-			if base == "" {
-				home, _ := os.UserHomeDir()
-				base = filepath.Join(home, ".cache")
-			}
-			cache = filepath.Join(base, "voldelta")
-		}
-		apiserver = filepath.Join(cache, "bin", "kube-apiserver")
-	}
+	apiserver = toolcache.Bin("VOLDELTA_KUBE_APISERVER", "kube-apiserver")
 	var missing []string
 	if etcd == "" {
 		missing = append(missing, "etcd (apt-get install etcd-server, or set VOLDELTA_ETCD)")

@@ -14,6 +14,8 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+
+	"github.com/voldelta/voldelta/internal/toolcache"
 )
 
 // Root credentials of every test server.
@@ -37,19 +39,7 @@ type Server struct {
 // scripts/ensure-minio.sh ($VOLDELTA_MINIO overrides it), or an error that
 // says how to build it.
 func Binary() (string, error) {
-	path := os.Getenv("VOLDELTA_MINIO")
-	if path == "" {
-		cache := os.Getenv("CACHE") // exported by the Makefile
-		if cache == "" {
-			base := os.Getenv("XDG_CACHE_HOME")
-			if base == "" {
-				home, _ := os.UserHomeDir()
-				base = filepath.Join(home, ".cache")
-			}
-			cache = filepath.Join(base, "voldelta")
-		}
-		path = filepath.Join(cache, "bin", "minio")
-	}
+	path := toolcache.Bin("VOLDELTA_MINIO", "minio")
 	if _, err := os.Stat(path); err != nil {
 		return "", fmt.Errorf("these tests need the MinIO server binary at %s (%v): run scripts/ensure-minio.sh or `make tools` (builds it once, several minutes), or set VOLDELTA_MINIO", path, err)
 	}
