@@ -82,19 +82,19 @@ func (b *segmentBase) zerosFrom(c, reach, next uint64) Entry {
 	return Entry{Offset: c, Length: n, Zero: n > 0}
 }
 
-// clip returns b.entries cut to [b.start, b.prevEnd), zero runs clipped.
-func (b *segmentBase) clip() []Entry {
-	all := b.entries
-	k := sort.Search(len(all), func(k int) bool { return all[k].End() > b.start })
-	j := sort.Search(len(all), func(j int) bool { return all[j].Offset >= b.prevEnd })
+// clipEntries returns a copy of the entries of all that cover [start, end),
+// the first and last cut at those edges (only zero runs cross a segment's).
+func clipEntries(all []Entry, start, end uint64) []Entry {
+	k := sort.Search(len(all), func(k int) bool { return all[k].End() > start })
+	j := sort.Search(len(all), func(j int) bool { return all[j].Offset >= end })
 	out := append([]Entry(nil), all[k:j]...)
 	if n := len(out); n > 0 {
-		if out[0].Offset < b.start {
-			out[0].Length -= b.start - out[0].Offset
-			out[0].Offset = b.start
+		if out[0].Offset < start {
+			out[0].Length -= start - out[0].Offset
+			out[0].Offset = start
 		}
-		if e := &out[n-1]; e.End() > b.prevEnd {
-			e.Length = b.prevEnd - e.Offset
+		if e := &out[n-1]; e.End() > end {
+			e.Length = end - e.Offset
 		}
 	}
 	return out

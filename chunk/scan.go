@@ -219,7 +219,7 @@ func (u *reuser) segment(ctx context.Context, r io.ReaderAt, i uint64) (entries 
 		return nil, ScanStats{}, false, nil // the segment is new
 	}
 	b := &segmentBase{start: start, end: end, prevEnd: min(u.prev.Size, start+u.p.SegmentSize), zeroLen: u.zeroLen}
-	b.entries = (&segmentBase{start: start, prevEnd: b.prevEnd, entries: u.prev.Entries}).clip()
+	b.entries = clipEntries(u.prev.Entries, start, b.prevEnd)
 	changed := segmentChanges(u.changed, start, end, b.prevEnd)
 	if len(changed) == 0 {
 		entries = b.between(start, end, &st)
