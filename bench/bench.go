@@ -582,8 +582,13 @@ func (b *Bench) voldeltaRound(ctx context.Context, w *world, tree Tree, phase st
 // for volume "vol" on target, with its state in stateDir, and waits until
 // it listens.
 func (b *Bench) startReceiver(ctx context.Context, logf, target, stateDir string) (*Service, error) {
+	return b.startReceiverBin(ctx, b.cfg.Voldelta, logf, target, stateDir)
+}
+
+// startReceiverBin is startReceiver with another voldelta binary.
+func (b *Bench) startReceiverBin(ctx context.Context, bin, logf, target, stateDir string) (*Service, error) {
 	recv, err := (&Cmd{Name: "voldelta receive", Side: SideDst, Log: logf, StopSignal: sigInt,
-		Args: []string{b.cfg.Voldelta, "receive", "--listen", localAddr(portVoldelta),
+		Args: []string{bin, "receive", "--listen", localAddr(portVoldelta),
 			"--target", "vol=" + target, "--state-dir", stateDir, "--log-level", "warn",
 			"--tls-cert", b.pki + "/receiver.pem", "--tls-key", b.pki + "/receiver-key.pem", "--tls-ca", b.pki + "/ca.pem"}}).Start(ctx, b.cl)
 	if err != nil {
@@ -600,8 +605,13 @@ func (b *Bench) startReceiver(ctx context.Context, logf, target, stateDir string
 // the link to the receiver, volume "vol", its statistics to stats, with
 // extra flags.
 func (b *Bench) sendCmd(logf, stats, source string, extra ...string) *Cmd {
+	return b.sendCmdBin(b.cfg.Voldelta, logf, stats, source, extra...)
+}
+
+// sendCmdBin is sendCmd with another voldelta binary.
+func (b *Bench) sendCmdBin(bin, logf, stats, source string, extra ...string) *Cmd {
 	return &Cmd{Name: "voldelta send", Side: SideSrc, Log: logf,
-		Args: append([]string{b.cfg.Voldelta, "send", "--source", source, "--to", proxyAddr(portVoldelta), "--volume", "vol",
+		Args: append([]string{bin, "send", "--source", source, "--to", proxyAddr(portVoldelta), "--volume", "vol",
 			"--tls-cert", b.pki + "/agent.pem", "--tls-key", b.pki + "/agent-key.pem", "--tls-ca", b.pki + "/ca.pem",
 			"--progress", "never", "--stats-json", stats}, extra...)}
 }

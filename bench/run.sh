@@ -48,6 +48,16 @@ fi
 restic=$(GO=$go ./scripts/ensure-restic.sh)
 minio=$(GO=$go ./scripts/ensure-minio.sh)
 
+# The scale mode's "no worse than before" row: voldelta from before the
+# change-hint work, built once from this repository's history.
+if [ "${mode[*]}" = scale ] && [ -z "${VOLDELTA_BEFORE:-}" ]; then
+  if before=$(GO=$go ./scripts/ensure-voldelta-before.sh); then
+    export VOLDELTA_BEFORE=$before
+  else
+    echo "bench: no voldelta from before the change-hint work: the scale run has no voldelta-before row" >&2
+  fi
+fi
+
 "${MAKE:-make}" --no-print-directory build >/dev/null
 "$go" build -o bin/voldelta-bench ./bench
 

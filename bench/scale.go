@@ -31,12 +31,17 @@ type ScaleConfig struct {
 	Results      string // where scale.md, scale.json and scale.png go
 	ResticMaxGiB int    // restic rows only up to this size
 	Verify       string // ranges or full
+	// Before is a voldelta binary from before the change-hint work (make
+	// bench-scale builds it from the commit scripts/ensure-voldelta-before.sh
+	// names): its full-scan round is the bound "no worse without hints".
+	Before string
 }
 
-// scaleBaseline is the delta round of voldelta without hints measured
-// before the change-hint work (64 MiB final delta, 100 Mbit/s), in
-// seconds per GiB of volume: the bound "no worse without hints".
-var scaleBaseline = map[int]float64{1: 5.9, 4: 8.8, 16: 56}
+// beforeNoise is how much slower than the voldelta from before the
+// change-hint work (the voldelta-before row) a full scan may be and still
+// count as no worse: the run-to-run spread of a round on this kind of
+// shared disk.
+const beforeNoise = 0.05
 
 // sendFlags are the `voldelta send` flags rows depend on.
 var sendFlags = []string{"--base", "--changed", "--cache-dir"}
@@ -69,6 +74,7 @@ func parseScaleFlags(args []string) (*ScaleConfig, error) {
 	resticMax, _ := strconv.Atoi(envOr("RESTIC_MAX_GIB", "1"))
 	rmax := fs.Int("restic-max-gib", resticMax, "run the restic row only at sizes up to this (GiB; default $RESTIC_MAX_GIB or 1)")
 	verify := fs.String("verify", "ranges", "check of every target after its round: ranges (the changed ranges ±64 KiB and 64 random MiB, byte for byte) or full (every byte)")
+	before := fs.String("voldelta-before", os.Getenv("VOLDELTA_BEFORE"), "voldelta binary from before the change-hint work: its full-scan round, in a row of its own, is what the full scan must be no worse than (default $VOLDELTA_BEFORE; empty: no such row)")
 	finish := commonFlags(fs, "/var/tmp/voldelta-bench-scale")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: bench scale [flags]   (as root; see bench/README.md)\n")
@@ -77,7 +83,7 @@ func parseScaleFlags(args []string) (*ScaleConfig, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	cfg := &ScaleConfig{Config: &Config{Scale: Scale{Name: "scale"}}, ResticMaxGiB: *rmax, Verify: *verify}
+	cfg := &ScaleConfig{Config: &Config{Scale: Scale{Name: "scale"}}, ResticMaxGiB: *rmax, Verify: *verify, Before: *before}
 	if *verify != "ranges" && *verify != "full" {
 		return nil, fmt.Errorf("-verify %q: want ranges or full", *verify)
 	}
@@ -87,6 +93,14 @@ func parseScaleFlags(args []string) (*ScaleConfig, error) {
 	}
 	if cfg.Results, err = filepath.Abs(*results); err != nil {
 		return nil, err
+	}
+	if cfg.Before != "" {
+		if cfg.Before, err = filepath.Abs(cfg.Before); err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(cfg.Before); err != nil {
+			return nil, fmt.Errorf("-voldelta-before: %w (scripts/ensure-voldelta-before.sh builds it)", err)
+		}
 	}
 	return cfg, finish(cfg.Config, "scale")
 }
@@ -153,6 +167,9 @@ func (b *Bench) runScale(ctx context.Context, sc *ScaleConfig) error {
 	delete(res.Versions, "mariadb")
 	res.Commit, _ = sh(ctx, "git", "rev-parse", "HEAD")
 	res.Versions["voldelta binary"], _ = sh(ctx, b.cfg.Voldelta, "--version")
+	if sc.Before != "" {
+		res.Versions["voldelta before the change-hint work"], _ = sh(ctx, sc.Before, "--version")
+	}
 	if out, _ := sh(ctx, "git", "status", "--porcelain", "--untracked-files=no"); out != "" {
 		res.TreeDirty = strings.Split(out, "\n")
 	}
@@ -334,7 +351,13 @@ func (b *Bench) scaleSize(ctx context.Context, sc *ScaleConfig, res *ScaleResult
 	if err := reflink(s.snap(1), s.replica); err != nil {
 		return err
 	}
-	if sr.Seed, err = b.scaleSend(ctx, s, "seed", s.snap(1), nil, false); err != nil {
+	if sc.Before != "" {
+		if err := b.scaleBeforeRow(ctx, sc, s, sr); err != nil {
+			return err
+		}
+	}
+	cur := &scaleBin{path: b.cfg.Voldelta, state: s.state, cache: b.sendHas["--cache-dir"]}
+	if sr.Seed, err = b.scaleSend(ctx, s, cur, "seed", s.snap(s.gen), nil, false); err != nil {
 		return err
 	}
 	sr.Setup["seed_round_seconds"] = sr.Seed.Seconds
@@ -359,7 +382,7 @@ func (b *Bench) scaleSize(ctx context.Context, sc *ScaleConfig, res *ScaleResult
 		if err := b.nextGeneration(s, sr); err != nil {
 			return err
 		}
-		round, err := b.scaleSend(ctx, s, row.key, s.snap(s.gen), row.args(), true)
+		round, err := b.scaleSend(ctx, s, cur, row.key, s.snap(s.gen), row.args(), true)
 		r.Steps = append(r.Steps, round)
 		if err != nil {
 			r.Error = err.Error()
@@ -439,15 +462,55 @@ func (b *Bench) nextGeneration(s *scaleWorld, sr *ScaleSize) error {
 	return nil
 }
 
-// scaleSend is one voldelta round of source to the replica over the link
-// (receiver started for it), timed; drop: after a page-cache drop.
-func (b *Bench) scaleSend(ctx context.Context, s *scaleWorld, label, source string, extra []string, drop bool) (*Round, error) {
+// scaleBin is the voldelta a round runs (both ends) and the receiver's
+// state directory it keeps; cache: pass --cache-dir.
+type scaleBin struct {
+	path  string
+	state string
+	cache bool
+}
+
+// scaleBeforeRow is the voldelta-before row: the binary from before the
+// change-hint work indexes the replica (its own seed round, its own
+// state) and sends the next generation with a full scan, the way every
+// round ran then. The current binary's seed round then starts from the
+// generation this row left.
+func (b *Bench) scaleBeforeRow(ctx context.Context, sc *ScaleConfig, s *scaleWorld, sr *ScaleSize) error {
+	old := &scaleBin{path: sc.Before, state: s.state + "-before"}
+	os.RemoveAll(old.state)
+	if err := os.MkdirAll(old.state, 0o755); err != nil {
+		return err
+	}
+	defer os.RemoveAll(old.state)
+	seed, err := b.scaleSend(ctx, s, old, "before-seed", s.snap(s.gen), nil, false)
+	if err != nil {
+		return fmt.Errorf("voldelta-before seed: %w", err)
+	}
+	sr.Setup["before_seed_round_seconds"] = seed.Seconds
+	r := newScaleRow("voldelta-before")
+	sr.Rows = append(sr.Rows, r)
+	if err := b.nextGeneration(s, sr); err != nil {
+		return err
+	}
+	round, err := b.scaleSend(ctx, s, old, r.Key, s.snap(s.gen), nil, true)
+	r.Steps = append(r.Steps, round)
+	if err != nil {
+		r.Error = err.Error()
+		return fmt.Errorf("%s: %w", r.Key, err)
+	}
+	b.checkTarget(sc, s, r, s.replica)
+	return nil
+}
+
+// scaleSend is one voldelta round (bin) of source to the replica over the
+// link (receiver started for it), timed; drop: after a page-cache drop.
+func (b *Bench) scaleSend(ctx context.Context, s *scaleWorld, bin *scaleBin, label, source string, extra []string, drop bool) (*Round, error) {
 	r := &Round{Name: "voldelta send " + label}
-	if b.sendHas["--cache-dir"] {
+	if bin.cache {
 		extra = append(extra, "--cache-dir", s.cache)
 	}
 	logf := b.logPath("voldelta")
-	recv, err := b.startReceiver(ctx, logf, s.replica, s.state)
+	recv, err := b.startReceiverBin(ctx, bin.path, logf, s.replica, bin.state)
 	if err != nil {
 		return r, err
 	}
@@ -458,7 +521,7 @@ func (b *Bench) scaleSend(ctx context.Context, s *scaleWorld, label, source stri
 		}
 	}
 	stats := b.statsPath("voldelta-" + label)
-	c := b.sendCmd(logf, stats, source, extra...)
+	c := b.sendCmdBin(bin.path, logf, stats, source, extra...)
 	r.Command = strings.Join(c.Args, " ")
 	err = b.measureCmd(ctx, r, c)
 	u, serr := recv.Stop()

@@ -101,6 +101,7 @@ type ScaleRow struct {
 }
 
 var scaleLabels = map[string]string{
+	"voldelta-before":  "voldelta before the change-hint work, full scan",
 	"voldelta-full":    "voldelta, full scan (no hints)",
 	"voldelta-hints":   "voldelta --base (reflink hints)",
 	"voldelta-changed": "voldelta --changed FILE",
@@ -108,7 +109,7 @@ var scaleLabels = map[string]string{
 	"restic":           "restic backup + in-place restore",
 }
 
-var scaleRowOrder = []string{"voldelta-full", "voldelta-hints", "voldelta-changed", "rsync", "restic"}
+var scaleRowOrder = []string{"voldelta-before", "voldelta-full", "voldelta-hints", "voldelta-changed", "rsync", "restic"}
 
 func newScaleRow(key string) *ScaleRow { return &ScaleRow{Key: key, Label: scaleLabels[key]} }
 
@@ -227,64 +228,108 @@ func acceptance(res *ScaleResults) []ScaleCheck {
 		out = append(out, c)
 	}
 	for _, s := range res.Sizes {
-		h := s.row("voldelta-hints")
-		why := "the hints row did not run"
-		if h != nil && h.Skipped != "" {
-			why = h.Skipped
-		} else if h != nil && h.Error != "" {
-			why = "failed: " + firstLine(h.Error)
+		for _, hr := range []struct{ key, flag string }{{"voldelta-hints", "--base"}, {"voldelta-changed", "--changed"}} {
+			for _, c := range hintChecks(d, s, hr.key, hr.flag) {
+				add(c.ScaleCheck, c.ok, c.measurable)
+			}
 		}
-		ok := h.measured()
-		limit := 1.2*d.FloorSeconds + 1
-		c := ScaleCheck{GiB: s.GiB, Target: "with hints: round ≤ 1.2 × link time of the changed bytes + 1 s", Limit: limit, Unit: "s"}
-		if ok {
-			c.Value = h.Seconds
-		} else {
-			c.Note = why
-		}
-		add(c, ok && h.Seconds <= limit, ok)
-
-		limit = float64(2*d.ChangedBytes) + float64(2*chunk.DefaultMaxSize*d.Ranges)
-		c = ScaleCheck{GiB: s.GiB, Target: fmt.Sprintf("with hints: bytes read ≤ 2 × changed + 2 max chunks (%d KiB) per changed range (%d)", chunk.DefaultMaxSize>>10, d.Ranges), Limit: limit, Unit: "B"}
-		m := ok && h.BytesRead != nil
-		if m {
-			c.Value = *h.BytesRead
-			c.Note = fmt.Sprintf("the agent's bytes_read; the source side read %s from its disk (GNU time)", mbs(uint64(h.FSReadSrc)))
-		} else if ok {
-			c.Note = "voldelta reports no bytes_read"
-		} else {
-			c.Note = why
-		}
-		add(c, m && c.Value <= limit, m)
-
-		c = ScaleCheck{GiB: s.GiB, Target: "with hints: manifest bytes ≤ 64 B per replaced entry + 4 KiB", Unit: "B"}
-		m = ok && h.ManifestBytes != nil && h.Replaced != nil
-		if m {
-			c.Value, c.Limit = *h.ManifestBytes, 64**h.Replaced+4096
-			c.Note = fmt.Sprintf("%.0f replaced entries (%s)", *h.Replaced, h.ReplacedFrom)
-		} else if ok {
-			c.Note = "voldelta reports no manifest_bytes or no entry counts"
-		} else {
-			c.Note = why
-		}
-		add(c, m && c.Value <= c.Limit, m)
-
-		f := s.row("voldelta-full")
-		base, hasBase := scaleBaseline[s.GiB]
-		c = ScaleCheck{GiB: s.GiB, Target: "without hints: round no worse than before the change-hint work", Limit: base, Unit: "s"}
-		m = f.measured() && hasBase
-		switch {
-		case !hasBase:
-			c.Note = "no earlier figure at this size"
-		case !f.measured():
-			c.Note = "the full-scan row did not run"
-		default:
-			c.Value = f.Seconds
-			c.Note = fmt.Sprintf("the earlier figure is of a 64 MiB delta; this one's chunks alone need %s of link (%s beyond it)", secs(f.LinkLimited), secs(f.Seconds-f.LinkLimited))
-		}
-		add(c, m && f.Seconds <= base, m)
+		c, ok, m := noWorseCheck(s)
+		add(c, ok, m)
 	}
 	return out
+}
+
+// check is a ScaleCheck before its status: whether it could be measured
+// and whether it held.
+type check struct {
+	ScaleCheck
+	ok, measurable bool
+}
+
+// hintChecks are the targets of the row key (a round with change hints
+// given by flag) at one size: its round time, its bytes read and its
+// manifest bytes.
+func hintChecks(d ScaleDelta, s *ScaleSize, key, flag string) []check {
+	h := s.row(key)
+	why := "the " + flag + " row did not run"
+	if h != nil && h.Skipped != "" {
+		why = h.Skipped
+	} else if h != nil && h.Error != "" {
+		why = "failed: " + firstLine(h.Error)
+	}
+	ok := h.measured()
+	var out []check
+	target := func(t string) ScaleCheck {
+		return ScaleCheck{GiB: s.GiB, Target: "with hints (" + flag + "): " + t}
+	}
+
+	c := check{ScaleCheck: target("round ≤ 1.2 × link time of the changed bytes + 1 s"), measurable: ok}
+	c.Limit, c.Unit = 1.2*d.FloorSeconds+1, "s"
+	if ok {
+		c.Value, c.ok = h.Seconds, h.Seconds <= c.Limit
+	} else {
+		c.Note = why
+	}
+	out = append(out, c)
+
+	c = check{ScaleCheck: target(fmt.Sprintf("bytes read ≤ 2 × changed + 2 max chunks (%d KiB) per changed range (%d)", chunk.DefaultMaxSize>>10, d.Ranges)),
+		measurable: ok && h.BytesRead != nil}
+	c.Limit, c.Unit = float64(2*d.ChangedBytes)+float64(2*chunk.DefaultMaxSize*d.Ranges), "B"
+	switch {
+	case c.measurable:
+		c.Value, c.ok = *h.BytesRead, *h.BytesRead <= c.Limit
+		c.Note = fmt.Sprintf("the agent's bytes_read; the source side read %s from its disk (GNU time)", mbs(uint64(h.FSReadSrc)))
+	case ok:
+		c.Note = "voldelta reports no bytes_read"
+	default:
+		c.Note = why
+	}
+	out = append(out, c)
+
+	c = check{ScaleCheck: target("manifest bytes ≤ 64 B per replaced entry + 4 KiB"), measurable: ok && h.ManifestBytes != nil && h.Replaced != nil}
+	c.Unit = "B"
+	switch {
+	case c.measurable:
+		c.Value, c.Limit = *h.ManifestBytes, 64**h.Replaced+4096
+		c.ok = c.Value <= c.Limit
+		c.Note = fmt.Sprintf("%.0f replaced entries (%s)", *h.Replaced, h.ReplacedFrom)
+	case ok:
+		c.Note = "voldelta reports no manifest_bytes or no entry counts"
+	default:
+		c.Note = why
+	}
+	return append(out, c)
+}
+
+// noWorseCheck is "without hints: no worse than before the change-hint
+// work": the full-scan row against the voldelta-before row (the earlier
+// binary's full scan of the same delta, on the same volume, in the same
+// run), within beforeNoise.
+func noWorseCheck(s *ScaleSize) (c ScaleCheck, ok, measurable bool) {
+	c = ScaleCheck{GiB: s.GiB, Target: fmt.Sprintf("without hints: round ≤ the voldelta from before the change-hint work + %.0f%% (run-to-run noise)", 100*beforeNoise), Unit: "s"}
+	f, old := s.row("voldelta-full"), s.row("voldelta-before")
+	switch {
+	case !old.measured():
+		c.Note = "no voldelta-before row (make bench-scale builds the earlier binary; bench scale -voldelta-before)"
+		return c, false, false
+	case !f.measured():
+		c.Note = "the full-scan row did not run"
+		return c, false, false
+	}
+	c.Value, c.Limit = f.Seconds, old.Seconds*(1+beforeNoise)
+	c.Note = fmt.Sprintf("before: %s, scan %s; now: scan %s", secs(old.Seconds), statSecs(old, "scan_seconds"), statSecs(f, "scan_seconds"))
+	return c, f.Seconds <= c.Limit, true
+}
+
+// statSecs is a row's statistic key in seconds, "?" when it has none.
+func statSecs(r *ScaleRow, key string) string {
+	if len(r.Steps) == 0 {
+		return "?"
+	}
+	if v := statNum(r.Steps[len(r.Steps)-1].Stats, key); v != nil {
+		return secs(*v)
+	}
+	return "?"
 }
 
 // writeScaleResults writes scale.json, scale.md and scale.png to dir and
@@ -478,7 +523,7 @@ func scaleChartData(res *ScaleResults) string {
 	for _, k := range scaleRowOrder {
 		fmt.Fprintf(&b, " %s", k)
 	}
-	fmt.Fprintf(&b, " floor target before\n")
+	fmt.Fprintf(&b, " floor target\n")
 	for _, s := range res.Sizes {
 		if s.Skipped != "" {
 			continue
@@ -491,12 +536,7 @@ func scaleChartData(res *ScaleResults) string {
 				b.WriteString(" ?")
 			}
 		}
-		fmt.Fprintf(&b, " %.3f %.3f", res.Delta.FloorSeconds, 1.2*res.Delta.FloorSeconds+1)
-		if v, ok := scaleBaseline[s.GiB]; ok {
-			fmt.Fprintf(&b, " %.1f\n", v)
-		} else {
-			b.WriteString(" ?\n")
-		}
+		fmt.Fprintf(&b, " %.3f %.3f\n", res.Delta.FloorSeconds, 1.2*res.Delta.FloorSeconds+1)
 	}
 	return b.String()
 }
@@ -515,14 +555,14 @@ set key below vertical maxrows 4
 set xrange [%[6]g:%[7]g]
 floor = %[5]f
 target = 1.2 * floor + 1
-plot '%[4]s' using 1:2 with linespoints lw 2 pt 7 lc rgb "#1b9e77" title "voldelta, full scan (no hints)", \
-     '' using 1:3 with linespoints lw 2 pt 5 lc rgb "#66a61e" title "voldelta --base (reflink hints)", \
-     '' using 1:4 with linespoints lw 2 pt 9 lc rgb "#a6d854" title "voldelta --changed FILE", \
-     '' using 1:5 with linespoints lw 2 pt 11 lc rgb "#7570b3" title "rsync --inplace", \
-     '' using 1:6 with linespoints lw 2 pt 13 lc rgb "#d95f02" title "restic backup + in-place restore", \
+plot '%[4]s' using 1:2 with linespoints lw 1 dt 4 pt 2 lc rgb "#e7298a" title "voldelta before the change-hint work, full scan", \
+     '' using 1:3 with linespoints lw 2 pt 7 lc rgb "#1b9e77" title "voldelta, full scan (no hints)", \
+     '' using 1:4 with linespoints lw 2 pt 5 lc rgb "#66a61e" title "voldelta --base (reflink hints)", \
+     '' using 1:5 with linespoints lw 2 pt 9 lc rgb "#a6d854" title "voldelta --changed FILE", \
+     '' using 1:6 with linespoints lw 2 pt 11 lc rgb "#7570b3" title "rsync --inplace", \
+     '' using 1:7 with linespoints lw 2 pt 13 lc rgb "#d95f02" title "restic backup + in-place restore", \
      floor with lines lw 2 dt 2 lc rgb "black" title "link floor (changed bytes at the link rate)", \
-     target with lines lw 1 dt 3 lc rgb "black" title "target with hints: 1.2 × floor + 1 s", \
-     '%[4]s' using 1:9 with points pt 2 ps 1.5 lc rgb "#e7298a" title "no hints, before the change-hint work"
+     target with lines lw 1 dt 3 lc rgb "black" title "target with hints: 1.2 × floor + 1 s"
 `
 
 func renderScaleChart(res *ScaleResults, dir string) error {

@@ -128,25 +128,43 @@ func TestScaleReport(t *testing.T) {
 		"chunks_sent": 2000.0, "scan_mode": "incremental"}}}
 	full := newScaleRow("voldelta-full")
 	full.Steps = []*Round{{Seconds: 7, Procs: []Usage{{Side: SideSrc, ReadBytes: 1 << 30}}}}
+	before := newScaleRow("voldelta-before")
+	before.Steps = []*Round{{Seconds: 6.5, Stats: map[string]any{"scan_seconds": 4.0}}}
 	skipped := newScaleRow("voldelta-changed")
 	skipped.Skipped = "voldelta send has no --changed flag"
-	res.Sizes = []*ScaleSize{{GiB: 1, Bytes: 1 << 30, Rows: []*ScaleRow{full, hints, skipped}, Setup: map[string]float64{}}}
+	res.Sizes = []*ScaleSize{{GiB: 1, Bytes: 1 << 30, Rows: []*ScaleRow{before, full, hints, skipped}, Setup: map[string]float64{}}}
 	dir := t.TempDir()
 	if err := writeScaleResults(dir, res, false); err != nil && !strings.Contains(err.Error(), "gnuplot") {
 		t.Fatal(err)
 	}
 	want := map[string]string{
-		"with hints: round":          "PASS", // 9 s ≤ 10.59 s
-		"with hints: bytes read":     "PASS",
-		"with hints: manifest bytes": "PASS", // 100000 ≤ 64 × 2000 + 4096
-		"without hints":              "FAIL", // 7 s > 5.9 s
+		"with hints (--base): round":             "PASS", // 9 s ≤ 10.59 s
+		"with hints (--base): bytes read":        "PASS",
+		"with hints (--base): manifest bytes":    "PASS", // 100000 ≤ 64 × 2000 + 4096
+		"with hints (--changed): round":          "n/a",  // skipped
+		"with hints (--changed): manifest bytes": "n/a",
+		"without hints":                          "FAIL", // 7 s > 6.5 s × 1.05
 	}
+	seen := map[string]bool{}
 	for _, c := range res.Checks {
 		for prefix, st := range want {
-			if strings.HasPrefix(c.Target, prefix) && c.Status != st {
-				t.Errorf("%s: %s, want %s (%+v)", prefix, c.Status, st, c)
+			if strings.HasPrefix(c.Target, prefix) {
+				seen[prefix] = true
+				if c.Status != st {
+					t.Errorf("%s: %s, want %s (%+v)", prefix, c.Status, st, c)
+				}
 			}
 		}
+	}
+	for prefix := range want {
+		if !seen[prefix] {
+			t.Errorf("no check %q in %+v", prefix, res.Checks)
+		}
+	}
+	before.Steps[0].Seconds = 6.8 // 7 s ≤ 6.8 s × 1.05: within the noise
+	before.summarize(res.Delta.FloorSeconds, res.Probe)
+	if c, ok, m := noWorseCheck(res.Sizes[0]); !ok || !m {
+		t.Errorf("7 s against 6.8 s before: %+v", c)
 	}
 	if full.FSReadSrc != 1<<30 || full.FloorRatio < 0.87 || full.FloorRatio > 0.88 {
 		t.Errorf("full row: %+v", full)
@@ -160,7 +178,7 @@ func TestScaleReport(t *testing.T) {
 			t.Errorf("scale.md lacks %q:\n%s", s, md)
 		}
 	}
-	if dat := scaleChartData(res); !strings.Contains(dat, "\n1 7.000 9.000 ? ? ? 7.990 10.588 5.9\n") {
+	if dat := scaleChartData(res); !strings.Contains(dat, "\n1 6.800 7.000 9.000 ? ? ? 7.990 10.588\n") {
 		t.Errorf("chart data:\n%s", dat)
 	}
 }
