@@ -16,5 +16,5 @@ var (
 )
 
 func init() {
-	SchemeBuilder.Register(&VolumeSync{}, &VolumeSyncList{}, &VolumeTarget{}, &VolumeTargetList{})
+	SchemeBuilder.Register(&VolumeSync{}, &VolumeSyncList{}, &VolumeTarget{}, &VolumeTargetList{}, &Migration{}, &MigrationList{})
 }

@@ -47,7 +47,7 @@ Exit codes: 0 success, 1 failure (one line on stderr), 2 bad usage.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{cmd: c.Name(), err: err}
 	})
-	root.AddCommand(newSendCmd(), newReceiveCmd(), newAgentCmd(), newK8sReceiverCmd(), newHashCmd(), newStatusCmd(), newScrubCmd(), newCertsCmd(), newPushCmd(), newPullCmd(), newGCCmd())
+	root.AddCommand(newSendCmd(), newReceiveCmd(), newAgentCmd(), newK8sReceiverCmd(), newHashCmd(), newStatusCmd(), newScrubCmd(), newCertsCmd(), newPushCmd(), newPullCmd(), newGCCmd(), newMigrateCmd(), newControllerCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
 	return root
 }
