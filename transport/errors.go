@@ -25,6 +25,8 @@ const (
 	ErrCodeCanceled     ErrorCode = 12 // the agent gave up
 	ErrCodeTargetFull   ErrorCode = 13 // the target's filesystem or the state directory is full (ENOSPC, EDQUOT)
 	ErrCodeTargetState  ErrorCode = 14 // the receiver's state for the volume is corrupt or the target is claimed or gone: an operator must act
+	ErrCodePromoted     ErrorCode = 15 // the target was promoted with its group and is released: no rounds until it is re-armed
+	ErrCodeGroup        ErrorCode = 16 // the HELLO's group cannot be honoured (e.g. Promote to a receiver that cannot promote)
 )
 
 var codeNames = map[ErrorCode]string{
@@ -33,6 +35,7 @@ var codeNames = map[ErrorCode]string{
 	ErrCodeApply: "apply failed", ErrCodeVerify: "verification failed", ErrCodeForbidden: "forbidden",
 	ErrCodeSourceChange: "source changed", ErrCodeShutdown: "shutting down", ErrCodeCanceled: "canceled",
 	ErrCodeTargetFull: "target full", ErrCodeTargetState: "target state",
+	ErrCodePromoted: "promoted", ErrCodeGroup: "group refused",
 }
 
 func (c ErrorCode) String() string {

@@ -93,7 +93,9 @@ func TestErrorCodes(t *testing.T) {
 		{0, 0, "error 0", false},
 		{ErrCodeTargetFull, 13, "target full", false},
 		{ErrCodeTargetState, 14, "target state", false},
-		{15, 15, "error 15", false},
+		{ErrCodePromoted, 15, "promoted", false},
+		{ErrCodeGroup, 16, "group refused", false},
+		{17, 17, "error 17", false},
 		{65535, 65535, "error 65535", false},
 	}
 	for _, tc := range cases {

@@ -50,6 +50,7 @@ func sampleMessages() []Message {
 		Hello{Version: ProtocolVersion, Volume: "pvc-1234", Size: 10 << 30, Params: chunk.DefaultParams(), Streams: 4, Agent: "voldelta/test host-a",
 			Image: "snapshot snap-2025-03-01 of pvc-1234"},
 		Hello{Version: ProtocolVersion, Params: chunk.DefaultParams()},
+		Hello{Version: ProtocolVersion, Volume: "pvc-1", Params: chunk.DefaultParams(), Streams: 1, Group: &Group{Name: "shop-a1b2", Members: 3, Promote: true}},
 		Welcome{Generation: 7, Root: idOf(0x11), State: TargetCommitted, Receiver: "voldelta/test host-b",
 			Size: 10 << 30, Image: "snapshot snap-2025-02-28 of pvc-1234", HasBase: true},
 		Welcome{State: TargetIncomplete},

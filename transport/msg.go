@@ -42,7 +42,40 @@ type Hello struct {
 	// that an agent can tell whether a change-tracking source's base image
 	// is the one the committed generation was made from. "" if unknown.
 	Image string
+	// Group, if set, marks this round as a member of a group of volumes
+	// committed together (a Migration's cutover); nil for a plain round.
+	// It is an optional trailer: a HELLO without it is byte for byte the
+	// HELLO of builds that do not know groups.
+	Group *Group
 }
+
+// Group is the group a round belongs to (HELLO's optional trailer).
+type Group struct {
+	// Name identifies the group: 1 to 128 characters as a volume name
+	// (ValidateVolumeName).
+	Name string
+	// Members is the number of volumes in the group, 1..MaxGroupMembers.
+	Members uint16
+	// Promote: this round is the group's final one; the receiver promotes
+	// every member once all of them committed a Promote round of the group.
+	Promote bool
+}
+
+// MaxGroupMembers bounds Group.Members.
+const MaxGroupMembers = 64
+
+// Validate checks g's name and member count.
+func (g Group) Validate() error {
+	if err := ValidateVolumeName(g.Name); err != nil {
+		return fmt.Errorf("group name: %w", err)
+	}
+	if g.Members < 1 || g.Members > MaxGroupMembers {
+		return fmt.Errorf("group %q of %d members: want 1..%d", g.Name, g.Members, MaxGroupMembers)
+	}
+	return nil
+}
+
+const groupPromote = 1
 
 // TargetState says what the receiver knows of its target at WELCOME.
 type TargetState uint8
@@ -269,7 +302,17 @@ func (m Hello) AppendPayload(b []byte) []byte {
 	b = chunk.AppendParams(b, m.Params)
 	b = binary.BigEndian.AppendUint16(b, m.Streams)
 	b = appendStr8(b, m.Agent)
-	return appendStr8(b, m.Image)
+	b = appendStr8(b, m.Image)
+	if m.Group == nil {
+		return b
+	}
+	b = appendStr8(b, m.Group.Name)
+	b = binary.BigEndian.AppendUint16(b, m.Group.Members)
+	var flags byte
+	if m.Group.Promote {
+		flags |= groupPromote
+	}
+	return append(b, flags)
 }
 
 func (m Welcome) AppendPayload(b []byte) []byte {
@@ -475,6 +518,23 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		m.Streams = d.u16()
 		m.Agent = d.str8()
 		m.Image = d.str8()
+		if d.err == nil && len(d.b) > 0 {
+			// The optional group trailer.
+			var g Group
+			g.Name = d.str8()
+			g.Members = d.u16()
+			flags := d.u8()
+			if d.err == nil {
+				if flags&^groupPromote != 0 {
+					return nil, fmt.Errorf("%w: HELLO group with unknown flags %#x", ErrProtocol, flags)
+				}
+				if err := g.Validate(); err != nil {
+					return nil, fmt.Errorf("%w: HELLO: %w", ErrProtocol, err)
+				}
+			}
+			g.Promote = flags&groupPromote != 0
+			m.Group = &g
+		}
 		return m, d.done()
 	case FrameWelcome:
 		var m Welcome

@@ -41,6 +41,11 @@ func TestGoldenEncodings(t *testing.T) {
 			`56444c54 | 0002 | 01 76 | 0000000000000000 |
 			 13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
 			 0001 | 00 | 00`},
+		{"HELLO group", Hello{Version: 2, Volume: "v", Params: chunk.DefaultParams().WithSizes(64<<10, 256<<10, 1<<20), Streams: 1,
+			Group: &Group{Name: "app-shop-7f3a", Members: 2, Promote: true}},
+			`56444c54 | 0002 | 01 76 | 0000000000000000 |
+			 13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
+			 0001 | 00 | 00 | 0d 6170702d73686f702d37663361 | 0002 | 01`},
 		{"WELCOME", Welcome{Generation: 2, Root: idOf(0xaa), State: TargetCommitted, Receiver: "recv/1", Size: 1 << 20, Image: "snap-1", HasBase: true},
 			`0000000000000002 | ` + ids("aa") + ` | 01 | 06 726563762f31 | 0000000000100000 | 06 736e61702d31 | 01`},
 		{"WELCOME new", Welcome{State: TargetNew, Receiver: "r"},
@@ -169,7 +174,20 @@ func TestDecodeRejectsTruncated(t *testing.T) {
 			payload = payload[:min]
 			min = 0
 		}
+		// A HELLO cut just before its optional group trailer is a HELLO
+		// without a group: the only cut that decodes.
+		trailer := -1
+		if h, ok := m.(Hello); ok && h.Group != nil {
+			h.Group = nil
+			trailer = len(encode(h))
+		}
 		for n := min; n < len(payload); n++ {
+			if n == trailer {
+				if got, err := Decode(m.FrameType(), payload[:n]); err != nil || got.(Hello).Group != nil {
+					t.Errorf("HELLO cut before its group: %#v, %v", got, err)
+				}
+				continue
+			}
 			if got, err := Decode(m.FrameType(), payload[:n]); err == nil {
 				t.Errorf("%v cut to %d of %d bytes decoded as %#v", m.FrameType(), n, len(payload), got)
 			} else if !errors.Is(err, ErrProtocol) {
@@ -204,6 +222,11 @@ func TestDecodeRejects(t *testing.T) {
 	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 	bigRaw := make([]byte, chunk.MaxChunkSize+1)
 	helloImage := encode(Hello{Version: ProtocolVersion, Params: chunk.DefaultParams(), Image: "abc"})
+	helloGroup := func(name string, members uint16, flags byte) []byte {
+		b := encode(Hello{Version: ProtocolVersion, Params: chunk.DefaultParams(), Group: &Group{Name: name, Members: members}})
+		b[len(b)-1] = flags
+		return b
+	}
 	welcomeFlags := func(f byte) []byte {
 		b := encode(Welcome{State: TargetCommitted, HasBase: true})
 		b[len(b)-1] = f
@@ -232,6 +255,13 @@ func TestDecodeRejects(t *testing.T) {
 		// The version-1 layout (no image) claiming to be this version.
 		{"HELLO v1 layout as v2", FrameHello, helloV1Layout(t, ProtocolVersion), "truncated"},
 		{"HELLO image cut", FrameHello, helloImage[:len(helloImage)-1], "truncated"},
+		{"HELLO group cut", FrameHello, helloGroup("g", 2, 0)[:len(helloGroup("g", 2, 0))-1], "truncated"},
+		{"HELLO group flags", FrameHello, helloGroup("g", 2, 0x02), "unknown flags 0x2"},
+		{"HELLO group no name", FrameHello, helloGroup("", 2, 1), "group name"},
+		{"HELLO group bad name", FrameHello, helloGroup("../x", 2, 1), "group name"},
+		{"HELLO group of 0", FrameHello, helloGroup("g", 0, 1), "0 members"},
+		{"HELLO group of 65", FrameHello, helloGroup("g", 65, 1), "65 members"},
+		{"HELLO group stray", FrameHello, append(helloGroup("g", 2, 1), 0), "stray"},
 		{"WELCOME state 3", FrameWelcome, encode(Welcome{State: 3}), "unknown target state 3"},
 		{"WELCOME flag bit 2", FrameWelcome, welcomeFlags(0x04), "unknown flags 0x4"},
 		{"CHUNK_PATCH ranges overlap", FrameChunkPatch, encode(ChunkPatch{Index: 1, RawLen: 4, Ranges: []PatchRange{{0, 2}, {1, 2}}, Data: []byte("abcd")}), "out of order"},
