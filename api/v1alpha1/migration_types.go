@@ -233,12 +233,27 @@ type MigrationStatus struct {
 	// +optional
 	PredictedDowntime *metav1.Duration `json:"predictedDowntime,omitempty"`
 
+	// PrecopyTrigger is the manual trigger of the current (or, once it
+	// is in history, the last) pre-copy round of every volume:
+	// <migration>-precopy-<n>.
+	// +optional
+	PrecopyTrigger string `json:"precopyTrigger,omitempty"`
+	// PrecopyStartTime is when PrecopyTrigger was set on the volumes.
+	// +optional
+	PrecopyStartTime *metav1.Time `json:"precopyStartTime,omitempty"`
+
 	// CutoverStartTime is when quiescing started.
 	// +optional
 	CutoverStartTime *metav1.Time `json:"cutoverStartTime,omitempty"`
+	// QuiescedTime is when the workloads were at 0 and their pods gone.
+	// +optional
+	QuiescedTime *metav1.Time `json:"quiescedTime,omitempty"`
 	// FinalTrigger is the manual trigger of every volume's final round.
 	// +optional
 	FinalTrigger string `json:"finalTrigger,omitempty"`
+	// FinalSyncStartTime is when FinalTrigger was set on the volumes.
+	// +optional
+	FinalSyncStartTime *metav1.Time `json:"finalSyncStartTime,omitempty"`
 	// CommitTime is when the group committed (the last volume's final
 	// round committed at the destination).
 	// +optional

@@ -183,8 +183,20 @@ func (in *MigrationStatus) DeepCopyInto(out *MigrationStatus) {
 		*out = new(v1.Duration)
 		**out = **in
 	}
+	if in.PrecopyStartTime != nil {
+		in, out := &in.PrecopyStartTime, &out.PrecopyStartTime
+		*out = (*in).DeepCopy()
+	}
 	if in.CutoverStartTime != nil {
 		in, out := &in.CutoverStartTime, &out.CutoverStartTime
+		*out = (*in).DeepCopy()
+	}
+	if in.QuiescedTime != nil {
+		in, out := &in.QuiescedTime, &out.QuiescedTime
+		*out = (*in).DeepCopy()
+	}
+	if in.FinalSyncStartTime != nil {
+		in, out := &in.FinalSyncStartTime, &out.FinalSyncStartTime
 		*out = (*in).DeepCopy()
 	}
 	if in.CommitTime != nil {
