@@ -1,0 +1,147 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+)
+
+// Scheme adds every type the controller reads to s: Migrations and
+// VolumeSyncs, Deployments, StatefulSets, Pods and PVCs.
+func Scheme(s *runtime.Scheme) error {
+	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, appsv1.AddToScheme, corev1.AddToScheme} {
+		if err := add(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetupWithManager registers the reconciler: Migrations (spec changes),
+// the VolumeSyncs they own (their status reports the rounds), and the
+// Deployments and StatefulSets of migrations that are quiescing (their
+// status reports the replicas going). Pods are not watched (that would
+// cache every pod of the cluster): a quiescing migration lists them every
+// RequeueInterval.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("migration").
+		// Status writes are the reconciler's own: only spec changes wake it.
+		For(&v1alpha1.Migration{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&v1alpha1.VolumeSync{}).
+		Watches(&appsv1.Deployment{}, handler.EnqueueRequestsFromMapFunc(r.mapWorkload(v1alpha1.KindDeployment))).
+		Watches(&appsv1.StatefulSet{}, handler.EnqueueRequestsFromMapFunc(r.mapWorkload(v1alpha1.KindStatefulSet))).
+		Complete(r)
+}
+
+// mapWorkload maps a Deployment or StatefulSet to the migrations of its
+// namespace that quiesce it and are not over.
+func (r *Reconciler) mapWorkload(kind v1alpha1.WorkloadKind) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		var list v1alpha1.MigrationList
+		if err := r.o.Client.List(ctx, &list, client.InNamespace(o.GetNamespace())); err != nil {
+			r.o.Logger.Debug("list migrations", "namespace", o.GetNamespace(), "err", err)
+			return nil
+		}
+		var out []reconcile.Request
+		for _, m := range list.Items {
+			if m.Status.Phase.Terminal() || !slices.ContainsFunc(m.Spec.Quiesce.Workloads, func(w v1alpha1.WorkloadRef) bool {
+				return w.Kind == kind && w.Name == o.GetName()
+			}) {
+				continue
+			}
+			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&m)})
+		}
+		return out
+	}
+}
+
+// RunOptions configure the controller process (`voldelta controller`).
+type RunOptions struct {
+	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
+	// /healthz and /readyz ("0" or "" disables).
+	MetricsAddr, HealthAddr string
+	// LeaderElection makes only one of several replicas act, through a
+	// Lease named LeaderElectionID in LeaderElectionNamespace (default:
+	// the pod's namespace, when running in a cluster).
+	LeaderElection          bool
+	LeaderElectionID        string
+	LeaderElectionNamespace string
+	// RequeueInterval: see Options.RequeueInterval.
+	RequeueInterval time.Duration
+	// Logger; nil logs nothing.
+	Logger *slog.Logger
+}
+
+// NewManager builds the controller's manager: the Migration reconciler
+// with its clients, metrics, health probes and, if asked, leader election.
+// Start it with mgr.Start(ctx).
+func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
+	if cfg == nil {
+		return nil, errors.New("migration: no REST config")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.LeaderElectionID == "" {
+		o.LeaderElectionID = "voldelta-migration-controller"
+	}
+	scheme := runtime.NewScheme()
+	if err := Scheme(scheme); err != nil {
+		return nil, err
+	}
+	skip := true
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  scheme,
+		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress:  o.HealthAddr,
+		LeaderElection:          o.LeaderElection,
+		LeaderElectionID:        o.LeaderElectionID,
+		LeaderElectionNamespace: o.LeaderElectionNamespace,
+		Logger:                  logr.FromSlogHandler(o.Logger.Handler()),
+		Controller:              config.Controller{SkipNameValidation: &skip},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("controller manager: %w", err)
+	}
+	if o.HealthAddr != "0" && o.HealthAddr != "" {
+		ok := func(*http.Request) error { return nil }
+		if err := mgr.AddHealthzCheck("ping", ok); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("ping", ok); err != nil {
+			return nil, err
+		}
+	}
+	r, err := New(Options{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("voldelta-controller"),
+		Logger: o.Logger, RequeueInterval: o.RequeueInterval})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
