@@ -1,8 +1,9 @@
 // Package deploy_test checks the manifests in deploy/: every kustomization
 // lists existing files (and every file is listed), every object decodes
-// strictly into its typed Go object, and the agent's and receiver's pods and
-// RBAC have the properties docs/kubernetes.md promises. The integration test
-// in internal/k8stest applies them to a real kube-apiserver.
+// strictly into its typed Go object, and the agent's, receiver's and
+// Migration controller's pods and RBAC have the properties
+// docs/kubernetes.md and docs/migration.md promise. The integration test in
+// internal/k8stest applies them to a real kube-apiserver.
 package deploy_test
 
 import (
@@ -61,7 +62,7 @@ func load(t *testing.T, dir string) []runtime.Object {
 
 func TestEveryManifestIsInAKustomization(t *testing.T) {
 	listed := map[string]bool{}
-	for _, d := range []string{"agent", "receiver", "examples", "crds", "namespace"} {
+	for _, d := range []string{"agent", "receiver", "controller", "examples", "crds", "namespace"} {
 		ms, err := k8stest.LoadKustomization(d, clusterScoped)
 		if err != nil {
 			t.Fatal(err)
@@ -103,7 +104,7 @@ func TestAgent(t *testing.T) {
 			}
 		}
 	}
-	if ds == nil || crds != 2 || roles != 1 {
+	if ds == nil || crds != 3 || roles != 1 { // VolumeSync, VolumeTarget, Migration
 		t.Fatalf("agent: DaemonSet %v, %d CRDs, %d ClusterRoles", ds != nil, crds, roles)
 	}
 	if ds.Namespace != "voldelta-system" {
@@ -173,6 +174,56 @@ func TestReceiver(t *testing.T) {
 	}
 	if svc.Spec.Ports[0].Port != 7300 {
 		t.Errorf("service port %d", svc.Spec.Ports[0].Port)
+	}
+}
+
+func TestController(t *testing.T) {
+	var dep *appsv1.Deployment
+	var role *rbacv1.ClusterRole
+	var leases *rbacv1.Role
+	for _, o := range load(t, "controller") {
+		switch o := o.(type) {
+		case *appsv1.Deployment:
+			dep = o
+		case *rbacv1.ClusterRole:
+			role = o
+			checkRole(t, o)
+		case *rbacv1.Role:
+			leases = o
+		}
+	}
+	if dep == nil || role == nil || leases == nil {
+		t.Fatalf("controller: Deployment %v, ClusterRole %v, Role %v", dep != nil, role != nil, leases != nil)
+	}
+	spec := dep.Spec.Template.Spec
+	c := spec.Containers[0]
+	if c.Image != "voldelta/voldelta:latest" || c.Args[0] != "controller" || !slices.Contains(c.Args, "--leader-elect") ||
+		spec.ServiceAccountName != "voldelta-controller" || dep.Namespace != "voldelta-system" {
+		t.Errorf("controller: %s %v, service account %s, namespace %s", c.Image, c.Args, spec.ServiceAccountName, dep.Namespace)
+	}
+	if sc := c.SecurityContext; sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Error("the controller may escalate privileges")
+	}
+	// What the controller does (internal/migration), and no deletes.
+	grants := func(group, resource, verb string) bool {
+		return slices.ContainsFunc(role.Rules, func(r rbacv1.PolicyRule) bool {
+			return slices.Contains(r.APIGroups, group) && slices.Contains(r.Resources, resource) && slices.Contains(r.Verbs, verb)
+		})
+	}
+	for _, g := range [][3]string{
+		{"voldelta.io", "migrations", "watch"}, {"voldelta.io", "migrations/status", "update"},
+		{"voldelta.io", "volumesyncs", "create"}, {"voldelta.io", "volumesyncs", "patch"}, {"voldelta.io", "volumesyncs", "watch"},
+		{"apps", "deployments", "patch"}, {"apps", "statefulsets", "patch"}, {"apps", "deployments", "watch"},
+		{"", "pods", "list"}, {"", "persistentvolumeclaims", "list"}, {"events.k8s.io", "events", "create"},
+	} {
+		if !grants(g[0], g[1], g[2]) {
+			t.Errorf("the controller's ClusterRole lacks %s %s/%s", g[2], g[0], g[1])
+		}
+	}
+	for _, r := range role.Rules {
+		if slices.Contains(r.Verbs, "delete") || slices.Contains(r.Verbs, "deletecollection") || slices.Contains(r.Resources, "secrets") {
+			t.Errorf("the controller's ClusterRole grants %+v", r)
+		}
 	}
 }
 
