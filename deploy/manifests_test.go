@@ -211,7 +211,7 @@ func TestController(t *testing.T) {
 		})
 	}
 	for _, g := range [][3]string{
-		{"voldelta.io", "migrations", "watch"}, {"voldelta.io", "migrations/status", "update"},
+		{"voldelta.io", "migrations", "watch"}, {"voldelta.io", "migrations", "patch"}, {"voldelta.io", "migrations/status", "update"},
 		{"voldelta.io", "volumesyncs", "create"}, {"voldelta.io", "volumesyncs", "patch"}, {"voldelta.io", "volumesyncs", "watch"},
 		{"apps", "deployments", "patch"}, {"apps", "statefulsets", "patch"}, {"apps", "deployments", "watch"},
 		{"", "pods", "list"}, {"", "persistentvolumeclaims", "list"}, {"events.k8s.io", "events", "create"},

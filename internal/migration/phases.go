@@ -138,6 +138,11 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 	if m.Status.CutoverStartTime == nil {
 		m.Status.CutoverStartTime = mtime(now)
 	}
+	if len(m.Spec.Quiesce.Workloads) > 0 {
+		if err := r.setFinalizer(ctx, m, true); err != nil {
+			return step{}, err
+		}
+	}
 	recorded, err := r.recordWorkloads(ctx, m)
 	if err != nil {
 		return step{}, err

@@ -17,12 +17,19 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 )
 
 // LabelMigration labels the VolumeSyncs of a Migration with its name.
 const LabelMigration = "voldelta.io/migration"
+
+// FinalizerRestore keeps a Migration whose workloads were scaled down from
+// going before they are scaled back: it is set before the replica counts
+// are recorded and removed when the migration ends. Deleting a Migration
+// in the middle of its cutover restores the workloads, as an abort does.
+const FinalizerRestore = "voldelta.io/restore-workloads"
 
 // Defaults of a Migration's spec.
 const (
@@ -143,7 +150,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, fmt.Errorf("get migration %s: %w", req, err)
 	}
 	if m.DeletionTimestamp != nil {
-		return ctrl.Result{}, nil // its VolumeSyncs go with it (owner references)
+		return ctrl.Result{}, r.deleted(ctx, &m) // its VolumeSyncs go with it (owner references)
 	}
 	if m.Status.Phase == "" {
 		m.Status.Phase = v1alpha1.MigrationPending
@@ -158,7 +165,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		var err error
 		switch {
 		case cur.Terminal():
-			return ctrl.Result{}, r.writeStatus(ctx, orig, &m)
+			if err := r.writeStatus(ctx, orig, &m); err != nil {
+				return ctrl.Result{}, err
+			}
+			return ctrl.Result{}, r.setFinalizer(ctx, &m, false)
 		case m.Spec.Abort:
 			s, err = r.abort(ctx, &m, now)
 		default:
@@ -194,6 +204,44 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{RequeueAfter: s.after}, nil
 	}
 	return ctrl.Result{RequeueAfter: time.Millisecond}, nil
+}
+
+// deleted scales back the workloads of a Migration deleted during its
+// cutover, then lets it go.
+func (r *Reconciler) deleted(ctx context.Context, m *v1alpha1.Migration) error {
+	if !controllerutil.ContainsFinalizer(m, FinalizerRestore) {
+		return nil
+	}
+	if !m.Status.Phase.Terminal() {
+		restored, err := r.restoreWorkloads(ctx, m)
+		if err != nil {
+			return fmt.Errorf("migration %s/%s deleted: scale the workloads back: %w", m.Namespace, m.Name, err)
+		}
+		r.o.Logger.Info("migration deleted during its cutover: workloads scaled back", "migration", m.Namespace+"/"+m.Name, "restored", restored)
+	}
+	return r.setFinalizer(ctx, m, false)
+}
+
+// setFinalizer adds or removes FinalizerRestore. Only m's finalizers and
+// resourceVersion change: its status in memory is kept as it is.
+func (r *Reconciler) setFinalizer(ctx context.Context, m *v1alpha1.Migration, on bool) error {
+	if controllerutil.ContainsFinalizer(m, FinalizerRestore) == on {
+		return nil
+	}
+	orig, mod := m.DeepCopy(), m.DeepCopy()
+	if on {
+		controllerutil.AddFinalizer(mod, FinalizerRestore)
+	} else {
+		controllerutil.RemoveFinalizer(mod, FinalizerRestore)
+	}
+	if err := r.o.Client.Patch(ctx, mod, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		if !on && apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("finalizer of migration %s/%s: %w", m.Namespace, m.Name, err)
+	}
+	m.Finalizers, m.ResourceVersion = mod.Finalizers, mod.ResourceVersion
+	return nil
 }
 
 // failure ends the migration: a phase returns it (wrapped or not) and the

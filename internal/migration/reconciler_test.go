@@ -3,12 +3,14 @@ package migration_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -47,6 +49,7 @@ func TestMigration(t *testing.T) {
 		{"max-rounds", testMaxRounds},
 		{"manual", testManual},
 		{"abort", testAbort},
+		{"delete-during-cutover", testDeleteDuringCutover},
 		{"quiesce-timeout", testQuiesceTimeout},
 		{"missing-pvc", testMissingPVC},
 		{"missing-workload", testMissingWorkload},
@@ -391,6 +394,9 @@ func testHappyPath(e *env) {
 	if e.replicas(v1alpha1.KindDeployment, "web") != 0 || e.replicas(v1alpha1.KindStatefulSet, "db") != 0 {
 		t.Fatal("workloads not scaled to 0")
 	}
+	if !slices.Contains(m.Finalizers, migration.FinalizerRestore) {
+		t.Errorf("quiescing without the finalizer: %v", m.Finalizers)
+	}
 	if !strings.Contains(m.Status.Message, "web-0") || condition(m, v1alpha1.ConditionQuiesced).Status != metav1.ConditionFalse {
 		t.Errorf("quiescing message %q", m.Status.Message)
 	}
@@ -425,6 +431,9 @@ func testHappyPath(e *env) {
 	}
 	if c := condition(m, v1alpha1.ConditionDestinationReady); c.Status != metav1.ConditionTrue || c.Reason != migration.ReasonCommitted {
 		t.Errorf("DestinationReady %+v", c)
+	}
+	if len(m.Finalizers) != 0 {
+		t.Errorf("completed with finalizers %v", m.Finalizers)
 	}
 	if !m.Status.CommitTime.Equal(&metav1.Time{Time: e.clock.Now()}) {
 		t.Errorf("commit time %v", m.Status.CommitTime)
@@ -589,6 +598,24 @@ func testAbort(e *env) {
 	e.expectPhase("ab", v1alpha1.MigrationAborted)
 }
 
+// testDeleteDuringCutover: a Migration deleted while its workloads are
+// at 0 scales them back before it goes.
+func testDeleteDuringCutover(e *env) {
+	reachQuiescing(e, "del", nil)
+	e.must(e.cl.Delete(e.ctx, e.get("del")))
+	res, err := e.rec.Reconcile(e.ctx, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: e.ns, Name: "del"}})
+	if err != nil || res.RequeueAfter != 0 {
+		e.t.Fatalf("reconcile: %v, %+v", err, res)
+	}
+	if w, s := e.replicas(v1alpha1.KindDeployment, "web"), e.replicas(v1alpha1.KindStatefulSet, "db"); w != 3 || s != 2 {
+		e.t.Fatalf("replicas web %d, db %d; want 3, 2", w, s)
+	}
+	var m v1alpha1.Migration
+	if err := e.cl.Get(e.ctx, types.NamespacedName{Namespace: e.ns, Name: "del"}, &m); !apierrors.IsNotFound(err) {
+		e.t.Fatalf("migration still there (finalizers %v): %v", m.Finalizers, err)
+	}
+}
+
 func testQuiesceTimeout(e *env) {
 	reachQuiescing(e, "slow", func(s *v1alpha1.MigrationSpec) { s.Quiesce.Timeout = &metav1.Duration{Duration: time.Minute} })
 	e.clock.Step(59 * time.Second)
@@ -599,6 +626,9 @@ func testQuiesceTimeout(e *env) {
 	e.clock.Step(time.Second)
 	m := e.expectPhase("slow", v1alpha1.MigrationFailed)
 	e.expectRestored(m)
+	if len(m.Finalizers) != 0 {
+		e.t.Errorf("failed with finalizers %v", m.Finalizers)
+	}
 	if !strings.Contains(m.Status.Message, "timed out") || !strings.Contains(m.Status.Message, "web-") {
 		e.t.Errorf("message %q", m.Status.Message)
 	}

@@ -114,7 +114,12 @@ func (r *Reconciler) ensureVolumeSync(ctx context.Context, m *v1alpha1.Migration
 	if err := r.o.Reader.Get(ctx, client.ObjectKeyFromObject(vs), vs); err != nil {
 		return nil, fmt.Errorf("get VolumeSync %s/%s: %w", m.Namespace, v.VolumeSync, err)
 	}
-	if !metav1.IsControlledBy(vs, m) {
+	switch {
+	case !metav1.IsControlledBy(vs, m) && vs.DeletionTimestamp != nil:
+		// Most likely the VolumeSync of an earlier Migration of this name,
+		// being garbage-collected: retried.
+		return nil, fmt.Errorf("VolumeSync %s/%s of another owner is being deleted", m.Namespace, v.VolumeSync)
+	case !metav1.IsControlledBy(vs, m):
 		return nil, failf(ReasonVolumeSyncTaken, "VolumeSync %s/%s exists and is not this Migration's", m.Namespace, v.VolumeSync)
 	}
 	return vs, r.setTrigger(ctx, vs, trigger)
