@@ -30,10 +30,10 @@ func run(ctx context.Context, args []string) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(os.Stderr, "voldelta: %v\n", err)
+	fmt.Fprintf(os.Stderr, "%s: %v\n", root.CommandPath(), err)
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(os.Stderr, "Run 'voldelta %s --help' for usage.\n", ue.cmd)
+		fmt.Fprintf(os.Stderr, "Run '%s --help' for usage.\n", ue.cmd)
 		return exitUsage
 	}
 	return exitFailure

@@ -5,6 +5,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -45,25 +47,50 @@ Exit codes: 0 success, 1 failure (one line on stderr), 2 bad usage.`,
 		Version:       version,
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return &usageError{cmd: c.Name(), err: err}
+		return &usageError{cmd: c.CommandPath(), err: err}
 	})
 	root.AddCommand(newSendCmd(), newReceiveCmd(), newAgentCmd(), newK8sReceiverCmd(), newHashCmd(), newStatusCmd(), newScrubCmd(), newCertsCmd(), newPushCmd(), newPullCmd(), newGCCmd(), newMigrateCmd(), newControllerCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
+	invokedAs(root, os.Args[0])
 	return root
 }
+
+// kubectlPlugin is the name kubectl finds this binary by as its plugin
+// `kubectl voldelta` (ln -s "$(command -v voldelta)" /usr/local/bin/kubectl-voldelta).
+const kubectlPlugin = "kubectl-voldelta"
+
+// invokedAs names root after the binary's invoked name arg0: as
+// kubectl-voldelta, help, examples and errors say "kubectl voldelta".
+func invokedAs(root *cobra.Command, arg0 string) {
+	if strings.TrimSuffix(filepath.Base(arg0), ".exe") != kubectlPlugin {
+		return
+	}
+	root.Use = kubectlPlugin
+	root.Annotations = map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl voldelta"}
+	var rename func(*cobra.Command)
+	rename = func(c *cobra.Command) {
+		c.Example = exampleCommand.ReplaceAllString(c.Example, "${1}kubectl voldelta ")
+		for _, sub := range c.Commands() {
+			rename(sub)
+		}
+	}
+	rename(root)
+}
+
+var exampleCommand = regexp.MustCompile(`(?m)^(\s*)voldelta `)
 
 // usageArgs wraps a cobra positional-args check so its errors exit 2.
 func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 	return func(c *cobra.Command, args []string) error {
 		if err := check(c, args); err != nil {
-			return &usageError{cmd: c.Name(), err: err}
+			return &usageError{cmd: c.CommandPath(), err: err}
 		}
 		return nil
 	}
 }
 
 func usagef(c *cobra.Command, format string, a ...any) error {
-	return &usageError{cmd: c.Name(), err: fmt.Errorf(format, a...)}
+	return &usageError{cmd: c.CommandPath(), err: fmt.Errorf(format, a...)}
 }
 
 // tlsFlags are shared by send and receive.
