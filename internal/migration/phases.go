@@ -157,7 +157,7 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 			return step{}, err
 		}
 	}
-	remaining, err := r.remaining(ctx, m)
+	remaining, err := r.remaining(ctx, m, false)
 	if err != nil {
 		return step{}, err
 	}
@@ -191,6 +191,16 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 	if m.Status.FinalTrigger == "" {
 		m.Status.FinalTrigger = m.Name + "-final"
 		m.Status.FinalSyncStartTime = mtime(now)
+	}
+	// A workload that came back (scaled up by someone else) may have
+	// written after the final snapshots were taken: the group cannot be
+	// trusted.
+	back, err := r.remaining(ctx, m, true)
+	if err != nil {
+		return step{}, err
+	}
+	if len(back) > 0 {
+		return step{}, failf(ReasonWorkloadBack, "workloads came back during the final rounds, which may not hold their last writes: %s", strings.Join(back, "; "))
 	}
 	members, err := r.members(ctx, m, m.Status.FinalTrigger)
 	if err != nil {

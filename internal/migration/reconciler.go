@@ -40,23 +40,25 @@ const (
 	HistoryLimit = 10
 )
 
-// Condition reasons of a Migration.
+// Condition reasons of a Migration. Those of a failure are also the
+// DestinationReady reason of a Failed migration.
 const (
-	ReasonConverged       = "Converged"      // ReadyForCutover: the last round was under a threshold
-	ReasonMaxRounds       = "MaxRounds"      // ReadyForCutover: spec.precopy.maxRounds rounds ran without converging
-	ReasonNotConverged    = "NotConverged"   // ReadyForCutover false: rounds go on
-	ReasonScaledDown      = "ScaledDown"     // Quiesced: the workloads are at 0 and their pods gone
-	ReasonWaitingPods     = "WaitingForPods" // Quiesced false: pods remain
-	ReasonRestored        = "Restored"       // Quiesced false: replica counts restored
-	ReasonCommitted       = "Committed"      // DestinationReady: every final round committed
-	ReasonFinalSync       = "FinalSyncing"   // DestinationReady false: final rounds run
-	ReasonMemberDegraded  = "MemberDegraded" // DestinationReady false: a final round failed and is being retried
-	ReasonAborted         = "Aborted"        // DestinationReady false: spec.abort
-	ReasonFailed          = "Failed"         // DestinationReady false: the migration failed
-	ReasonInvalidSpec     = "InvalidSpec"    // Failed: the spec cannot be acted on
-	ReasonWorkloadFailed  = "WorkloadMissing"
-	ReasonQuiesceTimeout  = "QuiesceTimeout"
-	ReasonVolumeSyncTaken = "VolumeSyncConflict"
+	ReasonConverged      = "Converged"      // ReadyForCutover: the last round was under a threshold
+	ReasonMaxRounds      = "MaxRounds"      // ReadyForCutover: spec.precopy.maxRounds rounds ran without converging
+	ReasonNotConverged   = "NotConverged"   // ReadyForCutover false: rounds go on
+	ReasonScaledDown     = "ScaledDown"     // Quiesced: the workloads are at 0 and their pods gone
+	ReasonWaitingPods    = "WaitingForPods" // Quiesced false: pods remain
+	ReasonRestored       = "Restored"       // Quiesced false: replica counts restored
+	ReasonCommitted      = "Committed"      // DestinationReady: every final round committed
+	ReasonFinalSync      = "FinalSyncing"   // DestinationReady false: final rounds run
+	ReasonMemberDegraded = "MemberDegraded" // DestinationReady false: a final round failed and is being retried
+	ReasonAborted        = "Aborted"        // DestinationReady false: spec.abort
+
+	ReasonInvalidSpec     = "InvalidSpec"        // failure: the spec cannot be acted on
+	ReasonWorkloadMissing = "WorkloadMissing"    // failure: a workload to quiesce does not exist
+	ReasonQuiesceTimeout  = "QuiesceTimeout"     // failure: pods remained after spec.quiesce.timeout
+	ReasonWorkloadBack    = "WorkloadCameBack"   // failure: a quiesced workload had pods again during the final rounds
+	ReasonVolumeSyncTaken = "VolumeSyncConflict" // failure: a VolumeSync of the name exists and is not the Migration's
 )
 
 // Options configure a Reconciler.
@@ -135,8 +137,7 @@ func (r *Reconciler) phases() map[v1alpha1.MigrationPhase]phaseFunc {
 }
 
 // maxTransitions bounds the phase changes of one Reconcile (the longest
-// chain is Committing → Completed after FinalSync; Failed and Aborted end
-// it).
+// chain, Pending to Completed, has 6).
 const maxTransitions = 8
 
 // Reconcile implements reconcile.Reconciler.

@@ -54,6 +54,7 @@ func TestMigration(t *testing.T) {
 		{"missing-pvc", testMissingPVC},
 		{"missing-workload", testMissingWorkload},
 		{"degraded-member", testDegradedMember},
+		{"workload-back", testWorkloadBack},
 		{"invalid-name", testInvalidName},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -712,5 +713,26 @@ func testInvalidName(e *env) {
 	m := e.expectPhase("inv", v1alpha1.MigrationFailed)
 	if c := condition(m, v1alpha1.ConditionDestinationReady); c.Reason != migration.ReasonInvalidSpec || !strings.Contains(m.Status.Message, "VolumeSync name") {
 		e.t.Errorf("DestinationReady %+v, message %q", c, m.Status.Message)
+	}
+}
+
+// testWorkloadBack: a pod of a quiesced workload during the final rounds
+// (someone scaled it up) fails the migration: the final snapshots may not
+// hold its last writes.
+func testWorkloadBack(e *env) {
+	reachQuiescing(e, "back", nil)
+	e.stop(v1alpha1.KindDeployment, "web")
+	e.stop(v1alpha1.KindStatefulSet, "db")
+	e.expectPhase("back", v1alpha1.MigrationFinalSync)
+	tpl := podTemplate("db")
+	e.must(e.cl.Create(e.ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: e.ns, Name: "db-0", Labels: tpl.Labels}, Spec: tpl.Spec}))
+	e.syncAll("back", 1<<20, time.Second)
+	m := e.expectPhase("back", v1alpha1.MigrationFailed)
+	e.expectRestored(m)
+	if c := condition(m, v1alpha1.ConditionDestinationReady); c.Reason != migration.ReasonWorkloadBack || !strings.Contains(c.Message, "db-0") {
+		e.t.Errorf("DestinationReady %+v", c)
+	}
+	if m.Status.CommitTime != nil {
+		e.t.Errorf("commit time %v", m.Status.CommitTime)
 	}
 }

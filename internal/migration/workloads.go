@@ -83,7 +83,7 @@ func (r *Reconciler) recordWorkloads(ctx context.Context, m *v1alpha1.Migration)
 		add = append(add, v1alpha1.WorkloadStatus{Kind: ref.Kind, Name: ref.Name, Replicas: w.replicas})
 	}
 	if len(missing) > 0 {
-		return false, failf(ReasonWorkloadFailed, "spec.quiesce.workloads: %s not found", strings.Join(missing, ", "))
+		return false, failf(ReasonWorkloadMissing, "spec.quiesce.workloads: %s not found", strings.Join(missing, ", "))
 	}
 	m.Status.Workloads = append(m.Status.Workloads, add...)
 	return len(add) > 0, nil
@@ -108,38 +108,47 @@ func (r *Reconciler) scale(ctx context.Context, ns string, kind v1alpha1.Workloa
 }
 
 // remaining describes the recorded workloads that still have replicas or
-// pods (pods that are terminating count: they may still write; pods that
-// ended do not).
-func (r *Reconciler) remaining(ctx context.Context, m *v1alpha1.Migration) ([]string, error) {
+// pods; with podsOnly, only those with pods.
+func (r *Reconciler) remaining(ctx context.Context, m *v1alpha1.Migration, podsOnly bool) ([]string, error) {
 	var out []string
 	for _, ws := range m.Status.Workloads {
 		w, err := r.getWorkload(ctx, m.Namespace, ws.Kind, ws.Name)
 		if err != nil {
 			return nil, fmt.Errorf("get %s %s/%s: %w", ws.Kind, m.Namespace, ws.Name, err)
 		}
-		sel, err := metav1.LabelSelectorAsSelector(w.selector)
+		live, err := r.livePods(ctx, m.Namespace, w.selector)
 		if err != nil {
-			return nil, fmt.Errorf("%s %s/%s: selector: %w", ws.Kind, m.Namespace, ws.Name, err)
-		}
-		var pods corev1.PodList
-		if err := r.o.Reader.List(ctx, &pods, client.InNamespace(m.Namespace), client.MatchingLabelsSelector{Selector: sel}); err != nil {
-			return nil, fmt.Errorf("list pods of %s %s/%s: %w", ws.Kind, m.Namespace, ws.Name, err)
-		}
-		var live []string
-		for _, p := range pods.Items {
-			if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-				live = append(live, p.Name)
-			}
+			return nil, fmt.Errorf("pods of %s %s/%s: %w", ws.Kind, m.Namespace, ws.Name, err)
 		}
 		switch {
 		case len(live) > 0:
-			slices.Sort(live)
 			out = append(out, fmt.Sprintf("%s %s: %d pods (%s)", ws.Kind, ws.Name, len(live), strings.Join(live, ", ")))
-		case !w.gone:
+		case !w.gone && !podsOnly:
 			out = append(out, fmt.Sprintf("%s %s: replicas not yet 0 in its status", ws.Kind, ws.Name))
 		}
 	}
 	return out, nil
+}
+
+// livePods names the pods of ns that selector matches and that have not
+// ended (terminating pods count: they may still write).
+func (r *Reconciler) livePods(ctx context.Context, ns string, selector *metav1.LabelSelector) ([]string, error) {
+	sel, err := metav1.LabelSelectorAsSelector(selector)
+	if err != nil {
+		return nil, fmt.Errorf("selector: %w", err)
+	}
+	var pods corev1.PodList
+	if err := r.o.Reader.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabelsSelector{Selector: sel}); err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	var live []string
+	for _, p := range pods.Items {
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			live = append(live, p.Name)
+		}
+	}
+	slices.Sort(live)
+	return live, nil
 }
 
 // restoreWorkloads scales every recorded workload back to its recorded
