@@ -24,12 +24,16 @@
 //	                 after spec.quiesce.timeout → Failed
 //	FinalSync        set trigger <migration>-final on every VolumeSync; wait
 //	                 until every one committed it (a Degraded one is left to
-//	                 the agent's retries while the source stays quiesced)
+//	                 the agent's retries while the source stays quiesced;
+//	                 a pod of a quiesced workload appearing → Failed)
 //	Committing       record each volume's generation and root hash, the
 //	                 commit time and the measured downtime → Completed
 //	Failed, Aborted  (spec.abort, from any phase before Completed): the
 //	                 workloads are scaled back to their recorded counts and
 //	                 the VolumeSyncs paused
+//
+// From Quiescing until the migration ends it carries a finalizer: deleted
+// meanwhile, it scales the workloads back before it goes.
 //
 // Why the final round is consistent: the agent records
 // spec.trigger.manual when it takes a round's snapshot
