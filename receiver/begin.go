@@ -80,6 +80,19 @@ type Header struct {
 	// Image identifies the image the sender reads (transport.Hello.Image);
 	// it is recorded with the generation the round commits.
 	Image string
+	// Group, if set, is the group the round belongs to
+	// (transport.Hello.Group); it is recorded with the generation the
+	// round commits (a round without one clears it).
+	Group *Group
+}
+
+// Group is the group of volumes a round belongs to: rounds of the same
+// Name on Members volumes, the last of each with Promote, make a group
+// commit that Kubernetes mode promotes (see package k8sreceiver).
+type Group struct {
+	Name    string `json:"name"`
+	Members int    `json:"members"`
+	Promote bool   `json:"promote,omitempty"`
 }
 
 // Previous is what the target held when the apply began.
@@ -519,6 +532,7 @@ func (p *Apply) Commit(ctx context.Context) (Result, error) {
 	st.Root = root.String()
 	st.Size = a.size
 	st.Image = p.hdr.Image
+	st.Group = p.hdr.Group
 	st.CommittedAt = now
 	st.Extents = name
 	st.Fingerprint = fp

@@ -43,6 +43,13 @@ var (
 	// ErrTargetGone: the target was deleted or replaced while a round wrote
 	// it; nothing was committed.
 	ErrTargetGone = errors.New("target deleted or replaced during the round")
+	// ErrPromoted: the target was promoted with its group and released;
+	// it takes no round until it is re-armed (Kubernetes mode: a
+	// VolumeTarget's spec.rearm). Not retryable. Config.Resolve returns it.
+	ErrPromoted = errors.New("target promoted")
+	// ErrGroup: the round's group cannot be honoured, e.g. Promote sent to
+	// a receiver without Config.Groups. Not retryable.
+	ErrGroup = errors.New("group refused")
 )
 
 // failf returns an error that errors.Is kind, with the formatted message.

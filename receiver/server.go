@@ -60,6 +60,12 @@ type Config struct {
 	// OnCommit, if set, is called after a session committed a generation
 	// of volume, before the result is sent to the agent (keep it short).
 	OnCommit func(volume string, peer transport.Identity, r Result)
+	// Groups says the receiver can promote groups (Kubernetes mode, which
+	// also makes Resolve refuse promoted targets with ErrPromoted).
+	// Without it a HELLO whose group has Promote is refused (ERROR 16,
+	// ErrGroup) before anything is claimed; a group without Promote is
+	// recorded in the state file all the same.
+	Groups bool
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
 	// Name identifies this receiver to agents; default the host name.
@@ -259,6 +265,10 @@ func errorCode(ctx context.Context, err error) transport.ErrorCode {
 		return transport.ErrCodeShutdown
 	case errors.Is(err, ErrTargetFull):
 		return transport.ErrCodeTargetFull
+	case errors.Is(err, ErrPromoted):
+		return transport.ErrCodePromoted
+	case errors.Is(err, ErrGroup):
+		return transport.ErrCodeGroup
 	case errors.Is(err, ErrStateCorrupt), errors.Is(err, ErrTargetClaimed), errors.Is(err, ErrTargetGone):
 		return transport.ErrCodeTargetState
 	case errors.Is(err, chunk.ErrParams):
@@ -337,6 +347,14 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	if err := transport.ValidateVolumeName(hello.Volume); err != nil {
 		return failf(ErrUnknownVolume, "%v", err)
 	}
+	var group *Group
+	if g := hello.Group; g != nil {
+		if g.Promote && !s.cfg.Groups {
+			return failf(ErrGroup, "round of volume %q asks to promote group %q, but receiver %s cannot promote groups: "+
+				"promotion needs the receiver in Kubernetes mode (voldelta k8s-receiver, VolumeTargets)", hello.Volume, g.Name, s.cfg.Name)
+		}
+		group = &Group{Name: g.Name, Members: int(g.Members), Promote: g.Promote}
+	}
 	path, ok := s.cfg.Targets[hello.Volume]
 	if !ok && s.cfg.Resolve != nil {
 		var err error
@@ -371,7 +389,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	opt.Logger = log.With("agent", hello.Agent, "image", hello.Image)
 	opt.Idle = s.cfg.Transport.IdleTimeout
 	ap, err := Begin(ctx, Volume{Name: hello.Volume, Path: path, StateDir: s.cfg.StateDir}, opt,
-		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent, Image: hello.Image})
+		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent, Image: hello.Image, Group: group})
 	if err != nil {
 		return err
 	}

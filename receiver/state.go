@@ -108,7 +108,10 @@ type State struct {
 	Size       uint64 `json:"size"`           // volume size of the last committed generation
 	// Image is the image identity the last committed generation's HELLO
 	// named (transport.Hello.Image), "" if none; WELCOME names it.
-	Image       string       `json:"image,omitempty"`
+	Image string `json:"image,omitempty"`
+	// Group is the group of the round that committed the last generation
+	// (Header.Group), nil if it had none.
+	Group       *Group       `json:"group,omitempty"`
 	CommittedAt time.Time    `json:"committed_at,omitzero"` // when it was committed
 	Params      chunk.Params `json:"params"`                // chunk parameters of the extents file
 	Extents     string       `json:"extents"`               // file name of the known extents, in the volume's directory

@@ -27,6 +27,7 @@ type VolumeStatus struct {
 	Root          string     `json:"root_hash,omitempty"`
 	Size          uint64     `json:"size"`
 	Image         string     `json:"image,omitempty"` // the image the committed generation was made from
+	Group         *Group     `json:"group,omitempty"` // the group of the round that committed it, if any
 	CommittedAt   *time.Time `json:"committed_at,omitempty"`
 	ApplyingSince *time.Time `json:"applying_since,omitempty"`
 	// Problem says why a committed target is not current: changed or
@@ -47,7 +48,7 @@ func ReadStatus(stateDir, volume string) (*VolumeStatus, error) {
 	}
 	vs := &VolumeStatus{
 		Volume: st.Volume, Target: st.Target, Generation: st.Generation, Root: st.Root, Size: st.Size, Image: st.Image,
-		Incomplete: st.Phase == PhaseApplying, History: st.History,
+		Group: st.Group, Incomplete: st.Phase == PhaseApplying, History: st.History,
 	}
 	vs.Current, vs.Problem = judge(st)
 	if !st.CommittedAt.IsZero() {
