@@ -6,6 +6,8 @@ import (
 
 // VolumeSyncSpec is what an orchestrator asks for: keep a replica of a PVC
 // on a receiver, one crash-consistent snapshot per round.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.group) || has(self.destination.address)",message="group needs a receiver destination (destination.address): a store does not promote"
 type VolumeSyncSpec struct {
 	// SourcePVC is the name of the PersistentVolumeClaim to replicate, in
 	// the VolumeSync's namespace.
@@ -36,6 +38,40 @@ type VolumeSyncSpec struct {
 	// Paused stops new rounds from starting; a running round finishes.
 	// +optional
 	Paused bool `json:"paused,omitempty"`
+
+	// Group, if set, makes every round of this VolumeSync a member of a
+	// group of volumes committed together (a Migration's cutover sets it
+	// on each volume's final round). The receiver records the group on the
+	// VolumeTarget (status.group, status.groupGeneration) and, once every
+	// member committed a round with promote, promotes them all: it
+	// annotates the target PVCs, releases them and refuses further rounds
+	// until each VolumeTarget is re-armed (docs/kubernetes.md,
+	// "Promotion"). Needs a receiver destination in Kubernetes mode; a
+	// standalone receiver refuses promote.
+	// +optional
+	Group *SyncGroup `json:"group,omitempty"`
+}
+
+// SyncGroup names the group a VolumeSync's rounds belong to.
+type SyncGroup struct {
+	// Name identifies the group, the same on every member, and unique per
+	// attempt: e.g. "<namespace>-<migration>-<first 8 of its uid>". The
+	// rules of a volume name: 1-128 letters, digits, '.', '_' or '-',
+	// starting with a letter or digit.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`
+	Name string `json:"name"`
+
+	// Members is the number of volumes (VolumeSyncs, each to its own
+	// VolumeTarget) in the group.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=64
+	Members int32 `json:"members"`
+
+	// Promote marks the group's final round: the destination promotes the
+	// group when every member committed a round with promote. Without it
+	// the group is only recorded.
+	// +optional
+	Promote bool `json:"promote,omitempty"`
 }
 
 // Destination is where a VolumeSync's rounds go: a receiver (address and
@@ -105,6 +141,7 @@ const (
 	PhaseIdle     Phase = "Idle"     // the last round committed; waiting for the next
 	PhasePaused   Phase = "Paused"   // spec.paused
 	PhaseDegraded Phase = "Degraded" // the last round failed; retrying
+	PhasePromoted Phase = "Promoted" // VolumeTarget: promoted with its group; released until re-armed
 )
 
 // Condition types of a VolumeSync.
@@ -145,6 +182,9 @@ const (
 	ReasonTargetFull        = "TargetFull"              // the target's filesystem (or the receiver's state directory) is full
 	ReasonTargetState       = "TargetStateInvalid"      // the receiver's state is corrupt, the target is claimed by another volume, or it vanished
 	ReasonTargetModified    = "TargetModified"          // VolumeTarget: changed (or possibly changed) outside voldelta since its commit
+	ReasonPromoted          = "Promoted"                // VolumeTarget: promoted with its group; rounds refused until re-armed
+	ReasonRearmed           = "Rearmed"                 // VolumeTarget: re-armed after a promotion; rounds accepted again
+	ReasonNotPromoted       = "NotPromoted"             // VolumeTarget: not promoted (no group round, or the group is incomplete)
 )
 
 // VolumeSyncStatus is what the agent reports.

@@ -42,17 +42,47 @@ type VolumeTargetSpec struct {
 	// agents may not write it.
 	// +optional
 	Store *StoreSource `json:"store,omitempty"`
+
+	// Rearm re-arms a promoted target: whenever it differs from
+	// status.lastRearm, the receiver clears status.promoted, records it as
+	// status.lastRearm and accepts rounds again (and attaches the volume
+	// again with --attach). Bump it (a counter or a timestamp) to sync into
+	// a target after its group was promoted, e.g. to migrate back.
+	// +optional
+	// +kubebuilder:validation:MaxLength=128
+	Rearm string `json:"rearm,omitempty"`
 }
+
+// Condition types of a VolumeTarget besides Ready.
+const (
+	// ConditionPromoted is true when the target was promoted with its
+	// group: its PVC is annotated and released, and rounds are refused
+	// until it is re-armed.
+	ConditionPromoted = "Promoted"
+)
+
+// Annotations the receiver sets on a promoted target's PVC.
+const (
+	// AnnotationMigration is the group (status.group) the PVC's image was
+	// committed in.
+	AnnotationMigration = "voldelta.io/migration"
+	// AnnotationGeneration is the receiver's generation of the image.
+	AnnotationGeneration = "voldelta.io/generation"
+	// AnnotationRootHash is the image's root hash (hex).
+	AnnotationRootHash = "voldelta.io/root-hash"
+)
 
 // VolumeTargetStatus is what the receiver reports.
 type VolumeTargetStatus struct {
 	// Phase: Pending (nothing committed yet), Idle (a generation is
 	// committed and nothing is being written), Syncing (an apply or a
 	// pull runs or was interrupted: the target is incomplete), Degraded
-	// (the volume cannot be resolved, or the last pull failed).
+	// (the volume cannot be resolved, or the last pull failed), Promoted
+	// (promoted with its group and released until re-armed).
 	// +optional
 	Phase Phase `json:"phase,omitempty"`
-	// Conditions: Ready (a verified generation is in place).
+	// Conditions: Ready (a verified generation is in place), Promoted
+	// (promoted with its group; see status.promoted).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -103,6 +133,40 @@ type VolumeTargetStatus struct {
 	// ConsecutiveFailures counts failed pulls since the last success.
 	// +optional
 	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+
+	// Group is the group of the round that committed the last
+	// generation (a VolumeSync's spec.group.name); empty if that round
+	// had none.
+	// +optional
+	Group string `json:"group,omitempty"`
+	// GroupGeneration is the generation committed in that group round.
+	// +optional
+	GroupGeneration int64 `json:"groupGeneration,omitempty"`
+	// GroupMembers is the member count that round announced.
+	// +optional
+	GroupMembers int32 `json:"groupMembers,omitempty"`
+	// GroupPromote is true when that round was the group's final one
+	// (spec.group.promote).
+	// +optional
+	GroupPromote bool `json:"groupPromote,omitempty"`
+
+	// Promoted is true from the group's promotion until spec.rearm
+	// changes: the PVC is annotated and released, and rounds are
+	// refused (ERROR 15, the agent's ReceiverRefused "promoted").
+	// +optional
+	Promoted bool `json:"promoted,omitempty"`
+	// PromotedGroup and PromotedGeneration are the group and generation
+	// of the last promotion (kept after a re-arm).
+	// +optional
+	PromotedGroup string `json:"promotedGroup,omitempty"`
+	// +optional
+	PromotedGeneration int64 `json:"promotedGeneration,omitempty"`
+	// PromotedTime is when the last promotion happened.
+	// +optional
+	PromotedTime *metav1.Time `json:"promotedTime,omitempty"`
+	// LastRearm is spec.rearm as of the last re-arm.
+	// +optional
+	LastRearm string `json:"lastRearm,omitempty"`
 }
 
 // VolumeTarget maps a remote volume name to a local volume on the
@@ -119,6 +183,8 @@ type VolumeTargetStatus struct {
 // +kubebuilder:printcolumn:name="Store gen",type=integer,JSONPath=`.status.storeGeneration`,priority=1
 // +kubebuilder:printcolumn:name="Incomplete",type=boolean,JSONPath=`.status.incomplete`
 // +kubebuilder:printcolumn:name="Committed",type=date,JSONPath=`.status.committedTime`
+// +kubebuilder:printcolumn:name="Group",type=string,JSONPath=`.status.group`,priority=1
+// +kubebuilder:printcolumn:name="Promoted",type=boolean,JSONPath=`.status.promoted`
 // +kubebuilder:printcolumn:name="Root",type=string,JSONPath=`.status.rootHash`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type VolumeTarget struct {
