@@ -73,6 +73,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Name identifies this agent in the receiver's logs; default host name.
 	Name string
+	// Group, if set, makes the round a member of a group committed
+	// together (HELLO's group trailer, transport/spec.md): the receiver
+	// records it with the generation and, in Kubernetes mode, promotes the
+	// group's targets when every member committed a Promote round. A
+	// receiver that cannot promote refuses Promote (ERROR 16); a promoted
+	// target refuses every round until re-armed (ERROR 15).
+	Group *transport.Group
 }
 
 // Progress is a snapshot of a running round.
@@ -195,6 +202,11 @@ func Sync(ctx context.Context, opt Options) (*Stats, error) {
 	if err := opt.Transport.Validate(); err != nil {
 		return nil, err
 	}
+	if opt.Group != nil {
+		if err := opt.Group.Validate(); err != nil {
+			return nil, err
+		}
+	}
 	comp, err := transport.NewCompressor(opt.Compression)
 	if err != nil {
 		return nil, err
@@ -281,7 +293,7 @@ func (r *round) run(ctx context.Context) error {
 		return err
 	}
 	err = ctrl.Send(transport.Hello{Version: transport.ProtocolVersion, Volume: r.opt.Volume, Size: r.size,
-		Params: r.opt.Params, Streams: uint16(r.opt.Transport.Streams), Agent: r.opt.Name, Image: r.opt.ImageID})
+		Params: r.opt.Params, Streams: uint16(r.opt.Transport.Streams), Agent: r.opt.Name, Image: r.opt.ImageID, Group: r.opt.Group})
 	if err != nil {
 		return err
 	}
