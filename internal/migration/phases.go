@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
@@ -154,12 +155,12 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 	}
 	for _, w := range m.Status.Workloads {
 		if err := r.scale(ctx, m.Namespace, w.Kind, w.Name, 0); err != nil {
-			return step{}, err
+			return step{}, gone(err)
 		}
 	}
 	remaining, err := r.remaining(ctx, m, false)
 	if err != nil {
-		return step{}, err
+		return step{}, gone(err)
 	}
 	if len(remaining) == 0 {
 		m.Status.QuiescedTime = mtime(now)
@@ -197,7 +198,7 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 	// trusted.
 	back, err := r.remaining(ctx, m, true)
 	if err != nil {
-		return step{}, err
+		return step{}, gone(err)
 	}
 	if len(back) > 0 {
 		return step{}, failf(ReasonWorkloadBack, "workloads came back during the final rounds, which may not hold their last writes: %s", strings.Join(back, "; "))
@@ -300,6 +301,15 @@ func (r *Reconciler) unwind(ctx context.Context, m *v1alpha1.Migration, reason, 
 	setCondition(m, v1alpha1.ConditionDestinationReady, metav1.ConditionFalse, reason, msg)
 	m.Status.Message = msg
 	return nil
+}
+
+// gone turns the NotFound of a recorded workload (deleted during the
+// cutover) into a failure: its pods cannot be checked any more.
+func gone(err error) error {
+	if apierrors.IsNotFound(err) {
+		return failf(ReasonWorkloadMissing, "a quiesced workload disappeared during the cutover: %v", err)
+	}
+	return err
 }
 
 func sinceTo(from, to *metav1.Time) time.Duration {

@@ -55,6 +55,7 @@ func TestMigration(t *testing.T) {
 		{"missing-workload", testMissingWorkload},
 		{"degraded-member", testDegradedMember},
 		{"workload-back", testWorkloadBack},
+		{"workload-deleted", testWorkloadDeleted},
 		{"invalid-name", testInvalidName},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -734,5 +735,19 @@ func testWorkloadBack(e *env) {
 	}
 	if m.Status.CommitTime != nil {
 		e.t.Errorf("commit time %v", m.Status.CommitTime)
+	}
+}
+
+// testWorkloadDeleted: a quiesced workload deleted during the cutover
+// fails the migration; the others are scaled back.
+func testWorkloadDeleted(e *env) {
+	reachQuiescing(e, "gone", nil)
+	e.must(e.cl.Delete(e.ctx, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: e.ns, Name: "web"}}))
+	m := e.expectPhase("gone", v1alpha1.MigrationFailed)
+	if c := condition(m, v1alpha1.ConditionDestinationReady); c.Reason != migration.ReasonWorkloadMissing || !strings.Contains(c.Message, "disappeared") {
+		e.t.Errorf("DestinationReady %+v", c)
+	}
+	if n := e.replicas(v1alpha1.KindStatefulSet, "db"); n != 2 {
+		e.t.Errorf("db at %d replicas, want 2", n)
 	}
 }
