@@ -392,6 +392,7 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 		Transport: tcfg,
 		Logger:    log,
 		Name:      "voldelta-agent@" + r.o.NodeName,
+		Group:     syncGroup(vs.Spec.Group),
 	})
 	if err != nil {
 		return round{}, err
@@ -400,6 +401,14 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 		reused: stats.ReusedBytes, wire: stats.WireBytes, manifest: stats.Manifest,
 		scanMode: stats.ScanMode, fullScanReason: stats.FullScanReason, read: stats.BytesRead,
 		hintSource: stats.HintSource, hintCheck: stats.HintCheck}, nil
+}
+
+// syncGroup converts spec.group to the HELLO's group; nil for none.
+func syncGroup(g *v1alpha1.SyncGroup) *transport.Group {
+	if g == nil {
+		return nil
+	}
+	return &transport.Group{Name: g.Name, Members: uint16(min(max(g.Members, 0), transport.MaxGroupMembers+1)), Promote: g.Promote}
 }
 
 // push runs the round against a store: the snapshot becomes the store's

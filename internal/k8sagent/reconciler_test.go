@@ -565,3 +565,26 @@ func TestTLSFromSecret(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestGroupRound: spec.group reaches the round's HELLO, and a promoted
+// target's refusal is reported as ReceiverRefused naming the promotion.
+func TestGroupRound(t *testing.T) {
+	vs := volumeSync()
+	vs.Spec.Group = &v1alpha1.SyncGroup{Name: "app-shop-1a2b3c4d", Members: 2, Promote: true}
+	f := newFixture(t, "node-a", vs)
+	f.reconcile()
+	f.ready(f.get().Status.PendingSnapshot)
+	f.syncErr = fmt.Errorf("receiver r refused volume %q: %w", "app-data",
+		&transport.RemoteError{Code: transport.ErrCodePromoted, Message: "VolumeTarget dst/data was promoted with group app-shop-1a2b3c4d"})
+	f.reconcile()
+	if len(f.syncs) != 1 {
+		t.Fatalf("%d rounds, want 1", len(f.syncs))
+	}
+	if g := f.syncs[0].Group; g == nil || *g != (transport.Group{Name: "app-shop-1a2b3c4d", Members: 2, Promote: true}) {
+		t.Fatalf("HELLO group %+v", g)
+	}
+	c := cond(f.get(), v1alpha1.ConditionDegraded)
+	if c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonReceiverRefused || !strings.Contains(c.Message, "promoted") {
+		t.Fatalf("Degraded = %+v", c)
+	}
+}
