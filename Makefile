@@ -94,6 +94,14 @@ bench-quick:
 bench-scale:
 	GO=$(GO) ./bench/run.sh scale $(BENCHFLAGS)
 
+## bench-warm: a warm migration of MariaDB (2 GiB datadir) under a steady insert load over the same WAN:
+## voldelta pre-copy rounds (--base reflink hints) until they converge, then the cutover; downtime from
+## "database stopped" to "replica verified and MariaDB started on it", against restic (backup + full or
+## in-place restore) and rsync --inplace (root; installs what it needs; <= 20 min). See bench/README.md.
+.PHONY: bench-warm
+bench-warm:
+	GO=$(GO) ./bench/run.sh warm $(BENCHFLAGS)
+
 ## bench-tools: build the pinned restic client the WAN benchmark (bench/) compares with (once, cached)
 .PHONY: bench-tools
 bench-tools:

@@ -79,6 +79,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "scale" {
 		os.Exit(scaleMain(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "warm" {
+		os.Exit(warmMain(os.Args[2:]))
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {

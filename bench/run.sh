@@ -4,6 +4,7 @@
 #   bench/run.sh -scale quick
 #   bench/run.sh -scale default -out bench/results/default
 #   bench/run.sh scale -sizes "1 4 16"     (make bench-scale; bench scale -h)
+#   bench/run.sh warm                       (make bench-warm; bench warm -h)
 # Needs root (network namespaces, loop devices, mounts). The harness cleans
 # up its namespaces, mounts, loop devices and processes on success, failure
 # and Ctrl-C; a run that was killed outright is cleaned up by the next.
@@ -27,6 +28,12 @@ if [ "${1:-}" = scale ]; then
   mode=(scale)
   shift
   pkgs=(rsync gnuplot-nox xfsprogs iproute2 util-linux mount time coreutils)
+elif [ "${1:-}" = warm ]; then
+  # The warm migration: MariaDB on an ext4 whose image is on an XFS with
+  # reflinks (the snapshots).
+  mode=(warm)
+  shift
+  pkgs+=(xfsprogs coreutils)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
