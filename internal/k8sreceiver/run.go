@@ -108,6 +108,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	}
 	scfg := o.Server
 	scfg.Resolve, scfg.Authorize, scfg.OnCommit = t.Resolve, t.Authorize, t.OnCommit
+	scfg.Groups = true // Reconcile promotes groups; Resolve refuses promoted targets
 	if scfg.Logger == nil {
 		scfg.Logger = o.Logger
 	}

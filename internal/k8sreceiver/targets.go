@@ -92,10 +92,12 @@ type Options struct {
 
 // Targets serves VolumeTargets to a receiver.Server and reconciles them.
 type Targets struct {
-	o       Options
-	events  chan event.GenericEvent
-	mu      sync.Mutex
-	writers map[string]string // remote volume → identity of the last committer
+	o        Options
+	events   chan event.GenericEvent
+	mu       sync.Mutex
+	writers  map[string]string    // remote volume → identity of the last committer
+	promoted map[string]promotion // namespace/name → its promotion, until re-armed
+	groupMu  sync.Mutex           // one group evaluation at a time
 }
 
 // New checks o and returns Targets.
@@ -126,7 +128,8 @@ func New(o Options) (*Targets, error) {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
 	}
-	return &Targets{o: o, events: make(chan event.GenericEvent, 64), writers: make(map[string]string)}, nil
+	return &Targets{o: o, events: make(chan event.GenericEvent, 64), writers: make(map[string]string),
+		promoted: make(map[string]promotion)}, nil
 }
 
 // lookup finds the VolumeTarget of a remote volume.
@@ -173,6 +176,10 @@ func (t *Targets) Resolve(ctx context.Context, volume string) (string, error) {
 	if err != nil {
 		t.o.Metrics.refuse(volume, "unknown")
 		return "", err
+	}
+	if p, ok := t.released(vt); ok {
+		t.o.Metrics.refuse(volume, "promoted")
+		return "", promotedErr(vt, p)
 	}
 	path, err := t.device(ctx, vt)
 	if err != nil {
@@ -271,6 +278,22 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 	st.ObservedGeneration = vt.Generation
 	retry := t.o.Refresh
 
+	t.rearm(&vt)
+	if p, ok := t.released(&vt); ok {
+		// Promoted: released, so neither attached nor resolved; its
+		// state is reported as it was committed.
+		if !orig.Status.Promoted {
+			if err := t.release(ctx, &vt, p); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+		if vs, err := receiver.ReadStatus(t.o.StateDir, vt.Spec.RemoteVolume); err == nil {
+			t.fromState(&vt, vs)
+		}
+		t.setPromoted(&vt, p)
+		return ctrl.Result{RequeueAfter: retry}, t.patch(ctx, orig, &vt)
+	}
+
 	path, err := t.device(ctx, &vt)
 	if errors.Is(err, ErrNotAttached) && t.o.Attach {
 		if aerr := t.ensureAttached(ctx, &vt); aerr != nil {
@@ -304,14 +327,7 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 	case err != nil:
 		return ctrl.Result{}, err
 	default:
-		st.Generation = int64(vs.Generation)
-		st.RootHash = vs.Root
-		st.Size = int64(vs.Size)
-		st.Incomplete = vs.Incomplete
-		if vs.CommittedAt != nil {
-			ct := metav1.NewTime(*vs.CommittedAt)
-			st.CommittedTime = &ct
-		}
+		t.fromState(&vt, vs)
 		t.mu.Lock()
 		if w := t.writers[vt.Spec.RemoteVolume]; w != "" {
 			st.LastWriter = w
@@ -334,11 +350,36 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 			t.setReady(&vt, metav1.ConditionFalse, v1alpha1.ReasonNeverSynced, "no round has committed yet")
 		}
 		t.o.Metrics.state(vt.Spec.RemoteVolume, st.Generation, st.Incomplete)
+		if vs.Group != nil && vs.Group.Promote {
+			if name, _, ok := memberOf(&vt, vs); ok {
+				if err := t.promoteGroup(ctx, &vt, name); err != nil {
+					return ctrl.Result{}, errors.Join(err, t.patch(ctx, orig, &vt))
+				}
+			}
+		}
 	}
 	if st.ConsecutiveFailures > 0 {
 		st.Phase = v1alpha1.PhaseDegraded
 	}
 	return ctrl.Result{RequeueAfter: retry}, t.patch(ctx, orig, &vt)
+}
+
+// fromState reports the receiver's state of the volume in vt's status:
+// the committed generation and the group of the round that committed it.
+func (t *Targets) fromState(vt *v1alpha1.VolumeTarget, vs *receiver.VolumeStatus) {
+	st := &vt.Status
+	st.Generation = int64(vs.Generation)
+	st.RootHash = vs.Root
+	st.Size = int64(vs.Size)
+	st.Incomplete = vs.Incomplete
+	if vs.CommittedAt != nil {
+		ct := metav1.NewTime(*vs.CommittedAt)
+		st.CommittedTime = &ct
+	}
+	st.Group, st.GroupGeneration, st.GroupMembers, st.GroupPromote = "", 0, 0, false
+	if g := vs.Group; g != nil && vs.Generation > 0 {
+		st.Group, st.GroupGeneration, st.GroupMembers, st.GroupPromote = g.Name, int64(vs.Generation), int32(g.Members), g.Promote
+	}
 }
 
 // event records an Event on vt, if there is a recorder.
