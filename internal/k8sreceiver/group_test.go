@@ -26,8 +26,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crfake "sigs.k8s.io/controller-runtime/pkg/client/fake"
 
-	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/agent"
+	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/chunk"
 	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/pki"
@@ -478,5 +478,3 @@ func TestGroupNotPromoted(t *testing.T) {
 		t.Fatal("no GroupConflict event")
 	}
 }
-
-
