@@ -21,11 +21,13 @@ demo: $(BIN)
 	VOLDELTA=$(BIN) ./scripts/demo.sh
 
 ## tools: build the pinned MinIO server the object-store tests run against (once, cached)
-## Kubernetes tests: kube-apiserver (built once, 10-25 min) and controller-gen;
+## Kubernetes tests: kube-apiserver (built once, 10-25 min), kube-controller-manager (same
+## k8s.io/kubernetes, built after it from the shared build cache) and controller-gen;
 ## etcd comes from Debian (apt-get install etcd-server).
 tools:
 	GO=$(GO) ./scripts/ensure-minio.sh >/dev/null
 	GO=$(GO) ./scripts/ensure-kube-apiserver.sh >/dev/null
+	GO=$(GO) ./scripts/ensure-kube-controller-manager.sh >/dev/null
 	GO=$(GO) ./scripts/ensure-controller-gen.sh >/dev/null
 	GO=$(GO) ./scripts/ensure-csi-snapshot-metadata.sh >/dev/null
 	./scripts/ensure-etcd.sh >/dev/null
