@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -32,16 +33,22 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
 
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
 	"github.com/voldelta/voldelta/internal/pki"
 	"github.com/voldelta/voldelta/internal/toolcache"
 )
 
 // ControlPlane is an etcd and a kube-apiserver on loopback. No controllers
-// run: tests play the snapshot controller, the attacher and Longhorn.
+// run unless a test starts the real kube-controller-manager
+// (StartControllerManager); tests play the snapshot controller, the
+// attacher and Longhorn.
 type ControlPlane struct {
 	// Config authenticates as a member of system:masters.
 	Config *rest.Config
 	dir    string
+	ca     *pki.CA // signs the serving certificates
 }
 
 // Binaries returns the paths of etcd and kube-apiserver, or an error saying
@@ -114,6 +121,7 @@ func Start(t testing.TB) *ControlPlane {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cp.ca = ca
 	serving, err := ca.Issue("kube-apiserver", []string{"127.0.0.1", "localhost"}, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -407,4 +415,100 @@ func (cp *ControlPlane) ImpersonatedConfig(namespace, name string) *rest.Config 
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
 	}
 	return c
+}
+
+// ControllerManagerBinary returns the path of kube-controller-manager, or an
+// error saying how to get it.
+func ControllerManagerBinary() (string, error) {
+	bin := toolcache.Bin("VOLDELTA_KUBE_CONTROLLER_MANAGER", "kube-controller-manager")
+	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
+		return "", fmt.Errorf("the test needs kube-controller-manager at %s: run `make tools` or scripts/ensure-kube-controller-manager.sh, or set VOLDELTA_KUBE_CONTROLLER_MANAGER", bin)
+	}
+	return bin, nil
+}
+
+// DefaultControllers are the kube-controller-manager controllers
+// StartControllerManager runs when the test names none: Deployments,
+// ReplicaSets, StatefulSets and the garbage collector (which deletes the
+// ReplicaSets and Pods whose owners are gone).
+var DefaultControllers = []string{"deployment", "replicaset", "statefulset", "garbagecollector"}
+
+// StartControllerManager runs the real kube-controller-manager against the
+// control plane, with only the named controllers (DefaultControllers if
+// none), as system:masters, without leader election, serving /healthz on a
+// free loopback port with a certificate of the control plane's CA. It
+// returns once /healthz answers ok, and fails the test (never skips) if the
+// binary is missing. No kubelet or scheduler runs: Pods the controllers
+// create stay Pending, and an unscheduled Pod is deleted at once. The
+// process is stopped when the test ends.
+func (cp *ControlPlane) StartControllerManager(t testing.TB, controllers ...string) {
+	t.Helper()
+	bin, err := ControllerManagerBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(controllers) == 0 {
+		controllers = DefaultControllers
+	}
+	dir, err := os.MkdirTemp(cp.dir, "kcm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cp.Config.Host, CertificateAuthorityData: cp.Config.CAData}
+	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: cp.Config.BearerToken}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "admin"}
+	kc.CurrentContext = "test"
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	serving, err := cp.ca.Issue("kube-controller-manager", []string{"127.0.0.1", "localhost"}, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"serving.crt": serving.CertPEM, "serving.key": serving.KeyPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freePort(t)
+	done := cp.run(t, "kube-controller-manager", bin,
+		"--kubeconfig", kubeconfig,
+		// Delegated authentication and authorization of its own
+		// endpoints go to the test apiserver too; /healthz is always
+		// allowed (the default --authorization-always-allow-paths).
+		"--authentication-kubeconfig", kubeconfig, "--authorization-kubeconfig", kubeconfig,
+		"--authentication-skip-lookup",
+		"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port),
+		"--tls-cert-file", filepath.Join(dir, "serving.crt"), "--tls-private-key-file", filepath.Join(dir, "serving.key"),
+		"--leader-elect=false",
+		"--controllers", strings.Join(controllers, ","),
+		"--use-service-account-credentials=false",
+		"--v", "1")
+
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cp.ca.Pool()}}}
+	defer hc.CloseIdleConnections()
+	url := fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
+	deadline := time.Now().Add(2 * time.Minute)
+	var last string
+	for time.Now().Before(deadline) {
+		resp, err := hc.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			last = fmt.Sprintf("%d %s", resp.StatusCode, b)
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-done:
+			t.Fatalf("kube-controller-manager exited before it was healthy (its log follows)")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	t.Fatalf("kube-controller-manager not healthy after 2m: %s", last)
 }
