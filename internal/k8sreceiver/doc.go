@@ -13,6 +13,28 @@
 //	    certificate must carry a name in spec.allowedIdentities
 //	OnCommit (receiver.Config.OnCommit): metrics, and a status refresh
 //
+// Groups (receiver.Config.Groups; spec.group of VolumeSyncs, HELLO's group
+// trailer): the receiver's state records the group of the round that
+// committed each generation, and Reconcile reports it (status.group,
+// groupGeneration) and promotes:
+//
+//	Reconcile(vt):
+//	    if spec.rearm != status.lastRearm: unpromote vt; lastRearm = spec.rearm
+//	    if vt is promoted: report its state, do not attach; done
+//	    ... (as above)
+//	    if vt's last commit is a Promote round of group G, current, and
+//	       not the generation promoted already:
+//	        M = targets whose last commit is such a round of G
+//	            (this receiver's state; else their status)
+//	        if |M| == G.members and all agree on members:
+//	            for m in M: refuse rounds to m (Resolve: ErrPromoted,
+//	                ERROR 15); annotate m's PVC (migration, generation,
+//	                root-hash); delete the VolumeAttachments made for m;
+//	                status.promoted, condition Promoted, Event
+//
+// No partial promotion: a member that has not committed its Promote round
+// (failed, interrupted, incomplete) keeps every member unpromoted.
+//
 // A VolumeTarget with spec.store is fed by an object store instead: every
 // poll interval its reconcile lists the remote volume's generations there
 // and, if the target does not hold the latest, pulls it in place
