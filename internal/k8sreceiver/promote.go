@@ -18,6 +18,7 @@ import (
 
 // promotion is what a target was promoted with.
 type promotion struct {
+	uid        types.UID // of the VolumeTarget: one re-created under its name is not promoted
 	group      string
 	generation int64
 	root       string
@@ -38,7 +39,7 @@ func (t *Targets) released(vt *v1alpha1.VolumeTarget) (promotion, bool) {
 	t.mu.Lock()
 	p, ok := t.promoted[key(vt)]
 	t.mu.Unlock()
-	if ok {
+	if ok && p.uid == vt.UID {
 		return p, true
 	}
 	st := &vt.Status
@@ -186,7 +187,7 @@ func (t *Targets) promoteGroup(ctx context.Context, self *v1alpha1.VolumeTarget,
 	}
 	now := metav1.NewTime(t.o.Clock.Now())
 	for _, m := range ms {
-		p := promotion{group: group, generation: m.generation, root: m.root, at: now}
+		p := promotion{uid: m.vt.UID, group: group, generation: m.generation, root: m.root, at: now}
 		t.mu.Lock()
 		t.promoted[key(m.vt)] = p // refuse rounds from now on
 		t.mu.Unlock()
@@ -211,7 +212,6 @@ func (t *Targets) promoteGroup(ctx context.Context, self *v1alpha1.VolumeTarget,
 		t.event(m.vt, corev1.EventTypeNormal, v1alpha1.ReasonPromoted, "Promote",
 			"promoted with group %q (%d members) at generation %d, root %s: released, rounds refused until re-armed", group, size, p.generation, p.root)
 		t.o.Logger.Info("target promoted", "volumetarget", key(m.vt), "group", group, "generation", p.generation, "root", p.root)
-		t.o.Metrics.refuse(m.vt.Spec.RemoteVolume, "promoted")
 	}
 	return errors.Join(errs...)
 }

@@ -262,6 +262,11 @@ func (t *Targets) OnCommit(volume string, peer transport.Identity, r receiver.Re
 func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	var vt v1alpha1.VolumeTarget
 	if err := t.o.Client.Get(ctx, req.NamespacedName, &vt); err != nil {
+		if apierrors.IsNotFound(err) {
+			t.mu.Lock()
+			delete(t.promoted, req.NamespacedName.String())
+			t.mu.Unlock()
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if vt.DeletionTimestamp != nil {
