@@ -33,7 +33,7 @@ type WarmConfig struct {
 	*Config
 	DataMiB       int     // database size the fill reaches (approximately)
 	RowsPerSec    int     // the inserter's rate during pre-copy
-	ConvergeBytes int64   // a pre-copy round with fewer link bytes (busier direction) converges
+	ConvergeBytes int64   // a pre-copy round that sent fewer bytes of chunks (raw) converges
 	MaxRounds     int     // pre-copy rounds at most
 	Results       string  // where warm.md, warm.json and warm.png go
 	Render        string  // render this directory's warm.json again and exit
@@ -80,7 +80,7 @@ func parseWarmFlags(args []string) (*WarmConfig, error) {
 	fs := flag.NewFlagSet("bench warm", flag.ContinueOnError)
 	data := fs.Int("data-mib", 2048, "database size the fill reaches, MiB (rows of ~37 KB; the volume is 1.25× + 512 MiB)")
 	rate := fs.Int("rows-per-sec", 40, "the inserter's rate during pre-copy, rows/s (~37 KB each on disk)")
-	conv := fs.Int64("converge-bytes", 4<<20, "a pre-copy round converges when its link bytes (busier direction) are under this")
+	conv := fs.Int64("converge-bytes", 16<<20, "a pre-copy round (from the second) converges when the chunks it sent hold fewer bytes than this, before compression (bytes_sent_raw)")
 	maxr := fs.Int("max-rounds", 6, "pre-copy rounds at most")
 	results := fs.String("results", "bench/results", "directory for warm.md, warm.json and warm.png")
 	render := fs.String("render", "", "render DIR/warm.md and warm.png again from DIR/warm.json, then exit (no root)")
@@ -159,8 +159,9 @@ func (b *Bench) attachImage(ctx context.Context, name, img string, remove bool, 
 }
 
 // poolVolume is a sparse image of size bytes in the pool, attached with
-// direct I/O (writes go to the image, not the loop device's page cache).
-func (b *Bench) poolVolume(ctx context.Context, pool *Volume, name string, size int64) (*Volume, error) {
+// direct I/O if direct (writes go to the image, not the loop device's page
+// cache).
+func (b *Bench) poolVolume(ctx context.Context, pool *Volume, name string, size int64, direct bool) (*Volume, error) {
 	img := filepath.Join(pool.Mount, name+".img")
 	os.Remove(img)
 	f, err := os.Create(img)
@@ -172,7 +173,10 @@ func (b *Bench) poolVolume(ctx context.Context, pool *Volume, name string, size 
 		return nil, err
 	}
 	f.Close()
-	return b.attachImage(ctx, name, img, true, "--direct-io=on")
+	if direct {
+		return b.attachImage(ctx, name, img, true, "--direct-io=on")
+	}
+	return b.attachImage(ctx, name, img, true)
 }
 
 // warmDB is a mariadbd on side with its own socket and pid directory.

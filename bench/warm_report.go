@@ -62,6 +62,7 @@ type WarmParams struct {
 type WarmRound struct {
 	N               int     `json:"n"`
 	AtSeconds       float64 `json:"snapshot_at_seconds"` // since the load started
+	EndSeconds      float64 `json:"committed_at_seconds"`
 	RowsInserted    int64   `json:"rows_inserted_by_then"`
 	SnapshotSeconds float64 `json:"snapshot_seconds"` // freeze + reflink + thaw
 	Base            string  `json:"base,omitempty"`
@@ -317,7 +318,7 @@ func renderWarmMarkdown(res *WarmResults) string {
 	}
 
 	fmt.Fprintf(&b, "## voldelta pre-copy rounds (load running)\n\n")
-	fmt.Fprintf(&b, "Back to back until a round's link bytes (each direction) fall under %s, at most %d rounds; every round `--cache-dir`, from round 2 `--base` the previous snapshot. Converged: %s.\n\n",
+	fmt.Fprintf(&b, "Back to back until a round's chunks sent hold under %s before compression (`bytes_sent_raw`), at most %d rounds; every round `--cache-dir`, from round 2 `--base` the previous snapshot. Converged: %s.\n\n",
 		mbs(uint64(p.ConvergeBytes)), p.MaxRounds, yesNo(res.Converged))
 	fmt.Fprintf(&b, "| round | snapshot at | rows inserted | snapshot | round | scan | scan mode | read | changed | sent raw | link → / ← |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, w := range res.Precopy {
@@ -335,7 +336,7 @@ func renderWarmMarkdown(res *WarmResults) string {
 			mbs(uint64(statF(st, "bytes_sent_raw"))), mbs(r.LinkTxBytes), mbs(r.LinkRxBytes))
 	}
 	fmt.Fprintf(&b, "\n**Fairness.** restic and rsync pre-copy the converged snapshot too (restic backup across the link + restore into the in-place target; rsync --inplace), with the load paused meanwhile (%s); "+
-		"the load then runs again for the converged round's window (%s, snapshot to snapshot) before the stop. So every tool's final delta is the same pair of snapshots (converged → final) and the same bytes of database change.\n\n",
+		"the load then runs again for as long as the converged round took (%s, its snapshot to its commit: when a back-to-back loop would take the next snapshot) before the stop. So every tool's final delta is the same pair of snapshots (converged → final) and the same bytes of database change.\n\n",
 		secs(res.PauseSeconds), secs(res.WindowSeconds))
 	fmt.Fprintf(&b, "| pre-copy step (restic, rsync) | time | link → / ← |\n|---|---|---|\n")
 	for _, r := range res.OthersPrecopy {

@@ -126,16 +126,19 @@ func (b *Bench) runWarm(ctx context.Context, wc *WarmConfig) (err error) {
 		if err != nil {
 			return fmt.Errorf("pre-copy round %d: %w", n, err)
 		}
-		if n >= 2 && wr.Round.LinkTxBytes < uint64(wc.ConvergeBytes) && wr.Round.LinkRxBytes < uint64(wc.ConvergeBytes) {
+		// Converged: the round carried (chunks sent, before compression)
+		// less than the threshold of changed content.
+		if n >= 2 && statF(wr.Round.Stats, "bytes_sent_raw") < float64(wc.ConvergeBytes) {
 			res.Converged = true
 			break
 		}
 	}
 	k := len(res.Precopy)
 	last := res.Precopy[k-1]
-	// The window the final delta covers: what the converged round carried,
-	// from the snapshot before it to its own.
-	res.WindowSeconds = last.AtSeconds - res.Precopy[k-2].AtSeconds
+	// The window the final delta covers: as long as the converged round
+	// (its snapshot to its commit), after which a back-to-back loop would
+	// have taken the final snapshot.
+	res.WindowSeconds = last.EndSeconds - last.AtSeconds
 
 	// restic's and rsync's pre-copy, from the same converged snapshot, with
 	// the load paused (so that their final delta is the same as voldelta's).
@@ -285,7 +288,7 @@ func (b *Bench) warmSetup(ctx context.Context, wc *WarmConfig, volSize int64) (*
 	if s.pool, err = b.xfsVolume(ctx, "pool", 2*volSize+2<<30); err != nil {
 		return s, err
 	}
-	if s.src, err = b.poolVolume(ctx, s.pool, "src", volSize); err != nil {
+	if s.src, err = b.poolVolume(ctx, s.pool, "src", volSize, true); err != nil {
 		return s, err
 	}
 	if err := s.src.Mkfs(ctx); err != nil {
@@ -294,7 +297,10 @@ func (b *Bench) warmSetup(ctx context.Context, wc *WarmConfig, volSize int64) (*
 	if err := s.src.MountAt(ctx, b.mnt("src"), false); err != nil {
 		return s, err
 	}
-	if s.replica, err = b.poolVolume(ctx, s.pool, "replica", volSize); err != nil {
+	// The replica's loop device is buffered (no direct I/O), as restic's
+	// and rsync's targets are: the receiver's writes reach its page cache
+	// and its fsync writes them back, as on a destination disk.
+	if s.replica, err = b.poolVolume(ctx, s.pool, "replica", volSize, false); err != nil {
 		return s, err
 	}
 	s.vdDst = s.replica
@@ -382,12 +388,14 @@ func (b *Bench) warmPrecopyRound(ctx context.Context, s *warmWorld, ins *inserte
 	wr.Round.Command = strings.Join(c.Args, " ")
 	err = b.measureCmd(ctx, wr.Round, c)
 	wr.Round.Stats = readStats(stats)
+	wr.EndSeconds = time.Since(ins.start).Seconds()
 	u, rerr := recv.Stop()
 	wr.Round.add(u)
 	if err == nil {
 		err = rerr
 	}
-	log.Printf("pre-copy %d: %.2fs, %s over the link, scan %v (%v s)", n, wr.Round.Seconds, mb(wr.Round.LinkBytes()), wr.Round.Stats["scan_mode"], wr.Round.Stats["scan_seconds"])
+	log.Printf("pre-copy %d: %.2fs, %s changed sent, %s over the link, scan %v (%v s)", n, wr.Round.Seconds, mb(uint64(statF(wr.Round.Stats, "bytes_sent_raw"))),
+		mb(wr.Round.LinkBytes()), wr.Round.Stats["scan_mode"], wr.Round.Stats["scan_seconds"])
 	// Snapshots older than the base of the next round are not needed.
 	if n >= 3 {
 		os.Remove(s.snapPath(n - 2))

@@ -13,7 +13,7 @@ func TestWarmFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.DataMiB != 512 || cfg.RowsPerSec != 10 || cfg.MaxRounds != 3 || cfg.ConvergeBytes != 4<<20 || cfg.Scale.RedoLog != "96M" {
+	if cfg.DataMiB != 512 || cfg.RowsPerSec != 10 || cfg.MaxRounds != 3 || cfg.ConvergeBytes != 16<<20 || cfg.Scale.RedoLog != "96M" {
 		t.Errorf("config %+v", cfg)
 	}
 	if !strings.HasPrefix(filepath.Base(cfg.Out), "warm-") {
@@ -48,7 +48,7 @@ func warmFixture() *WarmResults {
 		Steps: []*Round{bk, {Name: "restic restore in-place", Seconds: 3}}, Rows: 100, MaxID: 120, RowsOK: true}
 	rs := &WarmFlow{Key: "rsync", Label: warmLabels["rsync"], StopSeconds: 0.5, Error: "rsync: exit status 23",
 		Steps: []*Round{{Name: "rsync final", Seconds: 9}}}
-	return &WarmResults{Versions: map[string]string{}, Setup: map[string]float64{}, Params: WarmParams{ConvergeBytes: 4 << 20, MaxRounds: 6},
+	return &WarmResults{Versions: map[string]string{}, Setup: map[string]float64{}, Params: WarmParams{ConvergeBytes: 16 << 20, MaxRounds: 6},
 		Probe:   LinkProbe{LinkRateBytesS: 12.5e6, LinkRateMbit: 100},
 		Precopy: []*WarmRound{{N: 1, Round: &Round{Seconds: 30, Stats: map[string]any{"scan_mode": "full", "full_scan_reason": "first round: the receiver has no generation"}}}},
 		Flows:   []*WarmFlow{vd, rf, ri, rs}, RowsAtStop: 100, MaxIDAtStop: 120}
