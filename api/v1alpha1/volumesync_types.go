@@ -47,7 +47,11 @@ type VolumeSyncSpec struct {
 	// annotates the target PVCs, releases them and refuses further rounds
 	// until each VolumeTarget is re-armed (docs/kubernetes.md,
 	// "Promotion"). Needs a receiver destination in Kubernetes mode; a
-	// standalone receiver refuses promote.
+	// standalone receiver refuses promote. A round carries the group only
+	// if its snapshot was requested for the current spec.trigger.manual
+	// (status.pendingManualTrigger equals it): set group and a new
+	// trigger in one update, after the workloads are quiesced, so that
+	// only a snapshot taken after that is ever sent as a member.
 	// +optional
 	Group *SyncGroup `json:"group,omitempty"`
 }

@@ -392,7 +392,7 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 		Transport: tcfg,
 		Logger:    log,
 		Name:      "voldelta-agent@" + r.o.NodeName,
-		Group:     syncGroup(vs.Spec.Group),
+		Group:     roundGroup(vs),
 	})
 	if err != nil {
 		return round{}, err
@@ -403,9 +403,16 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 		hintSource: stats.HintSource, hintCheck: stats.HintCheck}, nil
 }
 
-// syncGroup converts spec.group to the HELLO's group; nil for none.
-func syncGroup(g *v1alpha1.SyncGroup) *transport.Group {
-	if g == nil {
+// roundGroup is the group the pending round is sent in: spec.group, but
+// only if the round's snapshot was requested for the current
+// spec.trigger.manual. A round whose snapshot predates the trigger (a
+// pre-copy round under way when an orchestrator set spec.group and bumped
+// the trigger in one update, after quiescing) is sent without a group, so
+// it can never count as the group's final round; the round for the new
+// trigger follows.
+func roundGroup(vs *v1alpha1.VolumeSync) *transport.Group {
+	g := vs.Spec.Group
+	if g == nil || vs.Status.PendingManualTrigger != vs.Spec.Trigger.Manual {
 		return nil
 	}
 	return &transport.Group{Name: g.Name, Members: uint16(min(max(g.Members, 0), transport.MaxGroupMembers+1)), Promote: g.Promote}

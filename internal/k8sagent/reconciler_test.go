@@ -588,3 +588,36 @@ func TestGroupRound(t *testing.T) {
 		t.Fatalf("Degraded = %+v", c)
 	}
 }
+
+// TestGroupNotOnEarlierSnapshot: a round whose snapshot was taken before
+// spec.group and a new trigger were set is sent without the group; the
+// round of the new trigger carries it.
+func TestGroupNotOnEarlierSnapshot(t *testing.T) {
+	vs := volumeSync()
+	vs.Spec.Trigger.Manual = "precopy-3"
+	f := newFixture(t, "node-a", vs)
+	f.reconcile()
+	pending := f.get().Status.PendingSnapshot
+	// The orchestrator quiesces, then sets the group and the final trigger in one update.
+	cur := f.get()
+	cur.Spec.Group = &v1alpha1.SyncGroup{Name: "g-1", Members: 2, Promote: true}
+	cur.Spec.Trigger.Manual = "final"
+	if err := f.cl.Update(context.Background(), cur); err != nil {
+		t.Fatal(err)
+	}
+	f.ready(pending)
+	f.reconcile()
+	if len(f.syncs) != 1 || f.syncs[0].Group != nil {
+		t.Fatalf("the pre-copy snapshot's round was sent in group %+v", f.syncs[len(f.syncs)-1].Group)
+	}
+	// The round for "final" follows, with the group.
+	f.reconcile()
+	f.ready(f.get().Status.PendingSnapshot)
+	f.reconcile()
+	if len(f.syncs) != 2 || f.syncs[1].Group == nil || f.syncs[1].Group.Name != "g-1" {
+		t.Fatalf("rounds %d, the final one's group %+v", len(f.syncs), f.syncs[len(f.syncs)-1].Group)
+	}
+	if st := f.get().Status; st.LastManualTrigger != "final" {
+		t.Fatalf("lastManualTrigger %q", st.LastManualTrigger)
+	}
+}
