@@ -335,7 +335,7 @@ func renderWarmMarkdown(res *WarmResults) string {
 			secs(statF(st, "scan_seconds")), mode, mbs(uint64(statF(st, "bytes_read"))), mbs(uint64(statF(st, "changed_bytes"))),
 			mbs(uint64(statF(st, "bytes_sent_raw"))), mbs(r.LinkTxBytes), mbs(r.LinkRxBytes))
 	}
-	fmt.Fprintf(&b, "\n**Fairness.** restic and rsync pre-copy the converged snapshot too (restic backup across the link + restore into the in-place target; rsync --inplace), with the load paused meanwhile (%s); "+
+	fmt.Fprintf(&b, "\n**Fairness.** restic and rsync pre-copy the converged snapshot too (restic backup across the link + restore into the in-place target; rsync --inplace), with the load paused and MariaDB suspended (SIGSTOP: no background flushing either) meanwhile (%s); "+
 		"the load then runs again for as long as the converged round took (%s, its snapshot to its commit: when a back-to-back loop would take the next snapshot) before the stop. So every tool's final delta is the same pair of snapshots (converged → final) and the same bytes of database change.\n\n",
 		secs(res.PauseSeconds), secs(res.WindowSeconds))
 	fmt.Fprintf(&b, "| pre-copy step (restic, rsync) | time | link → / ← |\n|---|---|---|\n")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -142,12 +143,27 @@ func (b *Bench) runWarm(ctx context.Context, wc *WarmConfig) (err error) {
 
 	// restic's and rsync's pre-copy, from the same converged snapshot, with
 	// the load paused (so that their final delta is the same as voldelta's).
+	// MariaDB itself is suspended (SIGSTOP) too: no background flushing
+	// of dirty pages lands in the final delta that a back-to-back loop
+	// would have carried in its rounds.
 	ins.setPaused(true)
-	t = time.Now()
-	if err := b.warmOthersPrecopy(ctx, s, res, k); err != nil {
+	pid, err := s.srcDB.svc.Pid()
+	if err != nil {
 		return err
 	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	resume := b.cl.Add("continue mariadbd", func() error { return syscall.Kill(pid, syscall.SIGCONT) })
+	t = time.Now()
+	err = b.warmOthersPrecopy(ctx, s, res, k)
 	res.PauseSeconds = time.Since(t).Seconds()
+	if rerr := resume(); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return err
+	}
 	// The last window of load, as long as the converged round's.
 	ins.setPaused(false)
 	log.Printf("load resumed for %.1fs (the converged round's window)", res.WindowSeconds)
