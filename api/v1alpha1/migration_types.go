@@ -254,6 +254,12 @@ type MigrationStatus struct {
 	// FinalSyncStartTime is when FinalTrigger was set on the volumes.
 	// +optional
 	FinalSyncStartTime *metav1.Time `json:"finalSyncStartTime,omitempty"`
+	// Group names the group of the final rounds (every VolumeSync's
+	// spec.group, with promote): the destination's VolumeTargets report
+	// it, and their promotion, in status.group and status.promotedGroup.
+	// Empty for a store destination.
+	// +optional
+	Group string `json:"group,omitempty"`
 	// CommitTime is when the group committed (the last volume's final
 	// round committed at the destination).
 	// +optional
