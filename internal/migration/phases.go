@@ -30,6 +30,9 @@ func (r *Reconciler) pending(ctx context.Context, m *v1alpha1.Migration, now tim
 		m.Status.Message = "no PersistentVolumeClaim matches spec.volumes.selector yet"
 		return stay(v1alpha1.MigrationPending, r.o.RequeueInterval), nil
 	}
+	if len(pvcs) > maxVolumes {
+		return step{}, failf(ReasonInvalidSpec, "spec.volumes: %d PVCs, at most %d (the members of one group)", len(pvcs), maxVolumes)
+	}
 	vols := make([]v1alpha1.MigrationVolumeStatus, 0, len(pvcs))
 	for _, pvc := range pvcs {
 		v, err := volumeFor(m, pvc)
@@ -40,7 +43,7 @@ func (r *Reconciler) pending(ctx context.Context, m *v1alpha1.Migration, now tim
 	}
 	trigger := precopyTrigger(m, 1)
 	for _, v := range vols {
-		if _, err := r.ensureVolumeSync(ctx, m, v, trigger); err != nil {
+		if _, err := r.ensureVolumeSync(ctx, m, v, roundSpec{trigger: trigger}); err != nil {
 			return step{}, err
 		}
 	}
@@ -54,7 +57,7 @@ func (r *Reconciler) pending(ctx context.Context, m *v1alpha1.Migration, now tim
 // precopying waits for the current round, records it, and either declares
 // the pre-copy converged or starts the next round after the interval.
 func (r *Reconciler) precopying(ctx context.Context, m *v1alpha1.Migration, now time.Time) (step, error) {
-	members, err := r.members(ctx, m, m.Status.PrecopyTrigger)
+	members, err := r.members(ctx, m, precopyRound(m))
 	if err != nil {
 		return step{}, err
 	}
@@ -114,7 +117,7 @@ func (r *Reconciler) readyForCutover(ctx context.Context, m *v1alpha1.Migration,
 	}
 	msg := "ready for cutover: waiting for " + waitingFor
 	if reason == ReasonConverged {
-		members, err := r.members(ctx, m, m.Status.PrecopyTrigger)
+		members, err := r.members(ctx, m, precopyRound(m))
 		if err != nil {
 			return step{}, err
 		}
@@ -192,6 +195,11 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 	if m.Status.FinalTrigger == "" {
 		m.Status.FinalTrigger = m.Name + "-final"
 		m.Status.FinalSyncStartTime = mtime(now)
+		// A receiver (in Kubernetes mode) promotes the group once every
+		// member committed its final round; a store has no promotion.
+		if m.Spec.Destination.Store == nil {
+			m.Status.Group = groupName(m)
+		}
 	}
 	// A workload that came back (scaled up by someone else) may have
 	// written after the final snapshots were taken: the group cannot be
@@ -203,7 +211,7 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 	if len(back) > 0 {
 		return step{}, failf(ReasonWorkloadBack, "workloads came back during the final rounds, which may not hold their last writes: %s", strings.Join(back, "; "))
 	}
-	members, err := r.members(ctx, m, m.Status.FinalTrigger)
+	members, err := r.members(ctx, m, finalRound(m))
 	if err != nil {
 		return step{}, err
 	}
@@ -228,7 +236,7 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 // overwrite what the destination now holds. The workloads stay at 0: the
 // application moves.
 func (r *Reconciler) committing(ctx context.Context, m *v1alpha1.Migration, now time.Time) (step, error) {
-	members, err := r.members(ctx, m, m.Status.FinalTrigger)
+	members, err := r.members(ctx, m, finalRound(m))
 	if err != nil {
 		return step{}, err
 	}

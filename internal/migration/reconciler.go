@@ -38,6 +38,9 @@ const (
 	DefaultQuiesceTimeout      = 5 * time.Minute
 	// HistoryLimit bounds status.history.
 	HistoryLimit = 10
+	// maxVolumes bounds the volumes of a Migration: the members of one
+	// group (v1alpha1.SyncGroup).
+	maxVolumes = 64
 )
 
 // Condition reasons of a Migration. Those of a failure are also the

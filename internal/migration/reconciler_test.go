@@ -347,7 +347,7 @@ func testHappyPath(e *env) {
 	if !metav1.IsControlledBy(vs, m) || vs.Labels[migration.LabelMigration] != "app" || vs.Spec.SourcePVC != "data-b" ||
 		vs.Spec.Destination.VolumeName != e.ns+"-data-b" || vs.Spec.Destination.Address != "replica.example:7300" ||
 		vs.Spec.Trigger.Manual != "app-precopy-1" || vs.Spec.Trigger.Interval != nil ||
-		vs.Spec.VolumeSnapshotClassName != "snap" || vs.Spec.BandwidthLimit != "100Mbit" {
+		vs.Spec.VolumeSnapshotClassName != "snap" || vs.Spec.BandwidthLimit != "100Mbit" || vs.Spec.Group != nil {
 		t.Fatalf("VolumeSync %+v %+v", vs.ObjectMeta, vs.Spec)
 	}
 	if c := condition(m, v1alpha1.ConditionReadyForCutover); c.Status != metav1.ConditionFalse {
@@ -414,6 +414,15 @@ func testHappyPath(e *env) {
 		t.Fatalf("final sync: %+v", m.Status)
 	}
 	e.expectTriggers("app", "app-final")
+	// The final rounds are one group, which the destination promotes.
+	if !strings.HasPrefix(m.Status.Group, e.ns+"-app-") || len(m.Status.Group) != len(e.ns+"-app-")+8 {
+		t.Errorf("group %q", m.Status.Group)
+	}
+	for _, vs := range e.volumeSyncs("app") {
+		if g := vs.Spec.Group; g == nil || *g != (v1alpha1.SyncGroup{Name: m.Status.Group, Members: 2, Promote: true}) {
+			t.Errorf("VolumeSync %s: group %+v", vs.Name, g)
+		}
+	}
 
 	// A round that had started before the final trigger commits under its
 	// own trigger: not the final one.

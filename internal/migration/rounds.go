@@ -12,6 +12,37 @@ import (
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 )
 
+// precopyRound is what the VolumeSyncs are asked for in the current
+// pre-copy round.
+func precopyRound(m *v1alpha1.Migration) roundSpec {
+	return roundSpec{trigger: m.Status.PrecopyTrigger}
+}
+
+// finalRound is what the VolumeSyncs are asked for in the final round:
+// its trigger and, if status.group is set, the group to promote.
+func finalRound(m *v1alpha1.Migration) roundSpec {
+	rs := roundSpec{trigger: m.Status.FinalTrigger}
+	if m.Status.Group != "" {
+		rs.group = &v1alpha1.SyncGroup{Name: m.Status.Group, Members: int32(len(m.Status.Volumes)), Promote: true}
+	}
+	return rs
+}
+
+// groupName names the group of a Migration's final rounds:
+// <namespace>-<migration>-<first 8 of its uid>, unique per attempt, at
+// most 128 characters (a volume name).
+func groupName(m *v1alpha1.Migration) string {
+	uid := strings.ReplaceAll(string(m.UID), "-", "")
+	if len(uid) > 8 {
+		uid = uid[:8]
+	}
+	prefix := m.Namespace + "-" + m.Name
+	if limit := 128 - 1 - len(uid); len(prefix) > limit {
+		prefix = prefix[:limit]
+	}
+	return prefix + "-" + uid
+}
+
 // precopyTrigger is the manual trigger of pre-copy round n.
 func precopyTrigger(m *v1alpha1.Migration, n int32) string {
 	return fmt.Sprintf("%s-precopy-%d", m.Name, n)
@@ -88,7 +119,7 @@ func (r *Reconciler) nextRound(ctx context.Context, m *v1alpha1.Migration, membe
 	}
 	trigger := precopyTrigger(m, m.Status.Rounds+1)
 	for _, mb := range members {
-		if err := r.setTrigger(ctx, mb.vs, trigger); err != nil {
+		if err := r.setRound(ctx, mb.vs, roundSpec{trigger: trigger}); err != nil {
 			return 0, err
 		}
 	}

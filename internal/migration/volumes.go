@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -85,10 +86,20 @@ func volumeFor(m *v1alpha1.Migration, pvc string) (v1alpha1.MigrationVolumeStatu
 	return v, nil
 }
 
-// ensureVolumeSync returns the VolumeSync of v with spec.trigger.manual
-// set to trigger, creating it if it does not exist. One that exists but is
-// not the Migration's fails the migration.
-func (r *Reconciler) ensureVolumeSync(ctx context.Context, m *v1alpha1.Migration, v v1alpha1.MigrationVolumeStatus, trigger string) (*v1alpha1.VolumeSync, error) {
+// roundSpec is what every VolumeSync of the migration is asked for: the
+// manual trigger of the current round and, for the final round, the group
+// the destination promotes once every member committed it. Both are set
+// in one write, so that a round snapshotted after the final trigger also
+// carries the group.
+type roundSpec struct {
+	trigger string
+	group   *v1alpha1.SyncGroup
+}
+
+// ensureVolumeSync returns the VolumeSync of v asked for rs, creating it
+// if it does not exist. One that exists but is not the Migration's fails
+// the migration.
+func (r *Reconciler) ensureVolumeSync(ctx context.Context, m *v1alpha1.Migration, v v1alpha1.MigrationVolumeStatus, rs roundSpec) (*v1alpha1.VolumeSync, error) {
 	dest := m.Spec.Destination
 	dest.VolumeName = v.RemoteVolume
 	vs := &v1alpha1.VolumeSync{
@@ -96,9 +107,10 @@ func (r *Reconciler) ensureVolumeSync(ctx context.Context, m *v1alpha1.Migration
 		Spec: v1alpha1.VolumeSyncSpec{
 			SourcePVC:               v.PVC,
 			Destination:             dest,
-			Trigger:                 v1alpha1.Trigger{Manual: trigger},
+			Trigger:                 v1alpha1.Trigger{Manual: rs.trigger},
 			VolumeSnapshotClassName: m.Spec.VolumeSnapshotClassName,
 			BandwidthLimit:          m.Spec.BandwidthLimit,
+			Group:                   rs.group.DeepCopy(),
 		},
 	}
 	if err := controllerutil.SetControllerReference(m, vs, r.o.Client.Scheme()); err != nil {
@@ -122,7 +134,7 @@ func (r *Reconciler) ensureVolumeSync(ctx context.Context, m *v1alpha1.Migration
 	case !metav1.IsControlledBy(vs, m):
 		return nil, failf(ReasonVolumeSyncTaken, "VolumeSync %s/%s exists and is not this Migration's", m.Namespace, v.VolumeSync)
 	}
-	return vs, r.setTrigger(ctx, vs, trigger)
+	return vs, r.setRound(ctx, vs, rs)
 }
 
 // member is a volume of the migration and its VolumeSync.
@@ -131,16 +143,16 @@ type member struct {
 	vs  *v1alpha1.VolumeSync
 }
 
-// members returns the VolumeSyncs of status.volumes, in order, each with
-// spec.trigger.manual set to trigger; a deleted one is created again.
-func (r *Reconciler) members(ctx context.Context, m *v1alpha1.Migration, trigger string) ([]member, error) {
+// members returns the VolumeSyncs of status.volumes, in order, each asked
+// for rs; a deleted one is created again.
+func (r *Reconciler) members(ctx context.Context, m *v1alpha1.Migration, rs roundSpec) ([]member, error) {
 	out := make([]member, 0, len(m.Status.Volumes))
 	for _, v := range m.Status.Volumes {
 		var vs v1alpha1.VolumeSync
 		err := r.o.Reader.Get(ctx, types.NamespacedName{Namespace: m.Namespace, Name: v.VolumeSync}, &vs)
 		switch {
 		case apierrors.IsNotFound(err):
-			got, err := r.ensureVolumeSync(ctx, m, v, trigger)
+			got, err := r.ensureVolumeSync(ctx, m, v, rs)
 			if err != nil {
 				return nil, err
 			}
@@ -150,7 +162,7 @@ func (r *Reconciler) members(ctx context.Context, m *v1alpha1.Migration, trigger
 		case !metav1.IsControlledBy(&vs, m):
 			return nil, failf(ReasonVolumeSyncTaken, "VolumeSync %s/%s exists and is not this Migration's", m.Namespace, v.VolumeSync)
 		default:
-			if err := r.setTrigger(ctx, &vs, trigger); err != nil {
+			if err := r.setRound(ctx, &vs, rs); err != nil {
 				return nil, err
 			}
 		}
@@ -159,14 +171,16 @@ func (r *Reconciler) members(ctx context.Context, m *v1alpha1.Migration, trigger
 	return out, nil
 }
 
-func (r *Reconciler) setTrigger(ctx context.Context, vs *v1alpha1.VolumeSync, trigger string) error {
-	if vs.Spec.Trigger.Manual == trigger {
+// setRound sets vs's spec.trigger.manual and spec.group to rs's, in one
+// patch.
+func (r *Reconciler) setRound(ctx context.Context, vs *v1alpha1.VolumeSync, rs roundSpec) error {
+	if vs.Spec.Trigger.Manual == rs.trigger && equality.Semantic.DeepEqual(vs.Spec.Group, rs.group) {
 		return nil
 	}
 	orig := vs.DeepCopy()
-	vs.Spec.Trigger.Manual = trigger
+	vs.Spec.Trigger.Manual, vs.Spec.Group = rs.trigger, rs.group.DeepCopy()
 	if err := r.o.Client.Patch(ctx, vs, client.MergeFrom(orig)); err != nil {
-		return fmt.Errorf("set trigger %q on VolumeSync %s/%s: %w", trigger, vs.Namespace, vs.Name, err)
+		return fmt.Errorf("set trigger %q on VolumeSync %s/%s: %w", rs.trigger, vs.Namespace, vs.Name, err)
 	}
 	return nil
 }
