@@ -360,6 +360,9 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 				if err := t.promoteGroup(ctx, &vt, name); err != nil {
 					return ctrl.Result{}, errors.Join(err, t.patch(ctx, orig, &vt))
 				}
+				if p, ok := t.released(&vt); ok {
+					t.setPromoted(&vt, p) // also when a concurrent reconcile of another member promoted it
+				}
 			}
 		}
 	}
