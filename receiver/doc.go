@@ -48,7 +48,13 @@
 //	all fetched: shrink a file, fsync target, check it is still the file or
 //	    device it opened, read back every range written this round; a mismatch
 //	    commits nothing and marks the index for a rescan (the next round repairs);
-//	    write extents and state (phase=committed, generation+1, size, image, fingerprint), RESULT
+//	    write extents and state (phase=committed, generation+1, size, image, group, fingerprint), RESULT
+//
+// A HELLO's group (transport.Hello.Group) is recorded with the generation
+// its round commits (State.Group, VolumeStatus.Group); promotion is
+// Kubernetes mode's (package k8sreceiver, Config.Groups): without
+// Config.Groups a group with Promote is refused (ErrGroup, ERROR 16), and
+// Config.Resolve refuses a promoted target with ErrPromoted (ERROR 15).
 //
 // A target is reported current (ReadStatus) only in phase committed, with
 // no rescan pending, and while its fingerprint still vouches for it: for a
