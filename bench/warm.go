@@ -35,6 +35,7 @@ type WarmConfig struct {
 	RowsPerSec    int     // the inserter's rate during pre-copy
 	ConvergeBytes int64   // a pre-copy round that sent fewer bytes of chunks (raw) converges
 	MaxRounds     int     // pre-copy rounds at most
+	Preflush      bool    // innodb_max_dirty_pages_pct = 0 during pre-copy
 	Results       string  // where warm.md, warm.json and warm.png go
 	Render        string  // render this directory's warm.json again and exit
 	RowBytesDisk  float64 // bytes a row takes in the datadir, for sizing
@@ -82,6 +83,7 @@ func parseWarmFlags(args []string) (*WarmConfig, error) {
 	rate := fs.Int("rows-per-sec", 40, "the inserter's rate during pre-copy, rows/s (~37 KB each on disk)")
 	conv := fs.Int64("converge-bytes", 16<<20, "a pre-copy round (from the second) converges when the chunks it sent hold fewer bytes than this, before compression (bytes_sent_raw)")
 	maxr := fs.Int("max-rounds", 6, "pre-copy rounds at most")
+	preflush := fs.Bool("preflush", true, "set innodb_max_dirty_pages_pct (and _lwm) to 0 when the pre-copy starts, so the shutdown at the cutover has little to flush")
 	results := fs.String("results", "bench/results", "directory for warm.md, warm.json and warm.png")
 	render := fs.String("render", "", "render DIR/warm.md and warm.png again from DIR/warm.json, then exit (no root)")
 	finish := commonFlags(fs, "/var/tmp/voldelta-bench-warm")
@@ -96,7 +98,7 @@ func parseWarmFlags(args []string) (*WarmConfig, error) {
 		return nil, errors.New("want -data-mib ≥ 64, -rows-per-sec ≥ 1, -max-rounds ≥ 2, -converge-bytes ≥ 1")
 	}
 	cfg := &WarmConfig{Config: &Config{Scale: Scale{Name: "warm", RedoLog: "96M"}}, DataMiB: *data, RowsPerSec: *rate,
-		ConvergeBytes: *conv, MaxRounds: *maxr, RowBytesDisk: warmRowDisk}
+		ConvergeBytes: *conv, MaxRounds: *maxr, Preflush: *preflush, RowBytesDisk: warmRowDisk}
 	var err error
 	if cfg.Results, err = filepath.Abs(*results); err != nil {
 		return nil, err

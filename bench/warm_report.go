@@ -56,6 +56,7 @@ type WarmParams struct {
 	ConvergeBytes int64  `json:"converge_bytes"`
 	MaxRounds     int    `json:"max_rounds"`
 	Rate          string `json:"rate"`
+	Preflush      bool   `json:"preflush"`
 }
 
 // WarmRound is one voldelta pre-copy round.
@@ -267,8 +268,8 @@ func renderWarmMarkdown(res *WarmResults) string {
 		res.Link.Rate, 2*res.Link.OneWayDelayMs, res.Probe.LinkRateMbit, res.Probe.GoodputMbit, res.Probe.RTTMillisMed)
 	fmt.Fprintf(&b, "Source: MariaDB (`arctic.person`, the study's ~37 KB rows) on an ext4 on a loop device (direct I/O) whose image is on an XFS with reflinks; "+
 		"filled with %d rows (datadir %s), volume %s; then a steady load of %d rows/s (one client, a batch every %v). "+
-		"A snapshot = `fsfreeze` of the ext4 around `cp --reflink` of its image.\n\n",
-		res.FillRows, mbs(uint64(res.DataBytes)), mibs(p.VolumeBytes), p.RowsPerSec, insertTick)
+		"A snapshot = `fsfreeze` of the ext4 around `cp --reflink` of its image. Pre-flush (`innodb_max_dirty_pages_pct` = 0 from the start of the pre-copy): %s.\n\n",
+		res.FillRows, mbs(uint64(res.DataBytes)), mibs(p.VolumeBytes), p.RowsPerSec, insertTick, yesNo(p.Preflush))
 	if res.Error != "" {
 		fmt.Fprintf(&b, "**The run failed:** `%s`\n\n", firstLine(res.Error))
 	}

@@ -59,7 +59,7 @@ func (b *Bench) runWarm(ctx context.Context, wc *WarmConfig) (err error) {
 	rows := int64(wc.DataMiB) * mib / int64(wc.RowBytesDisk)
 	volSize := (int64(wc.DataMiB)*mib*5/4 + 512*mib + mib - 1) / mib * mib
 	res.Params = WarmParams{DataMiB: wc.DataMiB, FillRows: rows, VolumeBytes: volSize, RowsPerSec: wc.RowsPerSec,
-		ConvergeBytes: wc.ConvergeBytes, MaxRounds: wc.MaxRounds, Rate: wc.Rate}
+		ConvergeBytes: wc.ConvergeBytes, MaxRounds: wc.MaxRounds, Rate: wc.Rate, Preflush: wc.Preflush}
 	defer func() {
 		res.Finished = time.Now().Format(time.RFC3339)
 		res.TotalSeconds = time.Since(start).Seconds()
@@ -109,6 +109,14 @@ func (b *Bench) runWarm(ctx context.Context, wc *WarmConfig) (err error) {
 		return err
 	}
 	log.Printf("source: %d rows, datadir %s, in %.0fs", rows, mb(uint64(res.DataBytes)), time.Since(t).Seconds())
+	// The migration's preparation: InnoDB told to keep its buffer pool
+	// clean (the page cleaner flushes as it goes), so the pre-copy rounds
+	// carry the page writes and the shutdown at t0 has little to flush.
+	if wc.Preflush {
+		if err := s.srcDB.SQL(ctx, "set global innodb_max_dirty_pages_pct = 0;\nset global innodb_max_dirty_pages_pct_lwm = 0;\n"); err != nil {
+			return err
+		}
+	}
 	ins, err := b.startInserter(ctx, s.srcDB, wc.RowsPerSec)
 	if err != nil {
 		return err
