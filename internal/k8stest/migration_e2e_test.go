@@ -28,11 +28,13 @@ import (
 //   - cutover: pre-copy rounds while the writer writes, ReadyForCutover, a
 //     manual cutover, the workload quiesced, the final round, Completed;
 //     both destination images equal the final round's source snapshots and
-//     carry the writer's last write.
+//     carry the writer's last write, and the receiver promotes both PVCs as
+//     one group with what the final rounds committed.
 //   - failing member, then abort: after the quiesce one volume's final
 //     round cannot reach its target; the migration stays in FinalSync, the
-//     destination unpromoted, the source quiesced; an abort restores the
-//     replica count and the controller manager recreates the pods.
+//     source quiesced, and neither destination PVC is promoted though the
+//     other member committed; an abort restores the replica count and the
+//     controller manager recreates the pods.
 //   - abort before cutover: the workload is left as it was.
 func TestMigrationEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -248,18 +250,29 @@ func testMigrationCutover(t *testing.T, w0 *migWorld) {
 		if vt.Status.Generation != vs.Status.LastGeneration || vt.Status.RootHash != vs.Status.LastRootHash {
 			t.Errorf("%s: VolumeTarget at generation %d root %s, VolumeSync committed %d %s", v.pvc, vt.Status.Generation, vt.Status.RootHash, vs.Status.LastGeneration, vs.Status.LastRootHash)
 		}
-		// Promotion of the group at the destination (the receiver's part)
-		// is reported, not required: the Migration sets no group on its
-		// VolumeSyncs yet.
+		// The receiver promotes the group once every member committed its
+		// final round: the destination PVC is annotated with the group and
+		// what the final round committed.
+		if st.Group == "" {
+			t.Fatalf("completed migration without a group: %+v", st)
+		}
+		w.eventually(v.pvc+" promoted", func() (bool, string, error) {
+			var vt v1alpha1.VolumeTarget
+			if err := w.cl.Get(w.ctx, client.ObjectKey{Namespace: dstNS, Name: v.pvc}, &vt); err != nil {
+				return false, "", err
+			}
+			pvc, err := w.kube.CoreV1().PersistentVolumeClaims(dstNS).Get(w.ctx, v.pvc, metav1.GetOptions{})
+			if err != nil {
+				return false, "", err
+			}
+			an := pvc.Annotations
+			return vt.Status.PromotedGroup == st.Group && an[v1alpha1.AnnotationMigration] == st.Group,
+				fmt.Sprintf("VolumeTarget promoted group %q, PVC annotations %v", vt.Status.PromotedGroup, an), nil
+		})
 		pvc, err := w.kube.CoreV1().PersistentVolumeClaims(dstNS).Get(w.ctx, v.pvc, metav1.GetOptions{})
 		w.must(err)
-		if g, ok := pvc.Annotations[v1alpha1.AnnotationMigration]; ok {
-			if pvc.Annotations[v1alpha1.AnnotationRootHash] != vs.Status.LastRootHash {
-				t.Errorf("%s: promoted (group %s) with root %s, the final round committed %s", v.pvc, g, pvc.Annotations[v1alpha1.AnnotationRootHash], vs.Status.LastRootHash)
-			}
-			t.Logf("%s: destination PVC promoted: group %s, generation %s", v.pvc, g, pvc.Annotations[v1alpha1.AnnotationGeneration])
-		} else {
-			t.Logf("%s: destination PVC not promoted (no %s annotation); VolumeTarget phase %s", v.pvc, v1alpha1.AnnotationMigration, vt.Status.Phase)
+		if an := pvc.Annotations; an[v1alpha1.AnnotationRootHash] != vs.Status.LastRootHash || an[v1alpha1.AnnotationGeneration] != fmt.Sprint(vs.Status.LastGeneration) {
+			t.Errorf("%s: promoted with %v, the final round committed generation %d root %s", v.pvc, an, vs.Status.LastGeneration, vs.Status.LastRootHash)
 		}
 	}
 
@@ -346,6 +359,8 @@ func testMigrationFailingMember(t *testing.T, w0 *migWorld) {
 		return ok, fmt.Sprintf("good last trigger %q; bad pending %q, %d failures", good.Status.LastManualTrigger,
 			bad.Status.PendingManualTrigger, bad.Status.ConsecutiveFailures), nil
 	})
+	// The good member committed, the group did not: nothing is promoted.
+	w.notPromoted(a)
 	got := w.getMigration(m)
 	if got.Status.Phase != v1alpha1.MigrationFinalSync || meta.IsStatusConditionTrue(got.Status.Conditions, v1alpha1.ConditionDestinationReady) || got.Status.CommitTime != nil {
 		t.Fatalf("with a failing member: phase %s, conditions %+v, commit time %v", got.Status.Phase, got.Status.Conditions, got.Status.CommitTime)
@@ -367,7 +382,22 @@ func testMigrationFailingMember(t *testing.T, w0 *migWorld) {
 		return n == 2, fmt.Sprintf("%d replicas", n), nil
 	})
 	waitPods(t, w.ctx, w.kube, srcNS, "app="+a.name, 2)
+	w.notPromoted(a)
 	w.release(a)
+}
+
+// notPromoted checks that no destination PVC of a is promoted.
+func (w *migWorld) notPromoted(a *migApp) {
+	w.t.Helper()
+	for _, v := range a.vols {
+		var vt v1alpha1.VolumeTarget
+		w.must(w.cl.Get(w.ctx, client.ObjectKey{Namespace: dstNS, Name: v.pvc}, &vt))
+		pvc, err := w.kube.CoreV1().PersistentVolumeClaims(dstNS).Get(w.ctx, v.pvc, metav1.GetOptions{})
+		w.must(err)
+		if g, ok := pvc.Annotations[v1alpha1.AnnotationMigration]; ok || vt.Status.PromotedGroup != "" || vt.Status.Phase == v1alpha1.PhasePromoted {
+			w.t.Errorf("%s promoted without its whole group: annotation %q, VolumeTarget %s promoted group %q", v.pvc, g, vt.Status.Phase, vt.Status.PromotedGroup)
+		}
+	}
 }
 
 func testMigrationAbortBeforeCutover(t *testing.T, w0 *migWorld) {
