@@ -380,7 +380,7 @@ set style fill solid 0.85 border -1
 set boxwidth 0.6
 set ylabel "downtime, s (database stopped → replica verified and started)"
 set grid ytics
-set key top left
+set key top right
 set xtics rotate by -12
 set yrange [0:*]
 plot %q using 2:xtic(1) title "stop (MariaDB shutdown)" lc rgb "#999999", \
