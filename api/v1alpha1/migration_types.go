@@ -240,20 +240,20 @@ type MigrationStatus struct {
 	PrecopyTrigger string `json:"precopyTrigger,omitempty"`
 	// PrecopyStartTime is when PrecopyTrigger was set on the volumes.
 	// +optional
-	PrecopyStartTime *metav1.Time `json:"precopyStartTime,omitempty"`
+	PrecopyStartTime *metav1.MicroTime `json:"precopyStartTime,omitempty"`
 
 	// CutoverStartTime is when quiescing started.
 	// +optional
-	CutoverStartTime *metav1.Time `json:"cutoverStartTime,omitempty"`
+	CutoverStartTime *metav1.MicroTime `json:"cutoverStartTime,omitempty"`
 	// QuiescedTime is when the workloads were at 0 and their pods gone.
 	// +optional
-	QuiescedTime *metav1.Time `json:"quiescedTime,omitempty"`
+	QuiescedTime *metav1.MicroTime `json:"quiescedTime,omitempty"`
 	// FinalTrigger is the manual trigger of every volume's final round.
 	// +optional
 	FinalTrigger string `json:"finalTrigger,omitempty"`
 	// FinalSyncStartTime is when FinalTrigger was set on the volumes.
 	// +optional
-	FinalSyncStartTime *metav1.Time `json:"finalSyncStartTime,omitempty"`
+	FinalSyncStartTime *metav1.MicroTime `json:"finalSyncStartTime,omitempty"`
 	// Group names the group of the final rounds (every VolumeSync's
 	// spec.group, with promote): the destination's VolumeTargets report
 	// it, and their promotion, in status.group and status.promotedGroup.
@@ -263,7 +263,7 @@ type MigrationStatus struct {
 	// CommitTime is when the group committed (the last volume's final
 	// round committed at the destination).
 	// +optional
-	CommitTime *metav1.Time `json:"commitTime,omitempty"`
+	CommitTime *metav1.MicroTime `json:"commitTime,omitempty"`
 	// Downtime is the measured downtime, from the start of quiescing to
 	// the group commit, and its parts.
 	// +optional

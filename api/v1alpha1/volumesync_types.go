@@ -212,16 +212,23 @@ type VolumeSyncStatus struct {
 	// +optional
 	Node string `json:"node,omitempty"`
 
-	// LastSyncStartTime is when the current or last round started.
+	// LastSyncStartTime is when the current or last round started (to the
+	// microsecond: a cutover's downtime is measured with it).
 	// +optional
-	LastSyncStartTime *metav1.Time `json:"lastSyncStartTime,omitempty"`
-	// LastSyncTime is when the last successful round committed.
+	LastSyncStartTime *metav1.MicroTime `json:"lastSyncStartTime,omitempty"`
+	// LastSyncTime is when the last successful round committed (to the
+	// microsecond).
 	// +optional
-	LastSyncTime *metav1.Time `json:"lastSyncTime,omitempty"`
+	LastSyncTime *metav1.MicroTime `json:"lastSyncTime,omitempty"`
 	// LastSyncDuration is how long the last successful round took,
 	// snapshot included.
 	// +optional
 	LastSyncDuration *metav1.Duration `json:"lastSyncDuration,omitempty"`
+	// LastSnapshotDuration is how long the last successful round waited
+	// for its VolumeSnapshot to be ready to use (part of
+	// lastSyncDuration).
+	// +optional
+	LastSnapshotDuration *metav1.Duration `json:"lastSnapshotDuration,omitempty"`
 	// NextSyncTime is when the next scheduled round is due.
 	// +optional
 	NextSyncTime *metav1.Time `json:"nextSyncTime,omitempty"`

@@ -544,6 +544,11 @@ func (in *VolumeSyncStatus) DeepCopyInto(out *VolumeSyncStatus) {
 		*out = new(v1.Duration)
 		**out = **in
 	}
+	if in.LastSnapshotDuration != nil {
+		in, out := &in.LastSnapshotDuration, &out.LastSnapshotDuration
+		*out = new(v1.Duration)
+		**out = **in
+	}
 	if in.NextSyncTime != nil {
 		in, out := &in.NextSyncTime, &out.NextSyncTime
 		*out = (*in).DeepCopy()

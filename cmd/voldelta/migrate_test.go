@@ -201,8 +201,8 @@ func completed(st *v1alpha1.MigrationStatus) {
 	st.Phase = v1alpha1.MigrationCompleted
 	st.Message = ""
 	st.Workloads = []v1alpha1.WorkloadStatus{{Kind: v1alpha1.KindDeployment, Name: "db", Replicas: 2}}
-	cut := metav1.NewTime(roundStart.Add(20 * time.Minute))
-	commit := metav1.NewTime(cut.Add(6 * time.Second))
+	cut := metav1.NewMicroTime(roundStart.Add(20 * time.Minute))
+	commit := metav1.NewMicroTime(cut.Add(6 * time.Second))
 	st.CutoverStartTime, st.CommitTime = &cut, &commit
 	snap := metav1.Duration{Duration: time.Second}
 	st.Downtime = &v1alpha1.Downtime{Total: metav1.Duration{Duration: 6100 * time.Millisecond},

@@ -57,10 +57,10 @@ func writeMigrationStatus(w io.Writer, m *v1alpha1.Migration, now time.Time, pro
 	field("Last delta", "%s", deltaString(st))
 	field("Predicted downtime", "%s", predicted(st))
 	if st.CutoverStartTime != nil {
-		field("Cutover started", "%s", clock(*st.CutoverStartTime, now))
+		field("Cutover started", "%s", clock(st.CutoverStartTime.Time, now))
 	}
 	if st.CommitTime != nil {
-		field("Group committed", "%s", clock(*st.CommitTime, now))
+		field("Group committed", "%s", clock(st.CommitTime.Time, now))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -116,7 +116,7 @@ func writeMigrationStatus(w io.Writer, m *v1alpha1.Migration, now time.Time, pro
 	}
 	rows = nil
 	for _, r := range st.History {
-		round := []string{fmt.Sprint(r.Round), clock(r.StartTime, now), clock(r.EndTime, now),
+		round := []string{fmt.Sprint(r.Round), clock(r.StartTime.Time, now), clock(r.EndTime.Time, now),
 			shortDuration(r.EndTime.Sub(r.StartTime.Time)), humanBytes(nonNeg(r.SentBytes))}
 		if len(r.Volumes) == 0 {
 			rows = append(rows, append(round, "-", "", "", "", ""))
@@ -299,7 +299,7 @@ func age(t metav1.Time, now time.Time) string {
 }
 
 // clock is a local time of day, with the date when it is not today's.
-func clock(t metav1.Time, now time.Time) string {
+func clock(t time.Time, now time.Time) string {
 	if t.IsZero() {
 		return "-"
 	}

@@ -36,6 +36,14 @@ import (
 	"github.com/voldelta/voldelta/transport"
 )
 
+// roundStart is when the round in st started, or def if it has no start.
+func roundStart(st *v1alpha1.VolumeSyncStatus, def time.Time) time.Time {
+	if st.LastSyncStartTime != nil {
+		return st.LastSyncStartTime.Time
+	}
+	return def
+}
+
 // Labels of the VolumeSnapshots the agent takes.
 const (
 	LabelVolumeSync = "voldelta.io/volumesync"
@@ -213,7 +221,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		// a restart finds and reuses it.
 		vs.Status.PendingSnapshot = snapshotName(vs.Name, now, vs.Status.Rounds+1, vs.Status.ConsecutiveFailures)
 		vs.Status.PendingManualTrigger = vs.Spec.Trigger.Manual
-		start := metav1.NewTime(now)
+		start := metav1.NewMicroTime(now)
 		vs.Status.LastSyncStartTime = &start
 	}
 	vs.Status.Phase = v1alpha1.PhaseSyncing
@@ -245,6 +253,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if !snap.Ready {
 		return ctrl.Result{RequeueAfter: snap.RetryAfter}, nil
 	}
+	snapshotWait := r.o.Clock.Now().Sub(roundStart(&vs.Status, now))
 
 	// A receiver's TLS Secret, or the store's credentials, before the
 	// snapshot is opened.
@@ -321,13 +330,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 	end := r.o.Clock.Now()
 	st := &vs.Status
-	started := end
-	if st.LastSyncStartTime != nil {
-		started = st.LastSyncStartTime.Time
-	}
-	endT := metav1.NewTime(end)
+	started := roundStart(st, end)
+	endT := metav1.NewMicroTime(end)
 	st.LastSyncTime = &endT
 	st.LastSyncDuration = &metav1.Duration{Duration: end.Sub(started).Round(time.Millisecond)}
+	st.LastSnapshotDuration = &metav1.Duration{Duration: max(snapshotWait, 0).Round(time.Millisecond)}
 	st.LastGeneration = int64(res.generation)
 	st.LastRootHash = res.root
 	st.LastSourceBytes = int64(res.source)

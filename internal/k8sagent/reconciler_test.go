@@ -282,6 +282,7 @@ func TestRoundsOnOwnNode(t *testing.T) {
 	if st.Phase != v1alpha1.PhaseIdle || st.LastGeneration != 1 || st.LastRootHash != "abc" || st.LastBytesSent != 100 ||
 		st.LastWireBytes != 150 || st.LastSourceBytes != 4096 || st.BaseSnapshot != first || st.PendingSnapshot != "" ||
 		st.Rounds != 1 || st.LastSyncTime == nil || st.LastSyncDuration == nil || st.LastSyncDuration.Duration != 3*time.Second ||
+		st.LastSnapshotDuration == nil || st.LastSnapshotDuration.Duration != 0 || // ready at once; the 3 s are the send's
 		st.NextSyncTime == nil || st.ObservedGeneration != 1 {
 		t.Fatalf("status after round 1: %+v", st)
 	}

@@ -171,6 +171,7 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 			since(m.Status.CutoverStartTime, now).Round(time.Millisecond))
 		setCondition(m, v1alpha1.ConditionQuiesced, metav1.ConditionTrue, ReasonScaledDown, msg)
 		m.Status.Message = msg + "; final rounds start"
+		startFinal(m, now) // with the phase, so that no reader sees FinalSync without its trigger
 		return goTo(v1alpha1.MigrationFinalSync), nil
 	}
 	timeout := DefaultQuiesceTimeout
@@ -192,15 +193,7 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 // agent's retries (with backoff) while the source stays quiesced; the
 // migration reports it and does not go on.
 func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now time.Time) (step, error) {
-	if m.Status.FinalTrigger == "" {
-		m.Status.FinalTrigger = m.Name + "-final"
-		m.Status.FinalSyncStartTime = mtime(now)
-		// A receiver (in Kubernetes mode) promotes the group once every
-		// member committed its final round; a store has no promotion.
-		if m.Spec.Destination.Store == nil {
-			m.Status.Group = groupName(m)
-		}
-	}
+	startFinal(m, now)
 	// A workload that came back (scaled up by someone else) may have
 	// written after the final snapshots were taken: the group cannot be
 	// trusted.
@@ -231,6 +224,21 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 	return stay(v1alpha1.MigrationFinalSync, r.o.RequeueInterval), nil
 }
 
+// startFinal names the final round (trigger, group) and when it starts,
+// once.
+func startFinal(m *v1alpha1.Migration, now time.Time) {
+	if m.Status.FinalTrigger != "" {
+		return
+	}
+	m.Status.FinalTrigger = m.Name + "-final"
+	m.Status.FinalSyncStartTime = mtime(now)
+	// A receiver (in Kubernetes mode) promotes the group once every
+	// member committed its final round; a store has no promotion.
+	if m.Spec.Destination.Store == nil {
+		m.Status.Group = groupName(m)
+	}
+}
+
 // committing records what every volume's final round committed and the
 // measured downtime, and pauses the VolumeSyncs: no later round may
 // overwrite what the destination now holds. The workloads stay at 0: the
@@ -245,6 +253,7 @@ func (r *Reconciler) committing(ctx context.Context, m *v1alpha1.Migration, now 
 		return goTo(v1alpha1.MigrationFinalSync), nil
 	}
 	var commit time.Time
+	var snapshot *metav1.Duration
 	for i, mb := range members {
 		st := mb.vs.Status
 		m.Status.Volumes[i].Generation = st.LastGeneration
@@ -252,8 +261,11 @@ func (r *Reconciler) committing(ctx context.Context, m *v1alpha1.Migration, now 
 		if st.LastSyncTime != nil && st.LastSyncTime.After(commit) {
 			commit = st.LastSyncTime.Time
 		}
+		if w := st.LastSnapshotDuration; w != nil && (snapshot == nil || w.Duration > snapshot.Duration) {
+			snapshot = w.DeepCopy()
+		}
 	}
-	if commit.IsZero() {
+	if commit.IsZero() || commit.After(now) { // no time, or another clock ahead of ours
 		commit = now
 	}
 	m.Status.CommitTime = mtime(commit)
@@ -262,6 +274,7 @@ func (r *Reconciler) committing(ctx context.Context, m *v1alpha1.Migration, now 
 		Total:     metav1.Duration{Duration: since(cut, commit)},
 		Quiesce:   metav1.Duration{Duration: sinceTo(cut, m.Status.QuiescedTime)},
 		FinalSync: metav1.Duration{Duration: since(m.Status.FinalSyncStartTime, commit)},
+		Snapshot:  snapshot,
 		Commit:    metav1.Duration{Duration: max(now.Sub(commit), 0)},
 	}
 	m.Status.Downtime = d
@@ -320,7 +333,7 @@ func gone(err error) error {
 	return err
 }
 
-func sinceTo(from, to *metav1.Time) time.Duration {
+func sinceTo(from, to *metav1.MicroTime) time.Duration {
 	if from == nil || to == nil {
 		return 0
 	}

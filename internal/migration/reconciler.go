@@ -326,12 +326,14 @@ func conditionReason(m *v1alpha1.Migration, typ string) string {
 	return ""
 }
 
-func mtime(t time.Time) *metav1.Time {
-	mt := metav1.NewTime(t)
+// mtime is t to the microsecond: the Migration's own timestamps, from
+// which the downtime is measured.
+func mtime(t time.Time) *metav1.MicroTime {
+	mt := metav1.NewMicroTime(t)
 	return &mt
 }
 
-func since(from *metav1.Time, to time.Time) time.Duration {
+func since(from *metav1.MicroTime, to time.Time) time.Duration {
 	if from == nil {
 		return 0
 	}

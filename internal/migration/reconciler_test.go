@@ -250,13 +250,14 @@ func (e *env) sync(name string, sent int64, took time.Duration) {
 	e.t.Helper()
 	vs := e.volumeSync(name)
 	e.gen++
-	now := metav1.NewTime(e.clock.Now())
+	now := metav1.NewMicroTime(e.clock.Now())
 	st := &vs.Status
 	st.Phase = v1alpha1.PhaseIdle
 	st.LastManualTrigger = vs.Spec.Trigger.Manual
 	st.LastBytesSent, st.LastWireBytes, st.LastSourceBytes = sent, sent/2, 1<<30
 	st.LastGeneration, st.LastRootHash = e.gen, fmt.Sprintf("root-%d", e.gen)
 	st.LastSyncTime, st.LastSyncDuration = &now, &metav1.Duration{Duration: took}
+	st.LastSnapshotDuration = &metav1.Duration{Duration: took / 7} // a seventh of the round waited for its snapshot
 	st.Rounds++
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonSynced, Message: "committed"})
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: v1alpha1.ConditionDegraded, Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonNoProblem})
@@ -437,7 +438,8 @@ func testHappyPath(e *env) {
 	e.syncAll("app", 128<<10, 7*time.Second)
 	m = e.expectPhase("app", v1alpha1.MigrationCompleted)
 	d := m.Status.Downtime
-	if d == nil || d.Quiesce.Duration != 4*time.Second || d.FinalSync.Duration != 7*time.Second || d.Total.Duration != 11*time.Second || d.Commit.Duration != 0 {
+	if d == nil || d.Quiesce.Duration != 4*time.Second || d.FinalSync.Duration != 7*time.Second || d.Total.Duration != 11*time.Second || d.Commit.Duration != 0 ||
+		d.Snapshot == nil || d.Snapshot.Duration != time.Second {
 		t.Fatalf("downtime %+v", d)
 	}
 	if c := condition(m, v1alpha1.ConditionDestinationReady); c.Status != metav1.ConditionTrue || c.Reason != migration.ReasonCommitted {
@@ -446,7 +448,7 @@ func testHappyPath(e *env) {
 	if len(m.Finalizers) != 0 {
 		t.Errorf("completed with finalizers %v", m.Finalizers)
 	}
-	if !m.Status.CommitTime.Equal(&metav1.Time{Time: e.clock.Now()}) {
+	if !m.Status.CommitTime.Equal(&metav1.MicroTime{Time: e.clock.Now()}) {
 		t.Errorf("commit time %v", m.Status.CommitTime)
 	}
 	for i, v := range m.Status.Volumes {
