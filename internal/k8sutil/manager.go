@@ -24,6 +24,12 @@ type ManagerOptions struct {
 	MetricsAddr string // "0" disables the metrics endpoint
 	HealthAddr  string // "" or "0" disables /healthz and /readyz
 	Logger      *slog.Logger
+	// LeaderElection makes the manager run its controllers only while it
+	// holds the Lease LeaderElectionID in LeaderElectionNamespace (default:
+	// the in-cluster namespace).
+	LeaderElection          bool
+	LeaderElectionID        string
+	LeaderElectionNamespace string
 }
 
 // NewManager returns a controller manager with Prometheus metrics and
@@ -32,12 +38,15 @@ type ManagerOptions struct {
 func NewManager(cfg *rest.Config, o ManagerOptions) (manager.Manager, error) {
 	skip := true
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 o.Scheme,
-		Cache:                  o.Cache,
-		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
-		HealthProbeBindAddress: o.HealthAddr,
-		Logger:                 logr.FromSlogHandler(o.Logger.Handler()),
-		Controller:             config.Controller{SkipNameValidation: &skip},
+		Scheme:                  o.Scheme,
+		Cache:                   o.Cache,
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress:  o.HealthAddr,
+		LeaderElection:          o.LeaderElection,
+		LeaderElectionID:        o.LeaderElectionID,
+		LeaderElectionNamespace: o.LeaderElectionNamespace,
+		Logger:                  logr.FromSlogHandler(o.Logger.Handler()),
+		Controller:              config.Controller{SkipNameValidation: &skip},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("controller manager: %w", err)

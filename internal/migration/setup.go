@@ -3,13 +3,10 @@ package migration
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net/http"
 	"slices"
 	"time"
 
-	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -18,13 +15,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/internal/k8sutil"
 )
 
 // Scheme adds every type the controller reads to s: Migrations and
@@ -111,29 +107,18 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if err := Scheme(scheme); err != nil {
 		return nil, err
 	}
-	skip := true
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	mgr, err := k8sutil.NewManager(cfg, k8sutil.ManagerOptions{
 		Scheme:                  scheme,
 		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
-		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
-		HealthProbeBindAddress:  o.HealthAddr,
+		MetricsAddr:             o.MetricsAddr,
+		HealthAddr:              o.HealthAddr,
+		Logger:                  o.Logger,
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        o.LeaderElectionID,
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		Logger:                  logr.FromSlogHandler(o.Logger.Handler()),
-		Controller:              config.Controller{SkipNameValidation: &skip},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("controller manager: %w", err)
-	}
-	if o.HealthAddr != "0" && o.HealthAddr != "" {
-		ok := func(*http.Request) error { return nil }
-		if err := mgr.AddHealthzCheck("ping", ok); err != nil {
-			return nil, err
-		}
-		if err := mgr.AddReadyzCheck("ping", ok); err != nil {
-			return nil, err
-		}
+		return nil, err
 	}
 	r, err := New(Options{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("voldelta-controller"),
 		Logger: o.Logger, RequeueInterval: o.RequeueInterval})
