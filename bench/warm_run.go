@@ -505,19 +505,7 @@ func (b *Bench) warmRsyncRound(ctx context.Context, s *warmWorld, phase string) 
 		d.Stop()
 		return r, err
 	}
-	err = b.measure(ctx, r, func() error {
-		u, err := (&Cmd{Name: "rsync", Side: SideSrc, Log: b.logPath("rsync"),
-			Args: []string{"rsync", "-a", "--inplace", "--no-whole-file", "--delete", "--stats",
-				s.view + "/", fmt.Sprintf("rsync://%s/vol/", proxyAddr(portRsync))}}).Run(ctx)
-		r.add(u)
-		if err != nil {
-			return err
-		}
-		t := time.Now()
-		_, err = sh(ctx, "sync", "-f", s.rsyncDst.Mount)
-		r.SyncSeconds = time.Since(t).Seconds()
-		return err
-	})
+	err = b.measure(ctx, r, func() error { return b.rsyncTree(ctx, r, s.view, s.rsyncDst.Mount) })
 	u, serr := d.Stop()
 	r.add(u)
 	if err == nil {
