@@ -42,6 +42,10 @@ type SnapshotRequest struct {
 	// Owner, if set, becomes the snapshot's controller reference (so it is
 	// garbage-collected with its VolumeSync).
 	Owner *metav1.OwnerReference
+	// Existing: the snapshot is someone else's (e.g. a member of a
+	// VolumeGroupSnapshot); it is never created, and until it exists the
+	// result is not Ready.
+	Existing bool
 }
 
 // SnapshotResult is the state of an ensured snapshot.
@@ -72,6 +76,9 @@ func (s *Snapshotter) EnsureSnapshot(ctx context.Context, req SnapshotRequest) (
 	api := s.client.SnapshotV1().VolumeSnapshots(req.Namespace)
 	vs, err := api.Get(ctx, req.Name, metav1.GetOptions{})
 	created := false
+	if apierrors.IsNotFound(err) && req.Existing {
+		return SnapshotResult{RetryAfter: s.poll}, nil
+	}
 	if apierrors.IsNotFound(err) {
 		obj := &snapv1.VolumeSnapshot{
 			ObjectMeta: metav1.ObjectMeta{Name: req.Name, Namespace: req.Namespace, Labels: req.Labels},
@@ -98,7 +105,7 @@ func (s *Snapshotter) EnsureSnapshot(ctx context.Context, req SnapshotRequest) (
 	if src := vs.Spec.Source.PersistentVolumeClaimName; src == nil || *src != req.PVC {
 		return SnapshotResult{}, fmt.Errorf("VolumeSnapshot %s/%s exists but is not a snapshot of PVC %s", req.Namespace, req.Name, req.PVC)
 	}
-	if req.Owner != nil && !created {
+	if req.Owner != nil && !created && !req.Existing {
 		if ref := metav1.GetControllerOf(vs); ref == nil || ref.UID != req.Owner.UID {
 			return SnapshotResult{}, fmt.Errorf("VolumeSnapshot %s/%s exists but was not taken for %s %s", req.Namespace, req.Name, req.Owner.Kind, req.Owner.Name)
 		}

@@ -133,6 +133,17 @@ type Trigger struct {
 	// Ready true, e.g. for the final round before a cutover.
 	// +optional
 	Manual string `json:"manual,omitempty"`
+
+	// SnapshotName, if set, is an existing VolumeSnapshot of spec.sourcePVC
+	// in the VolumeSync's namespace that the round of Manual reads instead
+	// of taking a snapshot of its own (e.g. a member of a
+	// VolumeGroupSnapshot taken for the final round of a Migration). It
+	// applies only to a round started for a new Manual value: set both in
+	// one update. The agent waits until it is ready, never deletes it (its
+	// creator does: a VolumeGroupSnapshot's members go with it) and
+	// records it as status.baseSnapshot once the round commits.
+	// +optional
+	SnapshotName string `json:"snapshotName,omitempty"`
 }
 
 // Phase is a one-word summary of a VolumeSync or a VolumeTarget.

@@ -220,6 +220,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		// Start a round: record the snapshot's name before creating it, so
 		// a restart finds and reuses it.
 		vs.Status.PendingSnapshot = snapshotName(vs.Name, now, vs.Status.Rounds+1, vs.Status.ConsecutiveFailures)
+		if given(&vs) {
+			vs.Status.PendingSnapshot = vs.Spec.Trigger.SnapshotName
+		}
 		vs.Status.PendingManualTrigger = vs.Spec.Trigger.Manual
 		start := metav1.NewMicroTime(now)
 		vs.Status.LastSyncStartTime = &start
@@ -234,14 +237,21 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	orig = vs.DeepCopy()
 
 	owner := metav1.NewControllerRef(&vs, v1alpha1.GroupVersion.WithKind("VolumeSync"))
+	// A snapshot given by spec.trigger.snapshotName is read, never created
+	// nor deleted here.
+	existing := vs.Status.PendingSnapshot == vs.Spec.Trigger.SnapshotName &&
+		vs.Status.PendingManualTrigger == vs.Spec.Trigger.Manual && vs.Spec.Trigger.SnapshotName != ""
 	snap, err := r.o.Snapshotter.EnsureSnapshot(ctx, csi.SnapshotRequest{
 		Namespace: vs.Namespace, Name: vs.Status.PendingSnapshot, PVC: vs.Spec.SourcePVC,
-		Class: vs.Spec.VolumeSnapshotClassName, Owner: owner,
+		Class: vs.Spec.VolumeSnapshotClassName, Owner: owner, Existing: existing,
 		Labels: map[string]string{LabelVolumeSync: vs.Name, LabelNode: r.o.NodeName},
 	})
 	if errors.Is(err, csi.ErrSnapshotFailed) {
-		log.Warn("snapshot failed; taking another", "snapshot", vs.Status.PendingSnapshot, "err", err)
-		if _, derr := r.o.Snapshotter.EnsureDeleted(ctx, vs.Namespace, vs.Status.PendingSnapshot); derr != nil {
+		log.Warn("snapshot failed; taking another", "snapshot", vs.Status.PendingSnapshot, "existing", existing, "err", err)
+		if existing {
+			// Not ours to delete; the next attempt reads it again (its
+			// creator reports or replaces it).
+		} else if _, derr := r.o.Snapshotter.EnsureDeleted(ctx, vs.Namespace, vs.Status.PendingSnapshot); derr != nil {
 			log.Warn("delete failed snapshot", "err", derr)
 		}
 		vs.Status.PendingSnapshot = ""
@@ -659,6 +669,14 @@ func setCondition(vs *v1alpha1.VolumeSync, typ string, status metav1.ConditionSt
 
 func isUnresolved(err error) bool {
 	return errors.Is(err, csi.ErrNotFound) || errors.Is(err, csi.ErrNotBound) || errors.Is(err, csi.ErrNotCSI) || errors.Is(err, csi.ErrNotAttached)
+}
+
+// given says whether the round about to start reads the VolumeSnapshot
+// spec.trigger.snapshotName names instead of taking one: it is the round
+// of a new spec.trigger.manual.
+func given(vs *v1alpha1.VolumeSync) bool {
+	t := vs.Spec.Trigger
+	return t.SnapshotName != "" && t.Manual != "" && t.Manual != vs.Status.LastManualTrigger
 }
 
 // snapshotName names the snapshot of attempt failures of round n, started

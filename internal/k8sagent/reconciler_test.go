@@ -622,3 +622,86 @@ func TestGroupNotOnEarlierSnapshot(t *testing.T) {
 		t.Fatalf("lastManualTrigger %q", st.LastManualTrigger)
 	}
 }
+
+// A round of a manual trigger with spec.trigger.snapshotName reads that
+// VolumeSnapshot (a member of a group snapshot): it creates none, waits
+// until the given one exists and is ready, records it as the base and
+// never deletes it, not even when it fails.
+func TestGivenSnapshotRound(t *testing.T) {
+	vs := volumeSync()
+	vs.Spec.Trigger = v1alpha1.Trigger{Manual: "m-final", SnapshotName: "group-member-data"}
+	f := newFixture(t, "node-a", vs)
+	ctx := context.Background()
+
+	f.reconcile() // the given snapshot does not exist yet: waited for, not created
+	if got := f.snapshots(); len(got) != 0 {
+		t.Fatalf("snapshots %v, want none created", got)
+	}
+	if st := f.get().Status; st.PendingSnapshot != "group-member-data" || st.PendingManualTrigger != "m-final" {
+		t.Fatalf("status %+v", st)
+	}
+	pvc := "data"
+	if _, err := f.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, &snapv1.VolumeSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "group-member-data", Labels: map[string]string{"other": "owner"}},
+		Spec:       snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: &pvc}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile()
+	if len(f.syncs) != 0 {
+		t.Fatal("synced before the given snapshot was ready")
+	}
+	f.ready("group-member-data")
+	f.reconcile()
+	if len(f.syncs) != 1 || len(f.imgs.opened) != 1 || f.imgs.opened[0] != "handle-group-member-data" {
+		t.Fatalf("rounds %d, images opened %v", len(f.syncs), f.imgs.opened)
+	}
+	st := f.get().Status
+	if st.BaseSnapshot != "group-member-data" || st.PendingSnapshot != "" || st.LastManualTrigger != "m-final" {
+		t.Fatalf("status after the round: %+v", st)
+	}
+	if got := f.snapshots(); len(got) != 1 || got[0] != "group-member-data" {
+		t.Fatalf("snapshots %v", got)
+	}
+
+	// The next round (a new trigger without snapshotName) takes its own
+	// snapshot; the given one, the base, is not pruned: not the agent's.
+	got := f.get()
+	got.Spec.Trigger = v1alpha1.Trigger{Manual: "m-next"}
+	if err := f.cl.Update(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile()
+	own := f.get().Status.PendingSnapshot
+	if own == "" || own == "group-member-data" {
+		t.Fatalf("pending %q", own)
+	}
+	f.ready(own)
+	f.reconcile()
+	f.reconcile()
+	if names := f.snapshots(); len(names) != 2 {
+		t.Fatalf("snapshots %v, want the given one kept", names)
+	}
+
+	// A given snapshot that fails is reported and read again, not deleted.
+	got = f.get()
+	got.Spec.Trigger = v1alpha1.Trigger{Manual: "m-again", SnapshotName: "broken"}
+	if err := f.cl.Update(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	msg := "cut failed"
+	if _, err := f.snaps.SnapshotV1().VolumeSnapshots(ns).Create(ctx, &snapv1.VolumeSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "broken"},
+		Spec:       snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: &pvc}},
+		Status:     &snapv1.VolumeSnapshotStatus{Error: &snapv1.VolumeSnapshotError{Message: &msg}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile()
+	if c := cond(f.get(), v1alpha1.ConditionDegraded); c.Status != metav1.ConditionTrue || c.Reason != v1alpha1.ReasonSnapshotFailed {
+		t.Fatalf("Degraded = %+v", c)
+	}
+	if _, err := f.snaps.SnapshotV1().VolumeSnapshots(ns).Get(ctx, "broken", metav1.GetOptions{}); err != nil {
+		t.Fatalf("the given snapshot was deleted: %v", err)
+	}
+}
