@@ -221,10 +221,17 @@ func (cp *ControlPlane) waitReady(t testing.TB, ctx context.Context, exited <-ch
 		t.Fatal(err)
 	}
 	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	deadline := time.Now().Add(3 * time.Minute)
+	waitHealthy(t, ctx, hc, cp.Config.Host+"/readyz", "kube-apiserver", exited, 3*time.Minute)
+}
+
+// waitHealthy polls url until it answers 200, failing the test if name
+// exits first (exited closes), ctx ends or within passes.
+func waitHealthy(t testing.TB, ctx context.Context, hc *http.Client, url, name string, exited <-chan struct{}, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	var last string
 	for time.Now().Before(deadline) {
-		resp, err := hc.Get(cp.Config.Host + "/readyz")
+		resp, err := hc.Get(url)
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -239,11 +246,11 @@ func (cp *ControlPlane) waitReady(t testing.TB, ctx context.Context, exited <-ch
 		case <-ctx.Done():
 			t.Fatal(ctx.Err())
 		case <-exited:
-			t.Fatalf("kube-apiserver exited before it was ready (its log follows)")
+			t.Fatalf("%s exited before %s answered (its log follows)", name, url)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	t.Fatalf("kube-apiserver not ready after 3m: %s", last)
+	t.Fatalf("%s: %s not healthy after %s: %s", name, url, within, last)
 }
 
 // CRDFiles lists the CRD manifests Start installs.
@@ -488,26 +495,5 @@ func (cp *ControlPlane) StartControllerManager(t testing.TB, controllers ...stri
 
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: cp.ca.Pool()}}}
 	defer hc.CloseIdleConnections()
-	url := fmt.Sprintf("https://127.0.0.1:%d/healthz", port)
-	deadline := time.Now().Add(2 * time.Minute)
-	var last string
-	for time.Now().Before(deadline) {
-		resp, err := hc.Get(url)
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = fmt.Sprintf("%d %s", resp.StatusCode, b)
-		} else {
-			last = err.Error()
-		}
-		select {
-		case <-done:
-			t.Fatalf("kube-controller-manager exited before it was healthy (its log follows)")
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	t.Fatalf("kube-controller-manager not healthy after 2m: %s", last)
+	waitHealthy(t, context.Background(), hc, fmt.Sprintf("https://127.0.0.1:%d/healthz", port), "kube-controller-manager", done, 2*time.Minute)
 }
