@@ -166,11 +166,8 @@ func (b *Bench) newWorld(ctx context.Context, name string, size int64) (*world, 
 		return nil, err
 	}
 	w.minioDir = filepath.Join(w.minioVol.Mount, "data")
-	for _, d := range []string{w.vdState, w.pullState, w.minioDir} {
-		os.RemoveAll(d)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, err
-		}
+	if err := freshDirs(w.vdState, w.pullState, w.minioDir); err != nil {
+		return nil, err
 	}
 	return w, nil
 }

@@ -284,3 +284,33 @@ func helperMkBucket(args []string) error {
 	}
 	return cl.MakeBucket(ctx, args[1], minio.MakeBucketOptions{})
 }
+
+// freshDirs makes each directory empty: what an earlier run left in it is
+// removed.
+func freshDirs(dirs ...string) error {
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeJSONAndMarkdown writes res as dir/name.json (indented) and, unless
+// md is empty, md as dir/name.md.
+func writeJSONAndMarkdown(dir, name string, res any, md string) error {
+	raw, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".json"), append(raw, '\n'), 0o644); err != nil {
+		return err
+	}
+	if md == "" {
+		return nil
+	}
+	return os.WriteFile(filepath.Join(dir, name+".md"), []byte(md), 0o644)
+}

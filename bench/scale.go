@@ -321,11 +321,8 @@ func (b *Bench) scaleSize(ctx context.Context, sc *ScaleConfig, res *ScaleResult
 	s.rsyncDst = filepath.Join(dst, "rsync")
 	s.minioDir = filepath.Join(dst, "minio")
 	s.vdState = s.state // removed by world.close
-	for _, d := range []string{s.state, s.cache, s.resticSrc, s.resticDst, s.rsyncDst, s.minioDir} {
-		os.RemoveAll(d)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
-		}
+	if err := freshDirs(s.state, s.cache, s.resticSrc, s.resticDst, s.rsyncDst, s.minioDir); err != nil {
+		return err
 	}
 	defer os.RemoveAll(s.cache)
 	if err := os.WriteFile(s.changed, []byte(changedList(plan.Ranges())), 0o644); err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -344,15 +343,8 @@ func writeScaleResults(dir string, res *ScaleResults, print bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	raw, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "scale.json"), append(raw, '\n'), 0o644); err != nil {
-		return err
-	}
 	md := renderScaleMarkdown(res)
-	if err := os.WriteFile(filepath.Join(dir, "scale.md"), []byte(md), 0o644); err != nil {
+	if err := writeJSONAndMarkdown(dir, "scale", res, md); err != nil {
 		return err
 	}
 	if err := renderScaleChart(res, dir); err != nil {

@@ -196,21 +196,14 @@ func writeWarmResults(dir string, res *WarmResults, print bool) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	// NaN is not JSON.
+	md := renderWarmMarkdown(res)
 	fl := res.FinalLinkSeconds
-	if math.IsNaN(fl) {
+	if math.IsNaN(fl) { // JSON has no NaN
 		res.FinalLinkSeconds = -1
 	}
-	raw, err := json.MarshalIndent(res, "", "  ")
+	err := writeJSONAndMarkdown(dir, "warm", res, md)
 	res.FinalLinkSeconds = fl
 	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "warm.json"), append(raw, '\n'), 0o644); err != nil {
-		return err
-	}
-	md := renderWarmMarkdown(res)
-	if err := os.WriteFile(filepath.Join(dir, "warm.md"), []byte(md), 0o644); err != nil {
 		return err
 	}
 	if print {

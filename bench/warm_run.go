@@ -338,11 +338,8 @@ func (b *Bench) warmSetup(ctx context.Context, wc *WarmConfig, volSize int64) (*
 		return s, err
 	}
 	s.minioDir = filepath.Join(s.minioVol.Mount, "data")
-	for _, d := range []string{s.state, s.cache, s.minioDir} {
-		os.RemoveAll(d)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return s, err
-		}
+	if err := freshDirs(s.state, s.cache, s.minioDir); err != nil {
+		return s, err
 	}
 	return s, nil
 }
