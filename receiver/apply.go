@@ -131,8 +131,10 @@ type applier struct {
 	builder     *chunk.Builder
 	needQueue   []int
 	needTotal   uint64
-	pending     int  // fetches requested and not yet written
-	ordered     bool // the index holds data: writes wait for the copy plan
+	needBytes   uint64 // of the chunks asked for (Options.Progress)
+	needEnded   bool   // NEED_END sent: every fetch was asked for
+	pending     int    // fetches requested and not yet written
+	ordered     bool   // the index holds data: writes wait for the copy plan
 
 	sinceCheckpoint []int
 	ckptBytes       uint64
@@ -269,8 +271,21 @@ func (a *applier) sendNeeds() error {
 	}
 	a.pending += len(a.needQueue)
 	a.needTotal += uint64(len(a.needQueue))
+	for _, i := range a.needQueue {
+		a.needBytes += a.entries[i].Length
+	}
 	a.needQueue = a.needQueue[:0]
+	a.progress()
 	return nil
+}
+
+// progress reports the apply's figures to Options.Progress.
+func (a *applier) progress() {
+	if a.opt.Progress == nil {
+		return
+	}
+	a.opt.Progress(ApplyProgress{SourceBytes: a.size, NeedBytes: a.needBytes, FetchedBytes: a.result.FetchBytes,
+		CopiedBytes: a.result.CopyBytes, Planned: a.needEnded})
 }
 
 func (a *applier) onChunk(c *arrived) error {
@@ -345,6 +360,7 @@ func (a *applier) writeFetched(i int, data []byte, patch []transport.PatchRange)
 	a.pending--
 	a.result.Fetched++
 	a.result.FetchBytes += e.Length
+	a.progress()
 	return a.markWritten(i)
 }
 
@@ -498,7 +514,12 @@ func (a *applier) plan() error {
 	if err := a.sendNeeds(); err != nil {
 		return err
 	}
-	return a.req.NeedEnd(a.needTotal)
+	if err := a.req.NeedEnd(a.needTotal); err != nil {
+		return err
+	}
+	a.needEnded = true
+	a.progress()
+	return nil
 }
 
 // readBackKept reads every entry the plan keeps in place and checks it;

@@ -44,6 +44,28 @@ type Options struct {
 	Idle time.Duration
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
+	// Progress, if set, is called as the apply advances: when it asks for
+	// chunks and as fetched or copied chunks are written. It is called
+	// from the apply's own goroutine, one call at a time; keep it cheap
+	// (it blocks the apply).
+	Progress func(ApplyProgress)
+}
+
+// ApplyProgress is how far an apply got. NeedBytes grows while the
+// manifest arrives (the plan is complete when Planned is true); the apply
+// has written everything it will write once FetchedBytes reaches
+// NeedBytes after Planned.
+type ApplyProgress struct {
+	// SourceBytes is the size of the generation being applied.
+	SourceBytes uint64
+	// NeedBytes is the size of the chunks asked for from the sender (or
+	// the store) so far; FetchedBytes of those are written.
+	NeedBytes    uint64
+	FetchedBytes uint64
+	// CopiedBytes were copied within the target instead of fetched.
+	CopiedBytes uint64
+	// Planned: the manifest is complete and every fetch was asked for.
+	Planned bool
 }
 
 func (o *Options) defaults() error {

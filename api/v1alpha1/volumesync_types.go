@@ -314,6 +314,20 @@ type RoundProgress struct {
 	NeededBytes int64 `json:"neededBytes"`
 	// SentBytes of those have been sent.
 	SentBytes int64 `json:"sentBytes"`
+	// ScanDone is true once the whole snapshot was scanned: NeededBytes
+	// is then final.
+	// +optional
+	ScanDone bool `json:"scanDone,omitempty"`
+	// BytesPerSecond is the sending rate since StartTime.
+	// +optional
+	BytesPerSecond int64 `json:"bytesPerSecond,omitempty"`
+	// ETA is the estimated time until every needed byte is sent, at that
+	// rate; set once ScanDone and something was sent.
+	// +optional
+	ETA *metav1.Duration `json:"eta,omitempty"`
+	// StartTime is when the round began sending.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
 	// UpdateTime is when these figures were taken.
 	UpdateTime metav1.Time `json:"updateTime"`
 }

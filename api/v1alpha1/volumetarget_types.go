@@ -167,6 +167,40 @@ type VolumeTargetStatus struct {
 	// LastRearm is spec.rearm as of the last re-arm.
 	// +optional
 	LastRearm string `json:"lastRearm,omitempty"`
+
+	// Progress of the running pull (store targets), updated every few
+	// seconds; unset between pulls.
+	// +optional
+	Progress *TargetProgress `json:"progress,omitempty"`
+}
+
+// TargetProgress is how far a running pull got: the manifest is
+// classified against the target (what is in place, what can be copied
+// within it, what must be fetched), and the chunks asked for are fetched
+// and written, while it is still being classified.
+type TargetProgress struct {
+	// SourceBytes is the size of the generation being applied.
+	SourceBytes int64 `json:"sourceBytes"`
+	// NeededBytes is the size of the chunks asked for so far; final once
+	// Planned.
+	NeededBytes int64 `json:"neededBytes"`
+	// FetchedBytes of those are written.
+	FetchedBytes int64 `json:"fetchedBytes"`
+	// CopiedBytes were copied within the target instead of fetched.
+	CopiedBytes int64 `json:"copiedBytes"`
+	// Planned is true once every chunk to fetch was asked for.
+	Planned bool `json:"planned,omitempty"`
+	// BytesPerSecond is the fetch rate since StartTime.
+	// +optional
+	BytesPerSecond int64 `json:"bytesPerSecond,omitempty"`
+	// ETA is the estimated time until every needed byte is written, at
+	// that rate; set once Planned and something was fetched.
+	// +optional
+	ETA *metav1.Duration `json:"eta,omitempty"`
+	// StartTime is when the pull began.
+	StartTime metav1.Time `json:"startTime"`
+	// UpdateTime is when these figures were taken.
+	UpdateTime metav1.Time `json:"updateTime"`
 }
 
 // VolumeTarget maps a remote volume name to a local volume on the

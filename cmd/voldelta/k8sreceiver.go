@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/voldelta/voldelta/internal/k8sreceiver"
@@ -72,15 +74,9 @@ whether the target is incomplete.`,
 			} else if tf.cert != "" || tf.key != "" || tf.ca != "" || tf.insecure {
 				return usagef(c, "--tls-* and --insecure configure the server: give --listen too (or drop them to only pull store targets)")
 			}
-			if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
-				return usagef(c, "--verify %q: want written or full", verify)
+			if o.Server.Verify, o.Server.ApplyBuffer, err = applyFlags(c, verify, buffer); err != nil {
+				return err
 			}
-			o.Server.Verify = receiver.VerifyMode(verify)
-			n, err := parseSize(buffer)
-			if err != nil {
-				return usagef(c, "--apply-buffer: %v", err)
-			}
-			o.Server.ApplyBuffer = int64(n)
 			if o.Logger, err = lf.logger(c, stderr); err != nil {
 				return err
 			}
@@ -89,19 +85,7 @@ whether the target is incomplete.`,
 			if err != nil {
 				return err
 			}
-			if listen != "" {
-				if o.Listener, err = net.Listen("tcp", listen); err != nil {
-					return fmt.Errorf("listen on %s: %w", listen, err)
-				}
-			}
-			mgr, err := k8sreceiver.NewManager(cfg, o)
-			if err != nil {
-				if o.Listener != nil {
-					o.Listener.Close()
-				}
-				return err
-			}
-			return mgr.Start(c.Context())
+			return runK8sReceiver(c.Context(), cfg, o, listen)
 		},
 	}
 	fs := c.Flags()
@@ -123,4 +107,39 @@ whether the target is incomplete.`,
 	fs.IntVar(&o.Concurrency, "concurrency", 4, "VolumeTargets reconciled (and pulled) at once")
 	lf.register(fs, "info")
 	return c
+}
+
+// runK8sReceiver listens (when listen is set) and runs the Kubernetes
+// receiver until ctx ends.
+func runK8sReceiver(ctx context.Context, cfg *rest.Config, o k8sreceiver.RunOptions, listen string) error {
+	if listen != "" {
+		var err error
+		if o.Listener, err = net.Listen("tcp", listen); err != nil {
+			return fmt.Errorf("listen on %s: %w", listen, err)
+		}
+	}
+	mgr, err := k8sreceiver.NewManager(cfg, o)
+	if err != nil {
+		if o.Listener != nil {
+			o.Listener.Close()
+		}
+		return err
+	}
+	return mgr.Start(ctx)
+}
+
+// applyFlags checks --verify and --apply-buffer of the commands that apply
+// rounds (receive, k8s-receiver, pull).
+func applyFlags(c *cobra.Command, verify, buffer string) (receiver.VerifyMode, int64, error) {
+	if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
+		return "", 0, usagef(c, "--verify %q: want written or full", verify)
+	}
+	n, err := parseSize(buffer)
+	if err != nil {
+		return "", 0, usagef(c, "--apply-buffer: %v", err)
+	}
+	if n == 0 || n > 1<<40 {
+		return "", 0, usagef(c, "--apply-buffer %s: want 1 byte to 1 TiB", buffer)
+	}
+	return receiver.VerifyMode(verify), int64(n), nil
 }

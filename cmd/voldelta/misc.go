@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -87,52 +88,7 @@ host rebooted or the storage may have been written around voldelta).`,
 			if stateDir == "" {
 				return usagef(c, "--state-dir is required")
 			}
-			var list []*receiver.VolumeStatus
-			if volume != "" {
-				vs, err := receiver.ReadStatus(stateDir, volume)
-				if errors.Is(err, receiver.ErrNoState) {
-					return fmt.Errorf("volume %q was never synced to %s", volume, stateDir)
-				}
-				if err != nil {
-					return err
-				}
-				list = append(list, vs)
-			} else {
-				var err error
-				if list, err = receiver.ListStatus(stateDir); err != nil {
-					return err
-				}
-			}
-			if asJSON {
-				if volume != "" {
-					return writeJSON("-", list[0])
-				}
-				if list == nil {
-					list = []*receiver.VolumeStatus{}
-				}
-				return writeJSON("-", list)
-			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "VOLUME\tSTATE\tGENERATION\tROOT\tSIZE\tCOMMITTED\tTARGET\tPROBLEM")
-			for _, vs := range list {
-				state := "current"
-				switch {
-				case vs.Incomplete:
-					state = "INCOMPLETE"
-				case !vs.Current:
-					state = "NOT CURRENT"
-				}
-				committed := "-"
-				if vs.CommittedAt != nil {
-					committed = vs.CommittedAt.Local().Format(time.DateTime)
-				}
-				root := vs.Root
-				if len(root) > 16 {
-					root = root[:16]
-				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", vs.Volume, state, vs.Generation, root, humanBytes(vs.Size), committed, vs.Target, vs.Problem)
-			}
-			return w.Flush()
+			return runStatus(os.Stdout, stateDir, volume, asJSON)
 		},
 	}
 	c.Flags().StringVar(&stateDir, "state-dir", "", "the receiver's --state-dir (required)")
@@ -173,4 +129,59 @@ Keys are written with mode 0600. Any CA works; this is the quick way.`,
 	c.Flags().IntVar(&days, "days", 365, "validity in days")
 	c.Flags().BoolVar(&force, "force", false, "overwrite existing files")
 	return c
+}
+
+// runStatus prints the state of one volume (volume set) or every volume of
+// a receiver's state directory on w, as a table or JSON.
+func runStatus(w io.Writer, stateDir, volume string, asJSON bool) error {
+	var list []*receiver.VolumeStatus
+	if volume != "" {
+		vs, err := receiver.ReadStatus(stateDir, volume)
+		if errors.Is(err, receiver.ErrNoState) {
+			return fmt.Errorf("volume %q was never synced to %s", volume, stateDir)
+		}
+		if err != nil {
+			return err
+		}
+		list = append(list, vs)
+	} else {
+		var err error
+		if list, err = receiver.ListStatus(stateDir); err != nil {
+			return err
+		}
+	}
+	if asJSON {
+		if volume != "" {
+			return writeJSONTo(w, list[0])
+		}
+		if list == nil {
+			list = []*receiver.VolumeStatus{}
+		}
+		return writeJSONTo(w, list)
+	}
+	return writeStatusTable(w, list)
+}
+
+func writeStatusTable(out io.Writer, list []*receiver.VolumeStatus) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "VOLUME\tSTATE\tGENERATION\tROOT\tSIZE\tCOMMITTED\tTARGET\tPROBLEM")
+	for _, vs := range list {
+		state := "current"
+		switch {
+		case vs.Incomplete:
+			state = "INCOMPLETE"
+		case !vs.Current:
+			state = "NOT CURRENT"
+		}
+		committed := "-"
+		if vs.CommittedAt != nil {
+			committed = vs.CommittedAt.Local().Format(time.DateTime)
+		}
+		root := vs.Root
+		if len(root) > 16 {
+			root = root[:16]
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", vs.Volume, state, vs.Generation, root, humanBytes(vs.Size), committed, vs.Target, vs.Problem)
+	}
+	return w.Flush()
 }

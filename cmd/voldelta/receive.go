@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -64,21 +65,10 @@ recover; one target cannot serve two volume names.`,
 			if cfg.StateDir == "" {
 				return usagef(c, "--state-dir is required")
 			}
-			cfg.Targets = make(map[string]string)
-			for _, t := range targets {
-				name, path, ok := strings.Cut(t, "=")
-				if !ok || path == "" {
-					return usagef(c, "--target %q: want NAME=PATH", t)
-				}
-				if err := transport.ValidateVolumeName(name); err != nil {
-					return usagef(c, "--target: %v", err)
-				}
-				if _, dup := cfg.Targets[name]; dup {
-					return usagef(c, "--target %q given twice", name)
-				}
-				cfg.Targets[name] = path
-			}
 			var err error
+			if cfg.Targets, err = parseTargets(c, targets); err != nil {
+				return err
+			}
 			if cfg.Transport, err = tf.config(c, true); err != nil {
 				return err
 			}
@@ -86,15 +76,9 @@ recover; one target cannot serve two volume names.`,
 			if err = cfg.Transport.Validate(); err != nil {
 				return usagef(c, "%v", err)
 			}
-			cfg.Verify = receiver.VerifyMode(verify)
-			if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
-				return usagef(c, "--verify %q: want written or full", verify)
+			if cfg.Verify, cfg.ApplyBuffer, err = applyFlags(c, verify, buffer); err != nil {
+				return err
 			}
-			n, err := parseSize(buffer)
-			if err != nil {
-				return usagef(c, "--apply-buffer: %v", err)
-			}
-			cfg.ApplyBuffer = int64(n)
 			if cfg.Logger, err = lf.logger(c, stderr); err != nil {
 				return err
 			}
@@ -102,11 +86,7 @@ recover; one target cannot serve two volume names.`,
 			if err != nil {
 				return usagef(c, "%v", err)
 			}
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w", listen, err)
-			}
-			return srv.Serve(c.Context(), ln)
+			return runReceive(c.Context(), srv, listen)
 		},
 	}
 	fs := c.Flags()
@@ -122,4 +102,32 @@ recover; one target cannot serve two volume names.`,
 	fs.IntVar(&cfg.Workers, "workers", 0, "parallelism of target scans and verification (default: all cores)")
 	lf.register(fs, "info")
 	return c
+}
+
+// parseTargets reads --target NAME=PATH flags into a volume map.
+func parseTargets(c *cobra.Command, targets []string) (map[string]string, error) {
+	m := make(map[string]string, len(targets))
+	for _, t := range targets {
+		name, path, ok := strings.Cut(t, "=")
+		if !ok || path == "" {
+			return nil, usagef(c, "--target %q: want NAME=PATH", t)
+		}
+		if err := transport.ValidateVolumeName(name); err != nil {
+			return nil, usagef(c, "--target: %v", err)
+		}
+		if _, dup := m[name]; dup {
+			return nil, usagef(c, "--target %q given twice", name)
+		}
+		m[name] = path
+	}
+	return m, nil
+}
+
+// runReceive serves srv on listen until ctx ends.
+func runReceive(ctx context.Context, srv *receiver.Server, listen string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", listen, err)
+	}
+	return srv.Serve(ctx, ln)
 }

@@ -1,34 +1,42 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
-	"sync"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"github.com/voldelta/voldelta/agent"
 	"github.com/voldelta/voldelta/transport"
-	"golang.org/x/term"
 )
 
+// sendFlags are the flags of send.
+type sendFlags struct {
+	opt                          agent.Options
+	tf                           tlsFlags
+	cf                           chunkFlags
+	lf                           logFlags
+	hf                           hintFlags
+	pf                           progressFlags
+	streams                      int
+	bwlimit, statsJSON, compress string
+	quiet                        bool
+	stallTimeout, prepareTimeout time.Duration
+}
+
+// sendOptions are what a send does, from its flags.
+type sendOptions struct {
+	Sync      agent.Options
+	StatsJSON string // --stats-json: a path, "-" for stdout, "" for none
+	Quiet     bool
+	Progress  progressSink // nil: none
+}
+
 func newSendCmd() *cobra.Command {
-	var stallTimeout, prepareTimeout time.Duration
-	var (
-		opt       agent.Options
-		tf        tlsFlags
-		cf        chunkFlags
-		lf        logFlags
-		streams   int
-		bwlimit   string
-		statsJSON string
-		compress  string
-		quiet     bool
-		progress  string
-		hf        hintFlags
-	)
+	var f sendFlags
 	c := &cobra.Command{
 		Use:   "send --source PATH --to HOST:PORT --volume NAME [flags]",
 		Short: "Run one sync round: send what the receiver's copy of a volume lacks",
@@ -73,157 +81,111 @@ duration_seconds, root_hash, generation.`,
       --tls-cert agent.pem --tls-key agent-key.pem --tls-ca ca.pem && rm snap-1.img`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			for flag, v := range map[string]string{"--source": opt.Source, "--to": opt.Addr, "--volume": opt.Volume} {
-				if v == "" {
-					return usagef(c, "%s is required", flag)
-				}
-			}
-			if err := transport.ValidateVolumeName(opt.Volume); err != nil {
-				return usagef(c, "%v", err)
-			}
-			cfg, err := tf.config(c, false)
+			o, err := f.options(c)
 			if err != nil {
 				return err
 			}
-			cfg.Streams = streams
-			cfg.StallTimeout, cfg.PrepareTimeout = stallTimeout, prepareTimeout
-			if bwlimit != "" {
-				if cfg.BandwidthLimit, err = transport.ParseRate(bwlimit); err != nil {
-					return usagef(c, "--bwlimit: %v", err)
-				}
-			}
-			if err := cfg.Validate(); err != nil {
-				return usagef(c, "%v", err)
-			}
-			opt.Transport = cfg
-			if opt.Params, err = cf.params(c); err != nil {
-				return err
-			}
-			opt.Compression = transport.CompressionLevel(compress)
-			if _, err := transport.NewCompressor(opt.Compression); err != nil {
-				return usagef(c, "--compress: %v", err)
-			}
-			if err := hf.apply(c, &opt); err != nil {
-				return err
-			}
-			if opt.Logger, err = lf.logger(c, stderr); err != nil {
-				return err
-			}
-			showBar, err := wantBar(c, progress, quiet)
-			if err != nil {
-				return err
-			}
-			var pb *sendBar
-			if showBar {
-				pb = newSendBar("send")
-				opt.Progress = pb.update
-			}
-			stats, err := agent.Sync(c.Context(), opt)
-			if pb != nil {
-				pb.finish()
-			}
-			if err != nil {
-				return err
-			}
-			if err := writeStatsJSON(statsJSON, stats); err != nil {
-				return err
-			}
-			if !quiet {
-				fmt.Fprintf(stderr, "voldelta: %s generation %d committed (root %s): %d of %d chunks sent, %s of %s raw, %s on the wire, %d copied locally, in %.1fs\n",
-					stats.Volume, stats.Generation, stats.RootHash[:16], stats.ChunksSent, stats.ChunksTotal,
-					humanBytes(stats.BytesSentRaw), humanBytes(stats.SourceBytes), humanBytes(uint64(stats.WireBytes)),
-					stats.ChunksCopied, stats.DurationSeconds)
-				fmt.Fprintf(stderr, "voldelta: %s scan read %s of %s%s; manifest %s on the wire (%d entries sent, %d copied from the receiver's); %d chunks sent as their changed bytes\n",
-					stats.ScanMode, humanBytes(stats.BytesRead), humanBytes(stats.SourceBytes), scanWhy(stats),
-					humanBytes(stats.ManifestBytes), stats.ManifestEntriesSent, stats.ManifestEntriesCopied, stats.ChunksPatched)
-			}
-			return nil
+			_, err = runSend(c.Context(), o, stderr)
+			return err
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&opt.Source, "source", "", "block device or image file to send (required)")
-	fs.StringVar(&opt.Addr, "to", "", "receiver address HOST:PORT (required)")
-	fs.StringVar(&opt.Volume, "volume", "", "volume name on the receiver (required)")
-	tf.register(fs, "receiver")
-	fs.StringVar(&tf.serverName, "tls-server-name", "", "name expected in the receiver's certificate (default: the host of --to)")
-	fs.IntVar(&streams, "streams", transport.DefaultConfig().Streams, "data streams multiplexed on the connection (1-64)")
-	fs.DurationVar(&stallTimeout, "stall-timeout", transport.DefaultStallTimeout, "end the round when nothing came from the receiver for this long (a dead link); the next round resumes")
-	fs.DurationVar(&prepareTimeout, "prepare-timeout", transport.DefaultConfig().PrepareTimeout, "how long to wait for the receiver to accept the round (it may first index a target it has no state for)")
-	fs.StringVar(&bwlimit, "bwlimit", "", "cap the sending rate, e.g. 100Mbit, 12MiB, 500k (per second; default unlimited)")
-	fs.StringVar(&statsJSON, "stats-json", "", "write the round's statistics as JSON to this file ('-' for stdout)")
-	fs.StringVar(&compress, "compress", string(transport.CompressionFastest), "zstd level for chunks: off, fastest, default or better")
-	fs.IntVar(&opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
-	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line or progress")
-	fs.StringVar(&progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
-	hf.register(fs)
-	cf.register(fs)
-	lf.register(fs, "warn")
+	fs.StringVar(&f.opt.Source, "source", "", "block device or image file to send (required)")
+	fs.StringVar(&f.opt.Addr, "to", "", "receiver address HOST:PORT (required)")
+	fs.StringVar(&f.opt.Volume, "volume", "", "volume name on the receiver (required)")
+	f.tf.register(fs, "receiver")
+	fs.StringVar(&f.tf.serverName, "tls-server-name", "", "name expected in the receiver's certificate (default: the host of --to)")
+	fs.IntVar(&f.streams, "streams", transport.DefaultConfig().Streams, "data streams multiplexed on the connection (1-64)")
+	fs.DurationVar(&f.stallTimeout, "stall-timeout", transport.DefaultStallTimeout, "end the round when nothing came from the receiver for this long (a dead link); the next round resumes")
+	fs.DurationVar(&f.prepareTimeout, "prepare-timeout", transport.DefaultConfig().PrepareTimeout, "how long to wait for the receiver to accept the round (it may first index a target it has no state for)")
+	fs.StringVar(&f.bwlimit, "bwlimit", "", "cap the sending rate, e.g. 100Mbit, 12MiB, 500k (per second; default unlimited)")
+	fs.StringVar(&f.statsJSON, "stats-json", "", "write the round's statistics as JSON to this file ('-' for stdout)")
+	fs.StringVar(&f.compress, "compress", string(transport.CompressionFastest), "zstd level for chunks: off, fastest, default or better")
+	fs.IntVar(&f.opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
+	fs.BoolVarP(&f.quiet, "quiet", "q", false, "print no summary line or progress")
+	f.pf.register(c)
+	f.hf.register(fs)
+	f.cf.register(fs)
+	f.lf.register(fs, "warn")
 	return c
 }
 
-// wantBar decides from --progress and --quiet whether to show a bar.
-func wantBar(c *cobra.Command, progress string, quiet bool) (bool, error) {
-	if progress != "auto" && progress != "always" && progress != "never" {
-		return false, usagef(c, "--progress %q: want auto, always or never", progress)
-	}
-	return progress == "always" || progress == "auto" && !quiet && term.IsTerminal(int(os.Stderr.Fd())), nil
-}
-
-// sendBar shows the scan, then the transfer, on one progress bar. It is
-// safe for concurrent use.
-type sendBar struct {
-	mu      sync.Mutex
-	bar     *progressbar.ProgressBar
-	verb    string // what the second phase does: send, upload
-	sending bool
-}
-
-func newSendBar(verb string) *sendBar {
-	return &sendBar{bar: newBar(-1, "scanning"), verb: verb}
-}
-
-func newBar(max int64, desc string) *progressbar.ProgressBar {
-	return progressbar.NewOptions64(max,
-		progressbar.OptionSetWriter(os.Stderr),
-		progressbar.OptionSetDescription(desc),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(200*time.Millisecond),
-		progressbar.OptionShowCount(),
-		progressbar.OptionClearOnFinish(),
-		progressbar.OptionSetPredictTime(true),
-	)
-}
-
-func (s *sendBar) update(p agent.Progress) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !p.ScanDone {
-		if s.sending {
-			return // a late scan report
+// options checks the flags and turns them into sendOptions.
+func (f *sendFlags) options(c *cobra.Command) (sendOptions, error) {
+	opt := f.opt
+	for flag, v := range map[string]string{"--source": opt.Source, "--to": opt.Addr, "--volume": opt.Volume} {
+		if v == "" {
+			return sendOptions{}, usagef(c, "%s is required", flag)
 		}
-		if s.bar.GetMax64() != int64(p.SourceBytes) {
-			s.bar.ChangeMax64(int64(p.SourceBytes))
+	}
+	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+		return sendOptions{}, usagef(c, "%v", err)
+	}
+	cfg, err := f.tf.config(c, false)
+	if err != nil {
+		return sendOptions{}, err
+	}
+	cfg.Streams = f.streams
+	cfg.StallTimeout, cfg.PrepareTimeout = f.stallTimeout, f.prepareTimeout
+	if f.bwlimit != "" {
+		if cfg.BandwidthLimit, err = transport.ParseRate(f.bwlimit); err != nil {
+			return sendOptions{}, usagef(c, "--bwlimit: %v", err)
 		}
-		s.bar.Describe(fmt.Sprintf("scan (%s %s)", s.verb, humanBytes(p.SentBytes)))
-		s.bar.Set64(int64(p.ScannedBytes))
-		return
 	}
-	if !s.sending {
-		s.sending = true
-		s.bar.Describe(s.verb)
-		s.bar.Set64(0)
+	if err := cfg.Validate(); err != nil {
+		return sendOptions{}, usagef(c, "%v", err)
 	}
-	if s.bar.GetMax64() != int64(p.NeedBytes) {
-		s.bar.ChangeMax64(int64(p.NeedBytes))
+	opt.Transport = cfg
+	if opt.Params, err = f.cf.params(c); err != nil {
+		return sendOptions{}, err
 	}
-	s.bar.Set64(int64(p.SentBytes))
+	opt.Compression = transport.CompressionLevel(f.compress)
+	if _, err := transport.NewCompressor(opt.Compression); err != nil {
+		return sendOptions{}, usagef(c, "--compress: %v", err)
+	}
+	if err := f.hf.apply(c, &opt); err != nil {
+		return sendOptions{}, err
+	}
+	if opt.Logger, err = f.lf.logger(c, stderr); err != nil {
+		return sendOptions{}, err
+	}
+	pr, err := f.pf.newProgress(c, f.quiet, phasesSend)
+	if err != nil {
+		return sendOptions{}, err
+	}
+	return sendOptions{Sync: opt, StatsJSON: f.statsJSON, Quiet: f.quiet, Progress: pr}, nil
 }
 
-func (s *sendBar) finish() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.bar.Finish()
+// runSend runs one round, writes its statistics and prints its summary
+// on w.
+func runSend(ctx context.Context, o sendOptions, w io.Writer) (*agent.Stats, error) {
+	if o.Progress != nil {
+		o.Sync.Progress = o.Progress.update
+	}
+	stats, err := agent.Sync(ctx, o.Sync)
+	if o.Progress != nil {
+		o.Progress.finish()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := writeStatsJSON(o.StatsJSON, stats); err != nil {
+		return stats, err
+	}
+	if !o.Quiet {
+		printSendSummary(w, stats)
+	}
+	return stats, nil
+}
+
+func printSendSummary(w io.Writer, stats *agent.Stats) {
+	fmt.Fprintf(w, "voldelta: %s generation %d committed (root %s): %d of %d chunks sent, %s of %s raw, %s on the wire, %d copied locally, in %.1fs\n",
+		stats.Volume, stats.Generation, stats.RootHash[:16], stats.ChunksSent, stats.ChunksTotal,
+		humanBytes(stats.BytesSentRaw), humanBytes(stats.SourceBytes), humanBytes(uint64(stats.WireBytes)),
+		stats.ChunksCopied, stats.DurationSeconds)
+	fmt.Fprintf(w, "voldelta: %s scan read %s of %s%s; manifest %s on the wire (%d entries sent, %d copied from the receiver's); %d chunks sent as their changed bytes\n",
+		stats.ScanMode, humanBytes(stats.BytesRead), humanBytes(stats.SourceBytes), scanWhy(stats),
+		humanBytes(stats.ManifestBytes), stats.ManifestEntriesSent, stats.ManifestEntriesCopied, stats.ChunksPatched)
 }
 
 // writeStatsJSON writes a command's statistics to --stats-json's path, if
@@ -239,16 +201,24 @@ func writeStatsJSON(path string, v any) error {
 }
 
 func writeJSON(path string, v any) error {
+	if path == "-" {
+		return writeJSONTo(os.Stdout, v)
+	}
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
-	if path == "-" {
-		_, err = os.Stdout.Write(b)
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// writeJSONTo writes v to w as indented JSON and a newline.
+func writeJSONTo(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, b, 0o644)
+	_, err = w.Write(append(b, '\n'))
+	return err
 }
 
 func humanBytes(n uint64) string {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -75,21 +77,28 @@ func (f *storeFlags) open(c *cobra.Command, lf *logFlags) (*objstore.Store, erro
 		Region: f.region, BandwidthLimit: f.rate, Logger: log})
 }
 
+// pushFlags are the flags of push.
+type pushFlags struct {
+	sf                                                  storeFlags
+	cf                                                  chunkFlags
+	lf                                                  logFlags
+	pf                                                  progressFlags
+	opt                                                 objstore.PushOptions
+	source, compress, bwlimit, statsJSON, base, changed string
+	quiet                                               bool
+}
+
+// pushOptions are what a push does, from its flags.
+type pushOptions struct {
+	Source    string
+	Push      objstore.PushOptions
+	StatsJSON string
+	Quiet     bool
+	Progress  progressSink
+}
+
 func newPushCmd() *cobra.Command {
-	var (
-		sf        storeFlags
-		cf        chunkFlags
-		lf        logFlags
-		opt       objstore.PushOptions
-		source    string
-		compress  string
-		bwlimit   string
-		statsJSON string
-		progress  string
-		quiet     bool
-		base      string
-		changed   string
-	)
+	var f pushFlags
 	c := &cobra.Command{
 		Use:   "push --source PATH --store s3://BUCKET/PREFIX --volume NAME [flags]",
 		Short: "Store a new generation of a volume in an S3-compatible object store",
@@ -144,114 +153,145 @@ duration_seconds, and more.`,
   voldelta push --source vm-2.img --base vm-1.img --store s3://backups/dc1 --volume vm && rm vm-1.img`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if source == "" || opt.Volume == "" {
-				return usagef(c, "--source and --volume are required")
-			}
-			if err := transport.ValidateVolumeName(opt.Volume); err != nil {
-				return usagef(c, "%v", err)
-			}
-			var err error
-			if opt.Params, err = cf.params(c); err != nil {
-				return err
-			}
-			opt.Compression = transport.CompressionLevel(compress)
-			if _, err := transport.NewCompressor(opt.Compression); err != nil {
-				return usagef(c, "--compress: %v", err)
-			}
-			if opt.Grace <= 0 {
-				return usagef(c, "--grace %s: want a positive duration", opt.Grace)
-			}
-			if bwlimit != "" {
-				if sf.rate, err = transport.ParseRate(bwlimit); err != nil {
-					return usagef(c, "--bwlimit: %v", err)
-				}
-			}
-			showBar, err := wantBar(c, progress, quiet)
+			o, err := f.options(c)
 			if err != nil {
 				return err
 			}
-			if opt.Hints, err = hint.FromFlags(source, base, changed); err != nil {
-				return usagef(c, "%v", err)
-			}
-			// The identity is taken before the source is read: a source
-			// written after it no longer matches it as a later push's base.
-			if opt.Image, err = hint.FileIdentity(source); err != nil {
-				return fmt.Errorf("identity of %s: %w", source, err)
-			}
-			s, err := sf.open(c, &lf)
+			s, err := f.sf.open(c, &f.lf)
 			if err != nil {
 				return err
 			}
-			f, size, err := agent.OpenSource(source)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			opt.Parallel = sf.parallel
-			var pb *sendBar
-			if showBar {
-				pb = newSendBar("upload")
-				opt.Progress = func(p objstore.PushProgress) {
-					pb.update(agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: p.ScannedBytes, ScanDone: p.ScanDone,
-						NeedBytes: p.UploadBytes, SentBytes: p.UploadedBytes})
-				}
-			}
-			st, err := s.Push(c.Context(), f, size, opt)
-			if pb != nil {
-				pb.finish()
-			}
-			if err != nil {
-				return fmt.Errorf("push %s: %w", opt.Volume, err)
-			}
-			if err := writeStatsJSON(statsJSON, st); err != nil {
-				return err
-			}
-			if !quiet && st.ScanMode == objstore.ScanIncremental {
-				fmt.Fprintf(stderr, "voldelta: read %s of %s (%s changed, per the %s hints)\n",
-					humanBytes(st.BytesRead), humanBytes(st.SourceBytes), humanBytes(st.ChangedBytes), st.HintSource)
-			} else if !quiet && opt.Hints != nil {
-				fmt.Fprintf(stderr, "voldelta: full scan: %s\n", st.FullScanReason)
-			}
-			if !quiet {
-				fmt.Fprintf(stderr, "voldelta: %s generation %d stored (root %s): %d of %d chunks uploaded (%d already in the store), %s of %s raw, %s stored, in %.1fs\n",
-					st.Volume, st.Generation, st.RootHash[:16], st.ChunksUploaded, st.ChunksDistinct, st.ChunksReused,
-					humanBytes(st.BytesUploadedRaw), humanBytes(st.SourceBytes), humanBytes(st.BytesUploaded), st.DurationSeconds)
-			}
-			return nil
+			_, err = runPush(c.Context(), s, o, stderr)
+			return err
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&source, "source", "", "block device or image file to store (required)")
-	fs.StringVar(&opt.Volume, "volume", "", "volume name in the store (required)")
-	fs.StringVar(&base, "base", "", "the image the volume's latest generation was pushed from, of which --source is a later reflinked copy on the same filesystem: read only the extents they do not share")
-	fs.StringVar(&changed, "changed", "", "a file listing the extents of --source that may differ from the image the latest generation was pushed from (docs/change-hints.md): read only those")
-	fs.BoolVar(&opt.FullScan, "full-scan", false, "read the whole source even with --base or --changed")
-	sf.register(fs)
-	fs.StringVar(&compress, "compress", string(transport.CompressionFastest), "zstd level for chunk objects: off, fastest, default or better")
-	fs.IntVar(&opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
-	fs.BoolVar(&opt.OwnVolumeOnly, "own-volume-only", false, "deduplicate only against this volume's latest generation")
-	fs.BoolVar(&opt.ConfirmAll, "confirm-all", false, "check every chunk reused from earlier generations (HEAD: present, size and checksum metadata) and re-upload any that is missing or damaged, from the source's bytes; the repair a failed pull names")
-	fs.BoolVar(&opt.VerifyChunks, "verify-chunks", false, "like --confirm-all, but download, decode and re-hash every reused chunk (finds damage a HEAD cannot see, at the cost of reading them all)")
-	fs.DurationVar(&opt.Grace, "grace", objstore.DefaultGrace, "the gc grace period of this store (use gc's value)")
-	fs.StringVar(&bwlimit, "bwlimit", "", "cap the upload rate, e.g. 100Mbit, 12MiB (default: unlimited)")
-	fs.StringVar(&statsJSON, "stats-json", "", "write the push's statistics as JSON to this file ('-' for stdout)")
-	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line or progress")
-	fs.StringVar(&progress, "progress", "auto", "progress bar on stderr: auto (when a terminal), always or never")
-	cf.register(fs)
-	lf.register(fs, "warn")
+	fs.StringVar(&f.source, "source", "", "block device or image file to store (required)")
+	fs.StringVar(&f.opt.Volume, "volume", "", "volume name in the store (required)")
+	fs.StringVar(&f.base, "base", "", "the image the volume's latest generation was pushed from, of which --source is a later reflinked copy on the same filesystem: read only the extents they do not share")
+	fs.StringVar(&f.changed, "changed", "", "a file listing the extents of --source that may differ from the image the latest generation was pushed from (docs/change-hints.md): read only those")
+	fs.BoolVar(&f.opt.FullScan, "full-scan", false, "read the whole source even with --base or --changed")
+	f.sf.register(fs)
+	fs.StringVar(&f.compress, "compress", string(transport.CompressionFastest), "zstd level for chunk objects: off, fastest, default or better")
+	fs.IntVar(&f.opt.ScanWorkers, "workers", 0, "segments chunked in parallel (default: all cores)")
+	fs.BoolVar(&f.opt.OwnVolumeOnly, "own-volume-only", false, "deduplicate only against this volume's latest generation")
+	fs.BoolVar(&f.opt.ConfirmAll, "confirm-all", false, "check every chunk reused from earlier generations (HEAD: present, size and checksum metadata) and re-upload any that is missing or damaged, from the source's bytes; the repair a failed pull names")
+	fs.BoolVar(&f.opt.VerifyChunks, "verify-chunks", false, "like --confirm-all, but download, decode and re-hash every reused chunk (finds damage a HEAD cannot see, at the cost of reading them all)")
+	fs.DurationVar(&f.opt.Grace, "grace", objstore.DefaultGrace, "the gc grace period of this store (use gc's value)")
+	fs.StringVar(&f.bwlimit, "bwlimit", "", "cap the upload rate, e.g. 100Mbit, 12MiB (default: unlimited)")
+	fs.StringVar(&f.statsJSON, "stats-json", "", "write the push's statistics as JSON to this file ('-' for stdout)")
+	fs.BoolVarP(&f.quiet, "quiet", "q", false, "print no summary line or progress")
+	f.pf.register(c)
+	f.cf.register(fs)
+	f.lf.register(fs, "warn")
 	return c
 }
 
+// options checks push's flags and turns them into pushOptions.
+func (f *pushFlags) options(c *cobra.Command) (pushOptions, error) {
+	opt := f.opt
+	if f.source == "" || opt.Volume == "" {
+		return pushOptions{}, usagef(c, "--source and --volume are required")
+	}
+	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+		return pushOptions{}, usagef(c, "%v", err)
+	}
+	var err error
+	if opt.Params, err = f.cf.params(c); err != nil {
+		return pushOptions{}, err
+	}
+	opt.Compression = transport.CompressionLevel(f.compress)
+	if _, err := transport.NewCompressor(opt.Compression); err != nil {
+		return pushOptions{}, usagef(c, "--compress: %v", err)
+	}
+	if opt.Grace <= 0 {
+		return pushOptions{}, usagef(c, "--grace %s: want a positive duration", opt.Grace)
+	}
+	if f.bwlimit != "" {
+		if f.sf.rate, err = transport.ParseRate(f.bwlimit); err != nil {
+			return pushOptions{}, usagef(c, "--bwlimit: %v", err)
+		}
+	}
+	if opt.Hints, err = hint.FromFlags(f.source, f.base, f.changed); err != nil {
+		return pushOptions{}, usagef(c, "%v", err)
+	}
+	pr, err := f.pf.newProgress(c, f.quiet, phasesUpload)
+	if err != nil {
+		return pushOptions{}, err
+	}
+	opt.Parallel = f.sf.parallel
+	return pushOptions{Source: f.source, Push: opt, StatsJSON: f.statsJSON, Quiet: f.quiet, Progress: pr}, nil
+}
+
+// runPush stores the source as the volume's next generation in s, writes
+// the statistics and prints the summary on w.
+func runPush(ctx context.Context, s *objstore.Store, o pushOptions, w io.Writer) (*objstore.PushStats, error) {
+	opt := o.Push
+	// The identity is taken before the source is read: a source written
+	// after it no longer matches it as a later push's base.
+	var err error
+	if opt.Image, err = hint.FileIdentity(o.Source); err != nil {
+		return nil, fmt.Errorf("identity of %s: %w", o.Source, err)
+	}
+	f, size, err := agent.OpenSource(o.Source)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if pr := o.Progress; pr != nil {
+		opt.Progress = func(p objstore.PushProgress) {
+			pr.update(agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: p.ScannedBytes, ScanDone: p.ScanDone,
+				NeedBytes: p.UploadBytes, SentBytes: p.UploadedBytes})
+		}
+	}
+	st, err := s.Push(ctx, f, size, opt)
+	if o.Progress != nil {
+		o.Progress.finish()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("push %s: %w", opt.Volume, err)
+	}
+	if err := writeStatsJSON(o.StatsJSON, st); err != nil {
+		return st, err
+	}
+	if !o.Quiet {
+		printPushSummary(w, st, opt.Hints != nil)
+	}
+	return st, nil
+}
+
+func printPushSummary(w io.Writer, st *objstore.PushStats, hinted bool) {
+	if st.ScanMode == objstore.ScanIncremental {
+		fmt.Fprintf(w, "voldelta: read %s of %s (%s changed, per the %s hints)\n",
+			humanBytes(st.BytesRead), humanBytes(st.SourceBytes), humanBytes(st.ChangedBytes), st.HintSource)
+	} else if hinted {
+		fmt.Fprintf(w, "voldelta: full scan: %s\n", st.FullScanReason)
+	}
+	fmt.Fprintf(w, "voldelta: %s generation %d stored (root %s): %d of %d chunks uploaded (%d already in the store), %s of %s raw, %s stored, in %.1fs\n",
+		st.Volume, st.Generation, st.RootHash[:16], st.ChunksUploaded, st.ChunksDistinct, st.ChunksReused,
+		humanBytes(st.BytesUploadedRaw), humanBytes(st.SourceBytes), humanBytes(st.BytesUploaded), st.DurationSeconds)
+}
+
+// pullFlags are the flags of pull.
+type pullFlags struct {
+	sf                        storeFlags
+	lf                        logFlags
+	pf                        progressFlags
+	opt                       objstore.PullOptions
+	verify, buffer, statsJSON string
+	quiet                     bool
+}
+
+// pullOptions are what a pull does, from its flags.
+type pullOptions struct {
+	Pull      objstore.PullOptions
+	StatsJSON string
+	Quiet     bool
+	Progress  progressSink
+}
+
 func newPullCmd() *cobra.Command {
-	var (
-		sf        storeFlags
-		lf        logFlags
-		opt       objstore.PullOptions
-		verify    string
-		buffer    string
-		statsJSON string
-		quiet     bool
-	)
+	var f pullFlags
 	c := &cobra.Command{
 		Use:   "pull --store s3://BUCKET/PREFIX --volume NAME --target PATH --state-dir DIR [flags]",
 		Short: "Apply a generation from an object store to a target, in place",
@@ -281,64 +321,102 @@ stored, manifest included), manifest_bytes, retries, duration_seconds.`,
       --endpoint 127.0.0.1:9000 --insecure --target replica.img --state-dir state --stats-json -`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if opt.Volume == "" || opt.Target == "" || opt.StateDir == "" {
-				return usagef(c, "--volume, --target and --state-dir are required")
-			}
-			if err := transport.ValidateVolumeName(opt.Volume); err != nil {
-				return usagef(c, "%v", err)
-			}
-			if verify != string(receiver.VerifyWritten) && verify != string(receiver.VerifyFull) {
-				return usagef(c, "--verify %q: want written or full", verify)
-			}
-			n, err := parseSize(buffer)
-			if err != nil {
-				return usagef(c, "--apply-buffer: %v", err)
-			}
-			if n == 0 || n > 1<<40 {
-				return usagef(c, "--apply-buffer %s: want 1 byte to 1 TiB", buffer)
-			}
-			s, err := sf.open(c, &lf)
+			o, err := f.options(c)
 			if err != nil {
 				return err
 			}
-			log, _ := lf.logger(c, stderr)
-			opt.Receiver = receiver.Options{Verify: receiver.VerifyMode(verify), ApplyBuffer: int64(n), Logger: log}
-			opt.Parallel = sf.parallel
-			st, err := s.Pull(c.Context(), opt)
+			s, err := f.sf.open(c, &f.lf)
 			if err != nil {
-				var ce *objstore.ChunkError
-				if st != nil && st.BytesDownloaded > 0 && !quiet && !errors.As(err, &ce) {
-					fmt.Fprintf(stderr, "voldelta: pull interrupted after downloading %s; the next pull resumes it\n", humanBytes(st.BytesDownloaded))
-				}
-				return fmt.Errorf("pull %s: %w", opt.Volume, err)
-			}
-			if err := writeStatsJSON(statsJSON, st); err != nil {
 				return err
 			}
-			if !quiet {
-				resumed := ""
-				if st.Resumed {
-					resumed = ", resuming an interrupted pull"
-				}
-				fmt.Fprintf(stderr, "voldelta: %s generation %d applied to %s (root %s, local generation %d%s): %d chunks downloaded (%s), %d copied locally, %d of %d entries already in place, in %.1fs\n",
-					st.Volume, st.Generation, opt.Target, st.RootHash[:16], st.LocalGeneration, resumed, st.ChunksFetched, humanBytes(st.BytesDownloaded),
-					st.ChunksCopied, st.ChunksSkipped, st.Entries, st.DurationSeconds)
-			}
-			return nil
+			_, err = runPull(c.Context(), s, o, stderr)
+			return err
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&opt.Volume, "volume", "", "volume name in the store and in --state-dir (required)")
-	fs.StringVar(&opt.Target, "target", "", "block device or image file to write (required; a file is created if missing)")
-	fs.StringVar(&opt.StateDir, "state-dir", "", "directory keeping the target's state (required)")
-	fs.Uint64Var(&opt.Generation, "generation", 0, "store generation to apply (default: the latest)")
-	sf.register(fs)
-	fs.StringVar(&verify, "verify", string(receiver.VerifyWritten), "check before commit: written (read back what was written; kept ranges too when nothing vouches for them) or full (read back every range)")
-	fs.StringVar(&buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written")
-	fs.StringVar(&statsJSON, "stats-json", "", "write the pull's statistics as JSON to this file ('-' for stdout)")
-	fs.BoolVarP(&quiet, "quiet", "q", false, "print no summary line")
-	lf.register(fs, "warn")
+	fs.StringVar(&f.opt.Volume, "volume", "", "volume name in the store and in --state-dir (required)")
+	fs.StringVar(&f.opt.Target, "target", "", "block device or image file to write (required; a file is created if missing)")
+	fs.StringVar(&f.opt.StateDir, "state-dir", "", "directory keeping the target's state (required)")
+	fs.Uint64Var(&f.opt.Generation, "generation", 0, "store generation to apply (default: the latest)")
+	f.sf.register(fs)
+	fs.StringVar(&f.verify, "verify", string(receiver.VerifyWritten), "check before commit: written (read back what was written; kept ranges too when nothing vouches for them) or full (read back every range)")
+	fs.StringVar(&f.buffer, "apply-buffer", "64MiB", "memory for chunks that arrive before they may be written")
+	fs.StringVar(&f.statsJSON, "stats-json", "", "write the pull's statistics as JSON to this file ('-' for stdout)")
+	fs.BoolVarP(&f.quiet, "quiet", "q", false, "print no summary line or progress")
+	f.pf.register(c)
+	f.lf.register(fs, "warn")
 	return c
+}
+
+// options checks pull's flags and turns them into pullOptions.
+func (f *pullFlags) options(c *cobra.Command) (pullOptions, error) {
+	opt := f.opt
+	if opt.Volume == "" || opt.Target == "" || opt.StateDir == "" {
+		return pullOptions{}, usagef(c, "--volume, --target and --state-dir are required")
+	}
+	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+		return pullOptions{}, usagef(c, "%v", err)
+	}
+	verify, buffer, err := applyFlags(c, f.verify, f.buffer)
+	if err != nil {
+		return pullOptions{}, err
+	}
+	log, err := f.lf.logger(c, stderr)
+	if err != nil {
+		return pullOptions{}, err
+	}
+	pr, err := f.pf.newProgress(c, f.quiet, phasesPull)
+	if err != nil {
+		return pullOptions{}, err
+	}
+	opt.Receiver = receiver.Options{Verify: verify, ApplyBuffer: buffer, Logger: log}
+	opt.Parallel = f.sf.parallel
+	return pullOptions{Pull: opt, StatsJSON: f.statsJSON, Quiet: f.quiet, Progress: pr}, nil
+}
+
+// runPull applies a generation from s to the target, writes the
+// statistics and prints the summary on w.
+func runPull(ctx context.Context, s *objstore.Store, o pullOptions, w io.Writer) (*objstore.PullStats, error) {
+	opt := o.Pull
+	if pr := o.Progress; pr != nil {
+		opt.Receiver.Progress = func(p receiver.ApplyProgress) { pr.update(pullProgress(p)) }
+	}
+	st, err := s.Pull(ctx, opt)
+	if o.Progress != nil {
+		o.Progress.finish()
+	}
+	if err != nil {
+		var ce *objstore.ChunkError
+		if st != nil && st.BytesDownloaded > 0 && !o.Quiet && !errors.As(err, &ce) {
+			fmt.Fprintf(w, "voldelta: pull interrupted after downloading %s; the next pull resumes it\n", humanBytes(st.BytesDownloaded))
+		}
+		return st, fmt.Errorf("pull %s: %w", opt.Volume, err)
+	}
+	if err := writeStatsJSON(o.StatsJSON, st); err != nil {
+		return st, err
+	}
+	if !o.Quiet {
+		resumed := ""
+		if st.Resumed {
+			resumed = ", resuming an interrupted pull"
+		}
+		fmt.Fprintf(w, "voldelta: %s generation %d applied to %s (root %s, local generation %d%s): %d chunks downloaded (%s), %d copied locally, %d of %d entries already in place, in %.1fs\n",
+			st.Volume, st.Generation, opt.Target, st.RootHash[:16], st.LocalGeneration, resumed, st.ChunksFetched, humanBytes(st.BytesDownloaded),
+			st.ChunksCopied, st.ChunksSkipped, st.Entries, st.DurationSeconds)
+	}
+	return st, nil
+}
+
+// pullProgress shows an apply as a transfer: the plan (the manifest
+// classified against the target: what is in place, copied, fetched), then
+// the fetches.
+func pullProgress(p receiver.ApplyProgress) agent.Progress {
+	scanned := uint64(0)
+	if p.Planned {
+		scanned = p.SourceBytes
+	}
+	return agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: scanned, ScanDone: p.Planned,
+		NeedBytes: p.NeedBytes, SentBytes: p.FetchedBytes}
 }
 
 func newGCCmd() *cobra.Command {

@@ -545,6 +545,7 @@ func (p *progressReporter) stop() {
 func (r *Reconciler) reportProgress(ctx context.Context, vs *v1alpha1.VolumeSync) *progressReporter {
 	p := &progressReporter{done: make(chan struct{})}
 	base := vs.DeepCopy()
+	start := r.o.Clock.Now()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -565,14 +566,23 @@ func (r *Reconciler) reportProgress(ctx context.Context, vs *v1alpha1.VolumeSync
 				continue
 			}
 			mod := base.DeepCopy()
-			mod.Status.Progress = &v1alpha1.RoundProgress{SourceBytes: int64(pr.SourceBytes), ScannedBytes: int64(pr.ScannedBytes),
-				NeededBytes: int64(pr.NeedBytes), SentBytes: int64(pr.SentBytes), UpdateTime: metav1.NewTime(r.o.Clock.Now())}
+			mod.Status.Progress = roundProgress(pr, start, r.o.Clock.Now())
 			if err := r.patchStatus(ctx, base, mod); err != nil {
 				r.o.Logger.Debug("progress", "err", err)
 			}
 		}
 	}()
 	return p
+}
+
+// roundProgress is status.progress for a round's figures at now, of a
+// round that began sending at start.
+func roundProgress(pr agent.Progress, start, now time.Time) *v1alpha1.RoundProgress {
+	rate := k8sutil.Rate(pr.SentBytes, now.Sub(start))
+	st := metav1.NewTime(start)
+	return &v1alpha1.RoundProgress{SourceBytes: int64(pr.SourceBytes), ScannedBytes: int64(pr.ScannedBytes),
+		NeededBytes: int64(pr.NeedBytes), SentBytes: int64(pr.SentBytes), ScanDone: pr.ScanDone, BytesPerSecond: int64(rate),
+		ETA: k8sutil.ETA(pr.SentBytes, pr.NeedBytes, rate, pr.ScanDone), StartTime: &st, UpdateTime: metav1.NewTime(now)}
 }
 
 // due reports whether a round should start at now and, if not, how long

@@ -85,8 +85,20 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 	}
 	orig = vt.DeepCopy()
 	log.Info("pull starts", "generation", latest, "device", path)
+	prog := t.reportPull(ctx, vt)
+	apply := t.o.Apply
+	apply.Progress = func(p receiver.ApplyProgress) {
+		prog.set(p)
+		if t.o.Apply.Progress != nil {
+			t.o.Apply.Progress(p)
+		}
+	}
 	ps, err := store.Pull(ctx, objstore.PullOptions{Volume: volume, Generation: latest, Target: path, StateDir: t.o.StateDir,
-		Parallel: t.o.PullParallel, Receiver: t.o.Apply})
+		Parallel: t.o.PullParallel, Receiver: apply})
+	prog.stop()
+	// Progress may be set on the server: make the next patch remove it.
+	orig.Status.Progress = &v1alpha1.TargetProgress{}
+	vt.Status.Progress = nil
 	if err != nil {
 		if ctx.Err() != nil {
 			return orig, 0, fmt.Errorf("pull of %q interrupted (the next pull resumes it): %w", volume, err)

@@ -88,6 +88,9 @@ type Options struct {
 	// Concurrency is the number of VolumeTargets reconciled at once (a
 	// pull runs inside its target's reconcile); default 4.
 	Concurrency int
+	// ProgressInterval is how often a running pull's status.progress is
+	// written; default DefaultProgressInterval.
+	ProgressInterval time.Duration
 }
 
 // Targets serves VolumeTargets to a receiver.Server and reconciles them.
@@ -127,6 +130,9 @@ func New(o Options) (*Targets, error) {
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 4
+	}
+	if o.ProgressInterval <= 0 {
+		o.ProgressInterval = DefaultProgressInterval
 	}
 	return &Targets{o: o, events: make(chan event.GenericEvent, 64), writers: make(map[string]string),
 		promoted: make(map[string]promotion)}, nil
