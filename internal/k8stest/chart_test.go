@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,11 +40,21 @@ func helmInstall(t *testing.T, ctx context.Context, c *cluster) {
 	home := t.TempDir()
 	kubeconfig := filepath.Join(home, "kubeconfig")
 	c.must(c.cp.WriteKubeconfig(kubeconfig))
-	_, err = k8stest.Helm(ctx, home, "install", "voldelta", k8stest.ChartDir(), "--kubeconfig", kubeconfig,
+	out, err := k8stest.Helm(ctx, home, "install", "voldelta", k8stest.ChartDir(), "--kubeconfig", kubeconfig,
 		"--namespace", chartNS, "--timeout", "2m",
 		"--set", "receiver.enabled=true", "--set", `receiver.nodeSelector.kubernetes\.io/hostname=`+rcvNode)
 	c.must(err)
-	out, err := k8stest.Helm(ctx, home, "status", "voldelta", "--kubeconfig", kubeconfig, "--namespace", chartNS, "--output", "json")
+	// NOTES.txt: what runs, and no warning about an unpinned receiver.
+	for _, want := range []string{"agent DaemonSet voldelta-agent", "Migration controller voldelta-controller",
+		"receiver voldelta-receiver, listening on port 7300", "mounts the Secret voldelta-receiver-tls"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("helm install's notes lack %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "WARNING") {
+		t.Errorf("helm install's notes warn about a pinned receiver:\n%s", out)
+	}
+	out, err = k8stest.Helm(ctx, home, "status", "voldelta", "--kubeconfig", kubeconfig, "--namespace", chartNS, "--output", "json")
 	c.must(err)
 	var st struct {
 		Info struct{ Status string } `json:"info"`
