@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,7 +81,8 @@ func helmInstall(t *testing.T, ctx context.Context, c *cluster) {
 // (so with exactly the RBAC it grants): two rounds of a Longhorn volume
 // commit, the second sending only about its change. The agent may make
 // tokens for itself (snapshot metadata) and for no other ServiceAccount.
-// helm uninstall removes the ServiceAccounts and keeps the CRDs.
+// helm upgrade changes the objects in place; helm uninstall removes the
+// ServiceAccounts and keeps the CRDs.
 func TestHelmChartEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -156,6 +158,24 @@ func TestHelmChartEndToEnd(t *testing.T) {
 	home := t.TempDir()
 	kubeconfig := filepath.Join(home, "kubeconfig")
 	c.must(c.cp.WriteKubeconfig(kubeconfig))
+	// helm upgrade changes the objects in place: receiver.attach=false
+	// drops the VolumeAttachment verbs and passes --attach=false.
+	_, err = k8stest.Helm(ctx, home, "upgrade", "voldelta", k8stest.ChartDir(), "--kubeconfig", kubeconfig, "--namespace", chartNS,
+		"--reuse-values", "--set", "receiver.attach=false", "--timeout", "2m")
+	c.must(err)
+	role, err := c.kube.RbacV1().ClusterRoles().Get(ctx, "voldelta-receiver", metav1.GetOptions{})
+	c.must(err)
+	for _, r := range role.Rules {
+		if slices.Contains(r.Resources, "volumeattachments") && slices.Contains(r.Verbs, "create") {
+			t.Errorf("after helm upgrade with receiver.attach=false the receiver may still %v volumeattachments", r.Verbs)
+		}
+	}
+	rcv, err := c.kube.AppsV1().Deployments(chartNS).Get(ctx, "voldelta-receiver", metav1.GetOptions{})
+	c.must(err)
+	if args := rcv.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--attach=false") {
+		t.Errorf("receiver args after helm upgrade: %v", args)
+	}
+
 	_, err = k8stest.Helm(ctx, home, "uninstall", "voldelta", "--kubeconfig", kubeconfig, "--namespace", chartNS, "--timeout", "2m")
 	c.must(err)
 	for _, sa := range []string{"voldelta-agent", "voldelta-receiver", "voldelta-controller"} {
