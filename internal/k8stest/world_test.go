@@ -37,17 +37,25 @@ type world struct {
 }
 
 func newWorld(t *testing.T, ctx context.Context) *world {
+	return newWorldInstalled(t, ctx, func(c *cluster) {
+		for _, d := range []string{"agent", "receiver"} {
+			ms, err := k8stest.LoadKustomization(filepath.Join(k8stest.RepoRoot(), "deploy", d), k8stest.ClusterScopedKinds)
+			c.must(err)
+			c.must(c.cp.Apply(ctx, ms, false))
+		}
+	})
+}
+
+// newWorldInstalled is newWorld with voldelta's objects created by install
+// (the kustomize bases, or the Helm chart: chart_test.go).
+func newWorldInstalled(t *testing.T, ctx context.Context, install func(*cluster)) *world {
 	c := newCluster(t)
 	for _, ns := range []string{srcNS, dstNS, "longhorn-system", "shop"} {
 		_, err := c.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 		c.must(err)
 	}
+	install(c)
 	root := k8stest.RepoRoot()
-	for _, d := range []string{"agent", "receiver"} {
-		ms, err := k8stest.LoadKustomization(filepath.Join(root, "deploy", d), k8stest.ClusterScopedKinds)
-		c.must(err)
-		c.must(c.cp.Apply(ctx, ms, false))
-	}
 	examples, err := k8stest.LoadKustomization(filepath.Join(root, "deploy", "examples"), k8stest.ClusterScopedKinds)
 	c.must(err)
 	c.must(c.cp.Apply(ctx, examples, true))
