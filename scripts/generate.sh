@@ -16,4 +16,7 @@ if [ $# -ge 1 ]; then
 else
   "$cg" object paths=./api/...
   "$cg" crd:crdVersions=v1 paths=./api/... output:crd:artifacts:config=deploy/crds
+  # The Helm chart installs the same CRDs (deploy/chart_test.go checks it).
+  rm -f charts/voldelta/crds/*.yaml
+  cp deploy/crds/voldelta.io_*.yaml charts/voldelta/crds/
 fi
