@@ -266,6 +266,10 @@ func (r *Reconciler) ensureGroupSnapshot(ctx context.Context, m *v1alpha1.Migrat
 			g.CreateTime = mtime(vgs.CreationTimestamp.Time)
 		}
 		return vgs, nil
+	case err == nil && vgs.DeletionTimestamp != nil:
+		// Most likely the group snapshot of an earlier Migration of this
+		// name, being garbage-collected: retried.
+		return nil, fmt.Errorf("VolumeGroupSnapshot %s/%s of another owner is being deleted", m.Namespace, g.Name)
 	case err == nil:
 		return nil, failf(ReasonGroupSnapshotFailed, "VolumeGroupSnapshot %s/%s exists and is not this Migration's", m.Namespace, g.Name)
 	case !apierrors.IsNotFound(err):

@@ -44,6 +44,7 @@ func TestMigrationGroupSnapshot(t *testing.T) {
 		{"no-class", testNoClass},
 		{"mixed-drivers", testMixedDrivers},
 		{"named-class-missing", testNamedClassMissing},
+		{"foreign-labelled-pvc", testForeignLabelledPVC},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.run(newEnv(t, cl, "gs-"+tc.name))
@@ -381,6 +382,42 @@ func testMixedDrivers(e *env) {
 // cutover before any workload is scaled.
 func testNamedClassMissing(e *env) {
 	expectClassFailure(e, "csi.missing.example", "gs-missing-nope", "not found")
+}
+
+// testForeignLabelledPVC: a PVC that is not a volume of the migration
+// carries its label, so the group snapshot would take it too: the
+// migration fails before creating it, and the workloads are scaled back.
+func testForeignLabelledPVC(e *env) {
+	const driver = "csi.foreign.example"
+	e.groupClass("gs-foreign-default", driver, true)
+	e.pvc("stray", map[string]string{migration.LabelMigration: "fl"})
+	reachFinalFailed(e, "fl", driver)
+}
+
+func reachFinalFailed(e *env, name, driver string) {
+	e.t.Helper()
+	e.boundPVC("data-a", driver)
+	e.boundPVC("data-b", driver)
+	e.workload(v1alpha1.KindDeployment, "web", 3)
+	e.workload(v1alpha1.KindStatefulSet, "db", 2)
+	s := spec("data-a", "data-b")
+	s.Cutover.Mode = v1alpha1.CutoverAuto
+	s.Quiesce.Workloads = []v1alpha1.WorkloadRef{{Kind: v1alpha1.KindDeployment, Name: "web"}, {Kind: v1alpha1.KindStatefulSet, Name: "db"}}
+	e.create(name, s)
+	e.expectPhase(name, v1alpha1.MigrationPrecopying)
+	e.syncAll(name, 1<<20, time.Second)
+	e.expectPhase(name, v1alpha1.MigrationQuiescing)
+	e.stop(v1alpha1.KindDeployment, "web")
+	e.stop(v1alpha1.KindStatefulSet, "db")
+	m := e.expectPhase(name, v1alpha1.MigrationFailed)
+	e.expectRestored(m)
+	if c := condition(m, v1alpha1.ConditionDestinationReady); c.Reason != migration.ReasonGroupSnapshotFailed || !strings.Contains(c.Message, "PVC stray") {
+		e.t.Errorf("DestinationReady %+v", c)
+	}
+	var g groupsnapv1.VolumeGroupSnapshot
+	if err := e.cl.Get(e.ctx, types.NamespacedName{Namespace: e.ns, Name: name + "-final"}, &g); !apierrors.IsNotFound(err) {
+		e.t.Errorf("a group snapshot was taken: %v", err)
+	}
 }
 
 func expectClassFailure(e *env, driver, class, fragment string) {
