@@ -215,6 +215,13 @@ func TestController(t *testing.T) {
 		{"voldelta.io", "volumesyncs", "create"}, {"voldelta.io", "volumesyncs", "patch"}, {"voldelta.io", "volumesyncs", "watch"},
 		{"apps", "deployments", "patch"}, {"apps", "statefulsets", "patch"}, {"apps", "deployments", "watch"},
 		{"", "pods", "list"}, {"", "persistentvolumeclaims", "list"}, {"events.k8s.io", "events", "create"},
+		// The final group snapshot: the members' label, their driver, the
+		// group, its class, its member VolumeSnapshots.
+		{"", "persistentvolumeclaims", "patch"}, {"", "persistentvolumes", "get"},
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "create"}, {"groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "get"},
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "watch"}, {"groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "list"},
+		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "get"},
+		{"snapshot.storage.k8s.io", "volumesnapshots", "list"}, {"snapshot.storage.k8s.io", "volumesnapshots", "get"},
 	} {
 		if !grants(g[0], g[1], g[2]) {
 			t.Errorf("the controller's ClusterRole lacks %s %s/%s", g[2], g[0], g[1])
@@ -223,6 +230,20 @@ func TestController(t *testing.T) {
 	for _, r := range role.Rules {
 		if slices.Contains(r.Verbs, "delete") || slices.Contains(r.Verbs, "deletecollection") || slices.Contains(r.Resources, "secrets") {
 			t.Errorf("the controller's ClusterRole grants %+v", r)
+		}
+		// It writes no snapshot but its group snapshot, and touches no
+		// class or content: the member VolumeSnapshots are only read.
+		for _, res := range r.Resources {
+			writes := slices.ContainsFunc(r.Verbs, func(v string) bool { return v == "create" || v == "update" || v == "patch" || v == "*" })
+			if strings.Contains(res, "snapshot") && res != "volumegroupsnapshots" && (writes || slices.Contains(r.Verbs, "watch")) {
+				t.Errorf("the controller's ClusterRole grants %v on %s", r.Verbs, res)
+			}
+			if strings.Contains(res, "content") || res == "*" || slices.Contains(r.APIGroups, "*") {
+				t.Errorf("the controller's ClusterRole grants %+v", r)
+			}
+		}
+		if slices.Contains(r.Resources, "persistentvolumeclaims") && slices.ContainsFunc(r.Verbs, func(v string) bool { return v == "update" || v == "create" }) {
+			t.Errorf("the controller may do more to PVCs than label them: %+v", r)
 		}
 	}
 }

@@ -56,6 +56,18 @@ type MigrationSpec struct {
 	// +optional
 	VolumeSnapshotClassName string `json:"volumeSnapshotClassName,omitempty"`
 
+	// VolumeGroupSnapshotClassName asks for the final snapshots to be one
+	// VolumeGroupSnapshot of this class (groupsnapshot.storage.k8s.io/v1):
+	// if the API is not served, the class does not exist or its driver is
+	// not the volumes', the cutover fails before anything is scaled.
+	// Empty: a group snapshot is taken if the API is served and one
+	// VolumeGroupSnapshotClass is marked default
+	// (groupsnapshot.storage.kubernetes.io/is-default-class) for the
+	// volumes' CSI driver; otherwise one VolumeSnapshot per volume.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	VolumeGroupSnapshotClassName string `json:"volumeGroupSnapshotClassName,omitempty"`
+
 	// BandwidthLimit caps each volume's rounds (as a VolumeSync's:
 	// "100Mbit", "12MiB"). Empty: unlimited.
 	// +optional
@@ -260,6 +272,15 @@ type MigrationStatus struct {
 	// Empty for a store destination.
 	// +optional
 	Group string `json:"group,omitempty"`
+	// FinalSnapshots says how the final snapshots are taken, decided when
+	// the cutover starts (before anything is scaled); the message and an
+	// event say why.
+	// +optional
+	FinalSnapshots FinalSnapshots `json:"finalSnapshots,omitempty"`
+	// GroupSnapshot is the VolumeGroupSnapshot of the final snapshots
+	// (finalSnapshots Group).
+	// +optional
+	GroupSnapshot *GroupSnapshotStatus `json:"groupSnapshot,omitempty"`
 	// CommitTime is when the group committed (the last volume's final
 	// round committed at the destination).
 	// +optional
@@ -268,6 +289,38 @@ type MigrationStatus struct {
 	// the group commit, and its parts.
 	// +optional
 	Downtime *Downtime `json:"downtime,omitempty"`
+}
+
+// FinalSnapshots says how a Migration's final snapshots are taken.
+// +kubebuilder:validation:Enum=Group;PerVolume
+type FinalSnapshots string
+
+// How the final snapshots are taken.
+const (
+	// FinalSnapshotsGroup: one VolumeGroupSnapshot of every volume, taken
+	// at one point after the workloads stopped; each VolumeSync's final
+	// round reads its member (spec.trigger.snapshotName).
+	FinalSnapshotsGroup FinalSnapshots = "Group"
+	// FinalSnapshotsPerVolume: each agent takes its volume's VolumeSnapshot
+	// after the workloads stopped.
+	FinalSnapshotsPerVolume FinalSnapshots = "PerVolume"
+)
+
+// GroupSnapshotStatus is the VolumeGroupSnapshot of a Migration's final
+// snapshots.
+type GroupSnapshotStatus struct {
+	// Name of the VolumeGroupSnapshot (<migration>-final), in the
+	// Migration's namespace, owned by the Migration.
+	Name string `json:"name"`
+	// ClassName is its VolumeGroupSnapshotClass.
+	ClassName string `json:"className"`
+	// CreateTime is when the controller created it.
+	// +optional
+	CreateTime *metav1.MicroTime `json:"createTime,omitempty"`
+	// ReadyTime is when the controller saw it readyToUse with a member
+	// VolumeSnapshot of every volume.
+	// +optional
+	ReadyTime *metav1.MicroTime `json:"readyTime,omitempty"`
 }
 
 // MigrationVolumeStatus is one volume of a Migration.
@@ -283,6 +336,10 @@ type MigrationVolumeStatus struct {
 	Generation int64 `json:"generation,omitempty"`
 	// +optional
 	RootHash string `json:"rootHash,omitempty"`
+	// FinalSnapshot is its member VolumeSnapshot of the group snapshot,
+	// which its final round reads (finalSnapshots Group).
+	// +optional
+	FinalSnapshot string `json:"finalSnapshot,omitempty"`
 }
 
 // WorkloadStatus is a quiesced workload.
@@ -331,7 +388,9 @@ type Downtime struct {
 	// snapshots, the final deltas, the destination's verification and
 	// commit of every volume (they run concurrently).
 	FinalSync metav1.Duration `json:"finalSync"`
-	// Snapshot is the longest wait of a volume for its final snapshot.
+	// Snapshot is the longest wait of a volume for its final snapshot
+	// or, with a group snapshot, the group snapshot's wait (its creation
+	// to readyToUse with every member).
 	// +optional
 	Snapshot *metav1.Duration `json:"snapshot,omitempty"`
 	// Commit is from the last volume's commit to the group's record.

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,12 +88,31 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// IsGroupSnapshotCRD says whether a file of CRDFiles is one of the
+// groupsnapshot.storage.k8s.io CRDs.
+func IsGroupSnapshotCRD(file string) bool {
+	return strings.HasPrefix(filepath.Base(file), "groupsnapshot.storage.k8s.io_")
+}
+
+// StartOptions change what Start installs.
+type StartOptions struct {
+	// NoGroupSnapshotAPI leaves out the groupsnapshot.storage.k8s.io CRDs:
+	// a cluster whose snapshot controller has no group snapshots.
+	NoGroupSnapshotAPI bool
+}
+
 // Start runs etcd and kube-apiserver for the test and installs the CRDs:
-// voldelta's (deploy/crds), the VolumeSnapshot CRDs of the
-// external-snapshotter module, and a trimmed Longhorn Volume CRD. It fails
-// the test (never skips) if a binary is missing. Both processes are stopped
-// when the test ends.
+// voldelta's (deploy/crds), the VolumeSnapshot and VolumeGroupSnapshot
+// CRDs of the external-snapshotter module, and a trimmed Longhorn Volume
+// CRD. It fails the test (never skips) if a binary is missing. Both
+// processes are stopped when the test ends.
 func Start(t testing.TB) *ControlPlane {
+	t.Helper()
+	return StartWith(t, StartOptions{})
+}
+
+// StartWith is Start with options.
+func StartWith(t testing.TB, o StartOptions) *ControlPlane {
 	t.Helper()
 	etcdBin, apiBin, err := Binaries()
 	if err != nil {
@@ -166,7 +186,7 @@ func Start(t testing.TB) *ControlPlane {
 		Burst:           400,
 	}
 	cp.waitReady(t, ctx, apiDone)
-	cp.installCRDs(t, ctx)
+	cp.installCRDs(t, ctx, o)
 	return cp
 }
 
@@ -253,7 +273,9 @@ func waitHealthy(t testing.TB, ctx context.Context, hc *http.Client, url, name s
 	t.Fatalf("%s: %s not healthy after %s: %s", name, url, within, last)
 }
 
-// CRDFiles lists the CRD manifests Start installs.
+// CRDFiles lists the CRD manifests Start installs: voldelta's, the
+// VolumeSnapshot and VolumeGroupSnapshot CRDs of the external-snapshotter
+// module, the trimmed Longhorn Volume CRD.
 func CRDFiles() ([]string, error) {
 	root := RepoRoot()
 	ours, err := filepath.Glob(filepath.Join(root, "deploy", "crds", "*_*.yaml")) // not kustomization.yaml
@@ -268,10 +290,14 @@ func CRDFiles() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(ours) == 0 || len(snaps) != 3 {
-		return nil, fmt.Errorf("CRDs: found %d of ours and %d VolumeSnapshot CRDs in %s, want 3", len(ours), len(snaps), snapDir)
+	groups, err := filepath.Glob(filepath.Join(snapDir, "config", "crd", "groupsnapshot.storage.k8s.io_*.yaml"))
+	if err != nil {
+		return nil, err
 	}
-	files := append(ours, snaps...)
+	if len(ours) == 0 || len(snaps) != 3 || len(groups) != 3 {
+		return nil, fmt.Errorf("CRDs: found %d of ours, %d VolumeSnapshot and %d VolumeGroupSnapshot CRDs in %s, want 3 each", len(ours), len(snaps), len(groups), snapDir)
+	}
+	files := append(append(ours, snaps...), groups...)
 	return append(files, filepath.Join(root, "internal", "k8stest", "testdata", "longhorn.io_volumes.yaml")), nil
 }
 
@@ -307,11 +333,14 @@ func DecodeCRD(path string) (*apiextv1.CustomResourceDefinition, error) {
 	return &crd, nil
 }
 
-func (cp *ControlPlane) installCRDs(t testing.TB, ctx context.Context) {
+func (cp *ControlPlane) installCRDs(t testing.TB, ctx context.Context, o StartOptions) {
 	t.Helper()
 	files, err := CRDFiles()
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.NoGroupSnapshotAPI {
+		files = slices.DeleteFunc(files, IsGroupSnapshotCRD)
 	}
 	cs, err := apiext.NewForConfig(cp.Config)
 	if err != nil {

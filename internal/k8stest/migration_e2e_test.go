@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	groupsnapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumegroupsnapshot/v1"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -15,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/migration"
 )
 
@@ -30,6 +33,10 @@ import (
 //     both destination images equal the final round's source snapshots and
 //     carry the writer's last write, and the receiver promotes both PVCs as
 //     one group with what the final rounds committed.
+//   - cutover with a group snapshot: the same with
+//     spec.volumeGroupSnapshotClassName; the test plays the group snapshot
+//     controller (groupSnapshots), the final rounds read the members, and
+//     both destination images equal those members byte for byte.
 //   - failing member, then abort: after the quiesce one volume's final
 //     round cannot reach its target; the migration stays in FinalSync, the
 //     source quiesced, and neither destination PVC is promoted though the
@@ -45,7 +52,8 @@ func TestMigrationEndToEnd(t *testing.T) {
 	w.must(err)
 	w.goBG(mgr.Start)
 
-	t.Run("cutover", func(t *testing.T) { testMigrationCutover(t, w) })
+	t.Run("cutover", func(t *testing.T) { testMigrationCutover(t, w, false) })
+	t.Run("cutover with a group snapshot", func(t *testing.T) { testMigrationCutover(t, w, true) })
 	t.Run("failing member, then abort", func(t *testing.T) { testMigrationFailingMember(t, w) })
 	t.Run("abort before cutover", func(t *testing.T) { testMigrationAbortBeforeCutover(t, w) })
 }
@@ -54,7 +62,7 @@ func TestMigrationEndToEnd(t *testing.T) {
 // Deployment, cuts over manually, and converges once a round sends less
 // than 4 MiB of chunks (the first round sends the 2 x 4 MiB the volumes
 // start with; later ones about what the writer changed in between).
-func newMigration(w *migWorld, a *migApp) *v1alpha1.Migration {
+func newMigration(w *migWorld, a *migApp, mods ...func(*v1alpha1.MigrationSpec)) *v1alpha1.Migration {
 	w.t.Helper()
 	var pvcs []string
 	for _, v := range a.vols {
@@ -70,6 +78,9 @@ func newMigration(w *migWorld, a *migApp) *v1alpha1.Migration {
 			Cutover:                 v1alpha1.CutoverPolicy{Mode: v1alpha1.CutoverManual},
 			VolumeSnapshotClassName: "longhorn-snap",
 		},
+	}
+	for _, mod := range mods {
+		mod(&m.Spec)
 	}
 	w.must(w.cl.Create(w.ctx, m))
 	return m
@@ -150,10 +161,20 @@ func (w *migWorld) precopyReady(m *v1alpha1.Migration) *v1alpha1.Migration {
 	})
 }
 
-func testMigrationCutover(t *testing.T, w0 *migWorld) {
+func testMigrationCutover(t *testing.T, w0 *migWorld, group bool) {
 	w := w0.with(t)
-	a := w.app("shop", false)
-	m := newMigration(w, a)
+	name, want := "shop", v1alpha1.FinalSnapshotsPerVolume
+	var mods []func(*v1alpha1.MigrationSpec)
+	if group {
+		name, want = "shopg", v1alpha1.FinalSnapshotsGroup
+		_, err := w.snaps.GroupsnapshotV1().VolumeGroupSnapshotClasses().Create(w.ctx, &groupsnapv1.VolumeGroupSnapshotClass{
+			ObjectMeta: metav1.ObjectMeta{Name: "longhorn-group"}, Driver: csi.LonghornDriver, DeletionPolicy: snapv1.VolumeSnapshotContentDelete,
+		}, metav1.CreateOptions{})
+		w.must(err)
+		mods = append(mods, func(s *v1alpha1.MigrationSpec) { s.VolumeGroupSnapshotClassName = "longhorn-group" })
+	}
+	a := w.app(name, false)
+	m := newMigration(w, a, mods...)
 
 	ready := w.precopyReady(m)
 	if h := ready.Status.History; len(h) < 2 || (h[0].Round == 1 && h[0].SentBytes < 2*initialBytes) {
@@ -201,6 +222,10 @@ func testMigrationCutover(t *testing.T, w0 *migWorld) {
 	if st.FinalTrigger == "" || st.CutoverStartTime == nil || st.CommitTime == nil || st.Downtime == nil || st.Rounds < 2 {
 		t.Fatalf("status after completion: %+v", st)
 	}
+	if st.FinalSnapshots != want || (group != (st.GroupSnapshot != nil)) ||
+		(group && (st.GroupSnapshot.Name != name+"-final" || st.GroupSnapshot.ClassName != "longhorn-group" || st.GroupSnapshot.ReadyTime == nil)) {
+		t.Fatalf("final snapshots %q, group snapshot %+v", st.FinalSnapshots, st.GroupSnapshot)
+	}
 
 	// Both destination images are the final round's source snapshots,
 	// byte for byte, and those are of one moment: after the writer's last
@@ -215,6 +240,20 @@ func testMigrationCutover(t *testing.T, w0 *migWorld) {
 		vs := w.volumeSync(done, v)
 		if vs.Status.LastManualTrigger != st.FinalTrigger || vs.Status.BaseSnapshot == "" {
 			t.Fatalf("VolumeSync %s: last trigger %q (final %q), base snapshot %q", vs.Name, vs.Status.LastManualTrigger, st.FinalTrigger, vs.Status.BaseSnapshot)
+		}
+		// With a group snapshot, the final round read the group's member
+		// of the volume, as the controller recorded it.
+		for _, mv := range st.Volumes {
+			if mv.PVC == v.pvc && (mv.FinalSnapshot != vs.Spec.Trigger.SnapshotName || (group && mv.FinalSnapshot != vs.Status.BaseSnapshot) || (group == (mv.FinalSnapshot == ""))) {
+				t.Fatalf("%s: final snapshot %q, VolumeSync reads %q, base snapshot %q", v.pvc, mv.FinalSnapshot, vs.Spec.Trigger.SnapshotName, vs.Status.BaseSnapshot)
+			}
+		}
+		if group {
+			g, err := w.snaps.GroupsnapshotV1().VolumeGroupSnapshots(srcNS).Get(w.ctx, st.GroupSnapshot.Name, metav1.GetOptions{})
+			w.must(err)
+			if vs.Status.BaseSnapshot != memberName(g, v.pvc) {
+				t.Fatalf("%s: the final round read %s, not the group's member %s", v.pvc, vs.Status.BaseSnapshot, memberName(g, v.pvc))
+			}
 		}
 		w.mu.Lock()
 		src, ok := v.snaps[vs.Status.BaseSnapshot]
@@ -285,8 +324,8 @@ func testMigrationCutover(t *testing.T, w0 *migWorld) {
 	if d.Snapshot != nil {
 		snap = d.Snapshot.Duration.String()
 	}
-	t.Logf("migration %s: %d pre-copy rounds (sent %s), predicted downtime %s; downtime total %v = quiesce %v + final sync %v (longest final snapshot wait %s) + commit %v; writer stopped at write %d",
-		m.Name, st.Rounds, historySent(st.History), predicted, d.Total.Duration, d.Quiesce.Duration, d.FinalSync.Duration, snap, d.Commit.Duration, finalSeq)
+	t.Logf("migration %s: %d pre-copy rounds (sent %s), predicted downtime %s; downtime total %v = quiesce %v + final sync %v (final snapshots %s, wait %s) + commit %v; writer stopped at write %d",
+		m.Name, st.Rounds, historySent(st.History), predicted, d.Total.Duration, d.Quiesce.Duration, d.FinalSync.Duration, st.FinalSnapshots, snap, d.Commit.Duration, finalSeq)
 	t.Logf("the test saw Completed %v after it requested the cutover (status times are whole seconds: the breakdown above is at that resolution)", observed.Round(time.Millisecond))
 	if d.Total.Duration < d.Quiesce.Duration+d.FinalSync.Duration {
 		t.Errorf("downtime total %v is not the sum of its parts %+v", d.Total.Duration, d)

@@ -13,10 +13,12 @@ import (
 	"testing"
 	"time"
 
+	groupsnapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumegroupsnapshot/v1"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -134,6 +136,7 @@ func newMigWorld(t *testing.T, ctx context.Context) *migWorld {
 	c.must(err)
 	w.goBG(amgr.Start)
 	w.goBG(w.snapshots)
+	w.goBG(w.groupSnapshots)
 	w.goBG(func(ctx context.Context) error { return attacher(ctx, c, w.rcvHost) })
 	return w
 }
@@ -219,7 +222,7 @@ func (w *migWorld) snapshots(ctx context.Context) error {
 		}
 		for i := range list.Items {
 			vs := &list.Items[i]
-			if vs.Status != nil || vs.DeletionTimestamp != nil || vs.Spec.Source.PersistentVolumeClaimName == nil {
+			if vs.Status != nil || vs.DeletionTimestamp != nil || vs.Spec.Source.PersistentVolumeClaimName == nil || inGroup(vs) {
 				continue
 			}
 			if err := w.take(ctx, vs); err != nil {
@@ -256,6 +259,12 @@ func (w *migWorld) take(ctx context.Context, vs *snapv1.VolumeSnapshot) error {
 			return err
 		}
 	}
+	return w.bind(ctx, v, vs)
+}
+
+// bind creates the ready content of vs, a snapshot of v's replica taken
+// under vs's name, and reports vs ready.
+func (w *migWorld) bind(ctx context.Context, v *migVolume, vs *snapv1.VolumeSnapshot) error {
 	handle := "snap://" + v.handle + "/" + vs.Name
 	content := "snapcontent-" + string(vs.UID)
 	yes := true
@@ -279,6 +288,118 @@ func (w *migWorld) take(ctx context.Context, vs *snapv1.VolumeSnapshot) error {
 	vs.Status = &snapv1.VolumeSnapshotStatus{BoundVolumeSnapshotContentName: &content, ReadyToUse: &yes}
 	if _, err := w.snaps.SnapshotV1().VolumeSnapshots(vs.Namespace).UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("snapshot status: %w", err)
+	}
+	return nil
+}
+
+// inGroup says whether vs is a member of a VolumeGroupSnapshot (taken by
+// groupSnapshots).
+func inGroup(vs *snapv1.VolumeSnapshot) bool {
+	return slices.ContainsFunc(vs.OwnerReferences, func(o metav1.OwnerReference) bool { return o.Kind == "VolumeGroupSnapshot" })
+}
+
+// groupSnapshots plays the common snapshot controller and the CSI driver
+// for VolumeGroupSnapshots of srcNS: at one moment between two
+// application writes, a Longhorn snapshot of every selected PVC's replica
+// (the images kept for the test's checks) and the group's creationTime;
+// then, as the common controller does, a member VolumeSnapshot of each
+// (owned by the group, spec.source its PVC) with a ready content, and the
+// group readyToUse.
+func (w *migWorld) groupSnapshots(ctx context.Context) error {
+	for {
+		list, err := w.snaps.GroupsnapshotV1().VolumeGroupSnapshots(srcNS).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for i := range list.Items {
+			g := &list.Items[i]
+			if (g.Status != nil && g.Status.ReadyToUse != nil && *g.Status.ReadyToUse) || g.DeletionTimestamp != nil {
+				continue
+			}
+			if err := w.takeGroup(ctx, g); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// memberName is the member VolumeSnapshot of pvc in group g.
+func memberName(g *groupsnapv1.VolumeGroupSnapshot, pvc string) string {
+	return "snapshot-" + string(g.UID)[:8] + "-" + pvc
+}
+
+func (w *migWorld) takeGroup(ctx context.Context, g *groupsnapv1.VolumeGroupSnapshot) error {
+	sel, err := metav1.LabelSelectorAsSelector(g.Spec.Source.Selector)
+	if err != nil {
+		return fmt.Errorf("group %s: selector: %w", g.Name, err)
+	}
+	pvcs, err := w.kube.CoreV1().PersistentVolumeClaims(srcNS).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return err
+	}
+	var vols []*migVolume
+	w.mu.Lock()
+	for _, p := range pvcs.Items {
+		v := w.vols[p.Name]
+		if v == nil {
+			w.mu.Unlock()
+			return fmt.Errorf("group %s selects unknown PVC %s", g.Name, p.Name)
+		}
+		vols = append(vols, v)
+		name := memberName(g, p.Name)
+		if _, done := v.snaps[name]; done {
+			continue
+		}
+		if err := v.replica.Snapshot(name); err != nil {
+			w.mu.Unlock()
+			return err
+		}
+		v.snaps[name] = slices.Clone(v.image)
+	}
+	w.mu.Unlock()
+	if len(vols) == 0 {
+		return fmt.Errorf("group %s selects no PVC", g.Name)
+	}
+	now := metav1.Now()
+	if g.Status == nil || g.Status.CreationTime == nil {
+		g.Status = &groupsnapv1.VolumeGroupSnapshotStatus{CreationTime: &now, ReadyToUse: ptr(false)}
+		if g, err = w.snaps.GroupsnapshotV1().VolumeGroupSnapshots(srcNS).UpdateStatus(ctx, g, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("group %s: creation time: %w", g.Name, err)
+		}
+	}
+	for _, v := range vols {
+		name := memberName(g, v.pvc)
+		vs, err := w.snaps.SnapshotV1().VolumeSnapshots(srcNS).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			vs, err = w.snaps.SnapshotV1().VolumeSnapshots(srcNS).Create(ctx, &snapv1.VolumeSnapshot{
+				ObjectMeta: metav1.ObjectMeta{Namespace: srcNS, Name: name, OwnerReferences: []metav1.OwnerReference{{
+					APIVersion: groupsnapv1.SchemeGroupVersion.String(), Kind: "VolumeGroupSnapshot", Name: g.Name, UID: g.UID}}},
+				Spec: snapv1.VolumeSnapshotSpec{Source: snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: ptr(v.pvc)}},
+			}, metav1.CreateOptions{})
+		}
+		if err != nil {
+			return fmt.Errorf("group %s: member %s: %w", g.Name, name, err)
+		}
+		if vs.Status == nil {
+			if err := w.bind(ctx, v, vs); err != nil {
+				return fmt.Errorf("group %s: member %s: %w", g.Name, name, err)
+			}
+		}
+	}
+	g.Status.ReadyToUse = ptr(true)
+	if _, err := w.snaps.GroupsnapshotV1().VolumeGroupSnapshots(srcNS).UpdateStatus(ctx, g, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("group %s: ready: %w", g.Name, err)
 	}
 	return nil
 }

@@ -142,6 +142,9 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 	if m.Status.CutoverStartTime == nil {
 		m.Status.CutoverStartTime = mtime(now)
 	}
+	if err := r.chooseFinalSnapshots(ctx, m); err != nil { // before anything is scaled
+		return step{}, err
+	}
 	if len(m.Spec.Quiesce.Workloads) > 0 {
 		if err := r.setFinalizer(ctx, m, true); err != nil {
 			return step{}, err
@@ -204,6 +207,11 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 	if len(back) > 0 {
 		return step{}, failf(ReasonWorkloadBack, "workloads came back during the final rounds, which may not hold their last writes: %s", strings.Join(back, "; "))
 	}
+	// With a group snapshot, no VolumeSync gets the final trigger before
+	// its member snapshot exists.
+	if ready, err := r.groupSnapshotReady(ctx, m, now); err != nil || !ready {
+		return stay(v1alpha1.MigrationFinalSync, r.o.RequeueInterval), err
+	}
 	members, err := r.members(ctx, m, finalRound(m))
 	if err != nil {
 		return step{}, err
@@ -264,6 +272,9 @@ func (r *Reconciler) committing(ctx context.Context, m *v1alpha1.Migration, now 
 		if w := st.LastSnapshotDuration; w != nil && (snapshot == nil || w.Duration > snapshot.Duration) {
 			snapshot = w.DeepCopy()
 		}
+	}
+	if w, ok := groupSnapshotWait(m); ok {
+		snapshot = w
 	}
 	if commit.IsZero() || commit.After(now) { // no time, or another clock ahead of ours
 		commit = now

@@ -19,9 +19,10 @@ func precopyRound(m *v1alpha1.Migration) roundSpec {
 }
 
 // finalRound is what the VolumeSyncs are asked for in the final round:
-// its trigger and, if status.group is set, the group to promote.
+// its trigger, the group snapshot's members if there is one and, if
+// status.group is set, the group to promote.
 func finalRound(m *v1alpha1.Migration) roundSpec {
-	rs := roundSpec{trigger: m.Status.FinalTrigger}
+	rs := roundSpec{trigger: m.Status.FinalTrigger, snapshots: finalSnapshots(m)}
 	if m.Status.Group != "" {
 		rs.group = &v1alpha1.SyncGroup{Name: m.Status.Group, Members: int32(len(m.Status.Volumes)), Promote: true}
 	}

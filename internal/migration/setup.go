@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	groupsnapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumegroupsnapshot/v1"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -24,9 +26,10 @@ import (
 )
 
 // Scheme adds every type the controller reads to s: Migrations and
-// VolumeSyncs, Deployments, StatefulSets, Pods and PVCs.
+// VolumeSyncs, Deployments, StatefulSets, Pods, PVCs and PVs,
+// VolumeGroupSnapshots, their classes and VolumeSnapshots.
 func Scheme(s *runtime.Scheme) error {
-	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, appsv1.AddToScheme, corev1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, appsv1.AddToScheme, corev1.AddToScheme, groupsnapv1.AddToScheme, snapv1.AddToScheme} {
 		if err := add(s); err != nil {
 			return err
 		}
@@ -40,15 +43,27 @@ func Scheme(s *runtime.Scheme) error {
 // status reports the replicas going). Pods are not watched (that would
 // cache every pod of the cluster): a quiescing migration lists them every
 // RequeueInterval.
+//
+// The VolumeGroupSnapshots it owns are watched only if their API is
+// served when the controller starts (a watch of a missing kind would fail
+// the manager); a migration waiting for one looks again every
+// RequeueInterval anyway.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("migration").
 		// Status writes are the reconciler's own: only spec changes wake it.
 		For(&v1alpha1.Migration{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&v1alpha1.VolumeSync{}).
 		Watches(&appsv1.Deployment{}, handler.EnqueueRequestsFromMapFunc(r.mapWorkload(v1alpha1.KindDeployment))).
-		Watches(&appsv1.StatefulSet{}, handler.EnqueueRequestsFromMapFunc(r.mapWorkload(v1alpha1.KindStatefulSet))).
-		Complete(r)
+		Watches(&appsv1.StatefulSet{}, handler.EnqueueRequestsFromMapFunc(r.mapWorkload(v1alpha1.KindStatefulSet)))
+	served, err := groupSnapshotServed(mgr.GetRESTMapper())
+	if err != nil {
+		return err
+	}
+	if served {
+		b = b.Owns(&groupsnapv1.VolumeGroupSnapshot{})
+	}
+	return b.Complete(r)
 }
 
 // mapWorkload maps a Deployment or StatefulSet to the migrations of its

@@ -88,12 +88,16 @@ func volumeFor(m *v1alpha1.Migration, pvc string) (v1alpha1.MigrationVolumeStatu
 
 // roundSpec is what every VolumeSync of the migration is asked for: the
 // manual trigger of the current round and, for the final round, the group
-// the destination promotes once every member committed it. Both are set
-// in one write, so that a round snapshotted after the final trigger also
-// carries the group.
+// the destination promotes once every member committed it and, with a
+// group snapshot, each volume's member snapshot. All are set in one write,
+// so that a round snapshotted after the final trigger also carries the
+// group, and reads the member rather than a snapshot of its own.
 type roundSpec struct {
 	trigger string
 	group   *v1alpha1.SyncGroup
+	// snapshots are the VolumeSnapshots the round reads, by PVC (nil:
+	// each agent takes its own).
+	snapshots map[string]string
 }
 
 // ensureVolumeSync returns the VolumeSync of v asked for rs, creating it
@@ -107,7 +111,7 @@ func (r *Reconciler) ensureVolumeSync(ctx context.Context, m *v1alpha1.Migration
 		Spec: v1alpha1.VolumeSyncSpec{
 			SourcePVC:               v.PVC,
 			Destination:             dest,
-			Trigger:                 v1alpha1.Trigger{Manual: rs.trigger},
+			Trigger:                 v1alpha1.Trigger{Manual: rs.trigger, SnapshotName: rs.snapshots[v.PVC]},
 			VolumeSnapshotClassName: m.Spec.VolumeSnapshotClassName,
 			BandwidthLimit:          m.Spec.BandwidthLimit,
 			Group:                   rs.group.DeepCopy(),
@@ -171,14 +175,15 @@ func (r *Reconciler) members(ctx context.Context, m *v1alpha1.Migration, rs roun
 	return out, nil
 }
 
-// setRound sets vs's spec.trigger.manual and spec.group to rs's, in one
-// patch.
+// setRound sets vs's spec.trigger.manual, spec.trigger.snapshotName and
+// spec.group to rs's, in one patch.
 func (r *Reconciler) setRound(ctx context.Context, vs *v1alpha1.VolumeSync, rs roundSpec) error {
-	if vs.Spec.Trigger.Manual == rs.trigger && equality.Semantic.DeepEqual(vs.Spec.Group, rs.group) {
+	snap := rs.snapshots[vs.Spec.SourcePVC]
+	if vs.Spec.Trigger.Manual == rs.trigger && vs.Spec.Trigger.SnapshotName == snap && equality.Semantic.DeepEqual(vs.Spec.Group, rs.group) {
 		return nil
 	}
 	orig := vs.DeepCopy()
-	vs.Spec.Trigger.Manual, vs.Spec.Group = rs.trigger, rs.group.DeepCopy()
+	vs.Spec.Trigger.Manual, vs.Spec.Trigger.SnapshotName, vs.Spec.Group = rs.trigger, snap, rs.group.DeepCopy()
 	if err := r.o.Client.Patch(ctx, vs, client.MergeFrom(orig)); err != nil {
 		return fmt.Errorf("set trigger %q on VolumeSync %s/%s: %w", rs.trigger, vs.Namespace, vs.Name, err)
 	}
