@@ -215,6 +215,7 @@ func TestController(t *testing.T) {
 		{"voldelta.io", "volumesyncs", "create"}, {"voldelta.io", "volumesyncs", "patch"}, {"voldelta.io", "volumesyncs", "watch"},
 		{"apps", "deployments", "patch"}, {"apps", "statefulsets", "patch"}, {"apps", "deployments", "watch"},
 		{"", "pods", "list"}, {"", "persistentvolumeclaims", "list"}, {"events.k8s.io", "events", "create"},
+		{"snapshot.storage.k8s.io", "volumesnapshots", "get"}, // spec.quiesce.freeze: the final snapshots' creationTime
 	} {
 		if !grants(g[0], g[1], g[2]) {
 			t.Errorf("the controller's ClusterRole lacks %s %s/%s", g[2], g[0], g[1])

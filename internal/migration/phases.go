@@ -33,6 +33,9 @@ func (r *Reconciler) pending(ctx context.Context, m *v1alpha1.Migration, now tim
 	if len(pvcs) > maxVolumes {
 		return step{}, failf(ReasonInvalidSpec, "spec.volumes: %d PVCs, at most %d (the members of one group)", len(pvcs), maxVolumes)
 	}
+	if err := validateFreeze(m, pvcs); err != nil {
+		return step{}, err
+	}
 	vols := make([]v1alpha1.MigrationVolumeStatus, 0, len(pvcs))
 	for _, pvc := range pvcs {
 		v, err := volumeFor(m, pvc)
@@ -142,7 +145,7 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 	if m.Status.CutoverStartTime == nil {
 		m.Status.CutoverStartTime = mtime(now)
 	}
-	if len(m.Spec.Quiesce.Workloads) > 0 {
+	if len(m.Spec.Quiesce.Workloads) > 0 || len(m.Spec.Quiesce.Freeze) > 0 {
 		if err := r.setFinalizer(ctx, m, true); err != nil {
 			return step{}, err
 		}
@@ -164,6 +167,11 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 	remaining, err := r.remaining(ctx, m, false)
 	if err != nil {
 		return step{}, gone(err)
+	}
+	if len(remaining) == 0 { // then the filesystems of spec.quiesce.freeze
+		if remaining, err = r.quiesceFreeze(ctx, m, now); err != nil {
+			return step{}, err
+		}
 	}
 	if len(remaining) == 0 {
 		m.Status.QuiescedTime = mtime(now)
@@ -206,6 +214,9 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 	}
 	members, err := r.members(ctx, m, finalRound(m))
 	if err != nil {
+		return step{}, err
+	}
+	if err := r.thawAfterCut(ctx, m, members, now); err != nil {
 		return step{}, err
 	}
 	waiting, degraded := progress(members, m.Status.FinalTrigger)
@@ -278,6 +289,9 @@ func (r *Reconciler) committing(ctx context.Context, m *v1alpha1.Migration, now 
 		Commit:    metav1.Duration{Duration: max(now.Sub(commit), 0)},
 	}
 	m.Status.Downtime = d
+	if err := r.releaseFreeze(ctx, m, now); err != nil {
+		return step{}, err
+	}
 	if err := r.pauseMembers(ctx, m); err != nil {
 		return step{}, err
 	}
@@ -307,6 +321,9 @@ func (r *Reconciler) fail(ctx context.Context, m *v1alpha1.Migration, f *failure
 }
 
 func (r *Reconciler) unwind(ctx context.Context, m *v1alpha1.Migration, reason, why string) error {
+	if err := r.releaseFreeze(ctx, m, r.o.Clock.Now()); err != nil {
+		return fmt.Errorf("%s; thaw the frozen volumes: %w", why, err)
+	}
 	restored, err := r.restoreWorkloads(ctx, m)
 	if err != nil {
 		return fmt.Errorf("%s; scale the workloads back: %w", why, err)
