@@ -272,6 +272,16 @@ func testFreezeInvalidPVC(e *env) {
 	if n := len(e.volumeSyncs("inv")); n != 0 {
 		e.t.Errorf("%d VolumeSyncs", n)
 	}
+	// The CRD bounds the freeze timeout (and the API server says so).
+	for _, d := range []time.Duration{0, time.Hour} {
+		s := spec("data")
+		s.Quiesce.Freeze = []string{"data"}
+		s.Quiesce.FreezeTimeout = &metav1.Duration{Duration: d}
+		err := e.cl.Create(e.ctx, &v1alpha1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: e.ns, Name: "bad"}, Spec: s})
+		if err == nil || !strings.Contains(err.Error(), "freezeTimeout: more than 0s, at most 30m") {
+			e.t.Errorf("freezeTimeout %s: %v", d, err)
+		}
+	}
 }
 
 // testFreezeAbort: an abort while frozen clears the freeze; so does
