@@ -150,6 +150,18 @@ func TestAgent(t *testing.T) {
 	if !slices.Contains(c.Args, "--host-root=/host") {
 		t.Errorf("args %v lack --host-root=/host", c.Args)
 	}
+	// The pods' volume mounts, which spec.freeze freezes, are found under
+	// <host root><kubelet dir>: that must be where the kubelet's directory
+	// is mounted, with its mounts propagated.
+	var kubelet string
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--kubelet-dir="); ok {
+			kubelet = v
+		}
+	}
+	if m, ok := mounts[kubelet]; kubelet == "" || !ok || m.MountPath != "/host"+kubelet || m.MountPropagation == nil || *m.MountPropagation != htc {
+		t.Errorf("--kubelet-dir=%q is not the host's kubelet directory mounted under /host with HostToContainer propagation (%+v)", kubelet, m)
+	}
 }
 
 func TestReceiver(t *testing.T) {
@@ -221,7 +233,7 @@ func TestController(t *testing.T) {
 		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "create"}, {"groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "get"},
 		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshots", "watch"}, {"groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "list"},
 		{"groupsnapshot.storage.k8s.io", "volumegroupsnapshotclasses", "get"},
-		{"snapshot.storage.k8s.io", "volumesnapshots", "list"}, {"snapshot.storage.k8s.io", "volumesnapshots", "get"},
+		{"snapshot.storage.k8s.io", "volumesnapshots", "list"}, {"snapshot.storage.k8s.io", "volumesnapshots", "get"}, // also spec.quiesce.freeze: the final snapshots' creationTime
 	} {
 		if !grants(g[0], g[1], g[2]) {
 			t.Errorf("the controller's ClusterRole lacks %s %s/%s", g[2], g[0], g[1])

@@ -119,10 +119,31 @@ type Quiesce struct {
 	Workloads []WorkloadRef `json:"workloads,omitempty"`
 
 	// Timeout is how long the cutover waits for the workloads' pods to
-	// be gone before the migration fails (and scales them back); default
-	// 5m.
+	// be gone (and the filesystems of freeze to be frozen) before the
+	// migration fails (and scales them back); default 5m.
 	// +optional
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// Freeze lists PVCs of spec.volumes whose filesystems are frozen
+	// (FIFREEZE) at the cutover instead of stopping their application:
+	// once the workloads' pods are gone, the agents freeze them, the final
+	// snapshots are taken while they are frozen (one consistent cut across
+	// them), and they are thawed as soon as every final snapshot has been
+	// cut. Writes after the thaw stay at the source: scale the workloads
+	// where you can; freeze is for volumes whose application cannot be
+	// stopped (docs/migration.md, "Freezing instead of stopping").
+	// +optional
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +listType=set
+	Freeze []string `json:"freeze,omitempty"`
+
+	// FreezeTimeout is the longest a filesystem of freeze stays frozen:
+	// its agent thaws it after that even if the final snapshot was not
+	// cut (the migration then fails); default 2m, at most 30m.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('30m')",message="freezeTimeout: more than 0s, at most 30m"
+	FreezeTimeout *metav1.Duration `json:"freezeTimeout,omitempty"`
 }
 
 // Precopy configures the pre-copy rounds.
@@ -289,6 +310,32 @@ type MigrationStatus struct {
 	// the group commit, and its parts.
 	// +optional
 	Downtime *Downtime `json:"downtime,omitempty"`
+	// Freeze records the freeze of spec.quiesce.freeze at the cutover.
+	// +optional
+	Freeze *MigrationFreeze `json:"freeze,omitempty"`
+}
+
+// MigrationFreeze is the freeze of a cutover, by the controller's clock
+// (each VolumeSync's status.freeze has its agent's times).
+type MigrationFreeze struct {
+	// Token is every frozen VolumeSync's spec.freeze.token:
+	// <namespace>-<migration>-<first 8 of its uid>.
+	Token string `json:"token"`
+	// RequestTime is when spec.freeze was set on the VolumeSyncs (after
+	// the workloads' pods were gone).
+	RequestTime metav1.MicroTime `json:"requestTime"`
+	// FrozenTime is when every listed volume's agent reported it frozen;
+	// the final round was started then.
+	// +optional
+	FrozenTime *metav1.MicroTime `json:"frozenTime,omitempty"`
+	// ThawedTime is when spec.freeze was cleared: every final snapshot was
+	// cut, or the migration ended without.
+	// +optional
+	ThawedTime *metav1.MicroTime `json:"thawedTime,omitempty"`
+	// Window is from requestTime to thawedTime: how long the listed
+	// filesystems could not be written, as the controller saw it.
+	// +optional
+	Window *metav1.Duration `json:"window,omitempty"`
 }
 
 // FinalSnapshots says how a Migration's final snapshots are taken.

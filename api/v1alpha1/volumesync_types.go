@@ -54,6 +54,77 @@ type VolumeSyncSpec struct {
 	// only a snapshot taken after that is ever sent as a member.
 	// +optional
 	Group *SyncGroup `json:"group,omitempty"`
+
+	// Freeze, if set, asks the agent of the volume's node to freeze its
+	// filesystem (FIFREEZE on every mount of it by a pod of that node)
+	// and to keep it frozen until freeze is removed or its token changes,
+	// or for timeout at most; status.freeze reports it. A Migration sets
+	// it at the cutover for spec.quiesce.freeze. Block-mode volumes and
+	// volumes no pod of the node mounts cannot be frozen.
+	// +optional
+	Freeze *VolumeFreeze `json:"freeze,omitempty"`
+}
+
+// VolumeFreeze is a request to freeze a VolumeSync's filesystem.
+type VolumeFreeze struct {
+	// Token identifies the request: status.freeze reports it, and a new
+	// token thaws the filesystem and freezes it again.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	Token string `json:"token"`
+
+	// Timeout is the longest the filesystem stays frozen: the agent thaws
+	// it that long after it froze it (status reason Timeout), whatever
+	// the spec says; default 2m, at most 30m.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('30m')",message="timeout: more than 0s, at most 30m"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+}
+
+// FreezePhase is where a freeze request is.
+// +kubebuilder:validation:Enum=Frozen;Thawed;Failed
+type FreezePhase string
+
+// Freeze phases.
+const (
+	FreezeFrozen FreezePhase = "Frozen" // the agent froze every mount of the filesystem on its node
+	FreezeThawed FreezePhase = "Thawed" // frozen, then thawed: released, timed out, or the VolumeSync is going
+	FreezeFailed FreezePhase = "Failed" // could not be frozen (or was thawed by someone else); nothing stays frozen
+)
+
+// Reasons of a freeze's status.
+const (
+	FreezeReasonFrozen        = "Frozen"        // Frozen
+	FreezeReasonReleased      = "Released"      // Thawed: spec.freeze removed or its token changed
+	FreezeReasonTimeout       = "Timeout"       // Thawed: spec.freeze.timeout passed
+	FreezeReasonCannotFreeze  = "CannotFreeze"  // Failed: block volume, no mount on the node, not a whole filesystem, unsupported
+	FreezeReasonAlreadyFrozen = "AlreadyFrozen" // Failed: the filesystem was frozen by someone else
+	FreezeReasonThawedOutside = "ThawedOutside" // Failed: the filesystem was thawed by someone else while frozen
+)
+
+// VolumeFreezeStatus is what the agent reports of spec.freeze.
+type VolumeFreezeStatus struct {
+	// Token is the spec.freeze.token this reports on.
+	Token string `json:"token"`
+	// Phase: Frozen, Thawed or Failed.
+	Phase FreezePhase `json:"phase"`
+	// Node is the node whose agent froze (or failed to freeze) it.
+	// +optional
+	Node string `json:"node,omitempty"`
+	// FrozenTime is when the filesystem was frozen.
+	// +optional
+	FrozenTime *metav1.MicroTime `json:"frozenTime,omitempty"`
+	// ThawedTime is when it was thawed.
+	// +optional
+	ThawedTime *metav1.MicroTime `json:"thawedTime,omitempty"`
+	// Reason is one word: Frozen, Released, Timeout, CannotFreeze,
+	// AlreadyFrozen, ThawedOutside.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// Message says what was frozen, or why not.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
 }
 
 // SyncGroup names the group a VolumeSync's rounds belong to.
@@ -302,6 +373,11 @@ type VolumeSyncStatus struct {
 	// ConsecutiveFailures counts failed attempts since the last success.
 	// +optional
 	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+
+	// Freeze reports spec.freeze: whether the agent froze the filesystem,
+	// and when it thawed it.
+	// +optional
+	Freeze *VolumeFreezeStatus `json:"freeze,omitempty"`
 }
 
 // RoundProgress is how far a running round got.

@@ -28,4 +28,13 @@
 // VolumeAttachments and Longhorn Volumes offer no server-side selector by
 // node, so the agent watches them all and filters events by node (old or
 // new) before they reach the queue.
+//
+// A second controller, ReconcileFreeze (freeze.go), acts on spec.freeze
+// alone and writes only status.freeze: it freezes the filesystem of the
+// volume on every mount of it by a pod of this node (found in
+// /proc/self/mountinfo under Options.KubeletDir, one FIFREEZE per device),
+// and thaws it when spec.freeze goes or its token changes, when its
+// timeout passed, or when the VolumeSync is deleted. It is separate from
+// Reconcile, which holds a VolumeSync for as long as a round sends, so
+// that a thaw never waits for a round.
 package k8sagent

@@ -104,6 +104,10 @@ type Options struct {
 	// (KEP-3314) for the blocks changed between snapshots of drivers that
 	// offer one.
 	SnapshotMetadata *snapmeta.Client
+	// KubeletDir is the kubelet's directory as this process sees it (in
+	// the DaemonSet, under the host root), where the pods' volume mounts
+	// are found to freeze them (spec.freeze); default /var/lib/kubelet.
+	KubeletDir string
 	// RetryAfterUnresolved is how long to wait before looking again at a
 	// VolumeSync whose volume cannot be resolved or is not attached;
 	// default 30s. Watches on VolumeAttachments and Longhorn Volumes
@@ -113,7 +117,8 @@ type Options struct {
 
 // Reconciler runs the rounds of the VolumeSyncs of its node.
 type Reconciler struct {
-	o Options
+	o      Options
+	frozen *frozenSet // what this process froze (spec.freeze), by VolumeSync
 }
 
 // New checks o and returns a Reconciler.
@@ -152,7 +157,10 @@ func New(o Options) (*Reconciler, error) {
 	if o.RetryAfterUnresolved <= 0 {
 		o.RetryAfterUnresolved = 30 * time.Second
 	}
-	return &Reconciler{o: o}, nil
+	if o.KubeletDir == "" {
+		o.KubeletDir = "/var/lib/kubelet"
+	}
+	return &Reconciler{o: o, frozen: newFrozenSet()}, nil
 }
 
 // Reconcile implements reconcile.Reconciler.

@@ -146,7 +146,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	}
 	r, err := New(Options{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Kube: kube, Snapshots: snaps, Resolver: res, Snapshotter: sn,
 		Images: imgs, NodeName: o.NodeName, Recorder: mgr.GetEventRecorder("voldelta-agent"), Sync: o.Sync, Params: o.Params, Streams: o.Streams, Metrics: m, Logger: o.Logger,
-		Cache: cache, FullScan: o.FullScan, SnapshotMetadata: meta})
+		Cache: cache, FullScan: o.FullScan, SnapshotMetadata: meta, KubeletDir: filepath.Join(o.HostRoot, kubeletDir(o.KubeletDir))})
 	if err != nil {
 		return nil, err
 	}
@@ -154,4 +154,12 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		return nil, err
 	}
 	return mgr, nil
+}
+
+// kubeletDir is the kubelet's directory on the host: dir, or the default.
+func kubeletDir(dir string) string {
+	if dir == "" {
+		return "/var/lib/kubelet"
+	}
+	return dir
 }

@@ -52,7 +52,8 @@ func Scheme(s *runtime.Scheme) error {
 
 // SetupWithManager registers the reconciler: VolumeSyncs, the agent's own
 // VolumeSnapshots, the VolumeAttachments of this node and, if the Longhorn
-// CRDs are installed, the Longhorn Volumes attached to this node.
+// CRDs are installed, the Longhorn Volumes attached to this node; and, as
+// a controller of its own, the freezes of spec.freeze (ReconcileFreeze).
 // workers bounds the rounds run at once.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.VolumeSync{}, indexSourcePVC,
@@ -88,7 +89,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, workers int) error {
 				return s
 			})))
 	}
-	return b.Complete(r)
+	if err := b.Complete(r); err != nil {
+		return err
+	}
+	return r.setupFreeze(mgr)
 }
 
 func hasKind(m meta.RESTMapper, gk schema.GroupKind, version string) (bool, error) {

@@ -35,6 +35,14 @@
 // From Quiescing until the migration ends it carries a finalizer: deleted
 // meanwhile, it scales the workloads back before it goes.
 //
+// spec.quiesce.freeze (freeze.go): in Quiescing, once the pods are gone
+// and no round of a listed volume runs, spec.freeze is set on their
+// VolumeSyncs and the final round starts only when every one reports
+// Frozen; in FinalSync spec.freeze is removed as soon as every listed
+// volume's final snapshot has status.creationTime (finalSnapshotsCut). A
+// failed freeze, or a thaw before the cut, fails the migration; unwinding,
+// completing and deleting it remove every spec.freeze.
+//
 // Why the final round is consistent: the agent records
 // spec.trigger.manual when it takes a round's snapshot
 // (status.pendingManualTrigger) and reports it as status.lastManualTrigger

@@ -380,16 +380,27 @@ func groupSnapshotWait(m *v1alpha1.Migration) (*metav1.Duration, bool) {
 // taken (its status.creationTime is set): from then on the workloads'
 // writes are not in it (a freeze may thaw).
 func (r *Reconciler) groupSnapshotCut(ctx context.Context, m *v1alpha1.Migration) (cut bool, err error) {
+	_, cut, err = r.groupCutTime(ctx, m)
+	return cut, err
+}
+
+// groupCutTime is the group snapshot's status.creationTime, the moment
+// every member was cut, once it is set.
+func (r *Reconciler) groupCutTime(ctx context.Context, m *v1alpha1.Migration) (*time.Time, bool, error) {
 	g := m.Status.GroupSnapshot
 	if m.Status.FinalSnapshots != v1alpha1.FinalSnapshotsGroup || g == nil {
-		return false, nil
+		return nil, false, nil
 	}
 	var vgs groupsnapv1.VolumeGroupSnapshot
 	switch err := r.o.Reader.Get(ctx, types.NamespacedName{Namespace: m.Namespace, Name: g.Name}, &vgs); {
 	case apierrors.IsNotFound(err):
-		return false, nil
+		return nil, false, nil
 	case err != nil:
-		return false, fmt.Errorf("get VolumeGroupSnapshot %s/%s: %w", m.Namespace, g.Name, err)
+		return nil, false, fmt.Errorf("get VolumeGroupSnapshot %s/%s: %w", m.Namespace, g.Name, err)
 	}
-	return vgs.Status != nil && vgs.Status.CreationTime != nil, nil
+	if vgs.Status == nil || vgs.Status.CreationTime == nil {
+		return nil, false, nil
+	}
+	at := vgs.Status.CreationTime.Time
+	return &at, true, nil
 }

@@ -33,6 +33,9 @@ func (r *Reconciler) pending(ctx context.Context, m *v1alpha1.Migration, now tim
 	if len(pvcs) > maxVolumes {
 		return step{}, failf(ReasonInvalidSpec, "spec.volumes: %d PVCs, at most %d (the members of one group)", len(pvcs), maxVolumes)
 	}
+	if err := validateFreeze(m, pvcs); err != nil {
+		return step{}, err
+	}
 	vols := make([]v1alpha1.MigrationVolumeStatus, 0, len(pvcs))
 	for _, pvc := range pvcs {
 		v, err := volumeFor(m, pvc)
@@ -145,7 +148,7 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 	if err := r.chooseFinalSnapshots(ctx, m); err != nil { // before anything is scaled
 		return step{}, err
 	}
-	if len(m.Spec.Quiesce.Workloads) > 0 {
+	if len(m.Spec.Quiesce.Workloads) > 0 || len(m.Spec.Quiesce.Freeze) > 0 {
 		if err := r.setFinalizer(ctx, m, true); err != nil {
 			return step{}, err
 		}
@@ -167,6 +170,11 @@ func (r *Reconciler) quiescing(ctx context.Context, m *v1alpha1.Migration, now t
 	remaining, err := r.remaining(ctx, m, false)
 	if err != nil {
 		return step{}, gone(err)
+	}
+	if len(remaining) == 0 { // then the filesystems of spec.quiesce.freeze
+		if remaining, err = r.quiesceFreeze(ctx, m, now); err != nil {
+			return step{}, err
+		}
 	}
 	if len(remaining) == 0 {
 		m.Status.QuiescedTime = mtime(now)
@@ -208,12 +216,21 @@ func (r *Reconciler) finalSync(ctx context.Context, m *v1alpha1.Migration, now t
 		return step{}, failf(ReasonWorkloadBack, "workloads came back during the final rounds, which may not hold their last writes: %s", strings.Join(back, "; "))
 	}
 	// With a group snapshot, no VolumeSync gets the final trigger before
-	// its member snapshot exists.
+	// its member snapshot exists; frozen filesystems are thawed as soon
+	// as the group is cut, before that.
 	if ready, err := r.groupSnapshotReady(ctx, m, now); err != nil || !ready {
+		if err == nil {
+			err = r.thawAfterGroupCut(ctx, m, now)
+		}
 		return stay(v1alpha1.MigrationFinalSync, r.o.RequeueInterval), err
 	}
 	members, err := r.members(ctx, m, finalRound(m))
 	if err != nil {
+		return step{}, err
+	}
+	// Frozen filesystems are thawed as soon as their final snapshots are
+	// cut.
+	if err := r.thawAfterCut(ctx, m, members, now); err != nil {
 		return step{}, err
 	}
 	waiting, degraded := progress(members, m.Status.FinalTrigger)
@@ -289,6 +306,9 @@ func (r *Reconciler) committing(ctx context.Context, m *v1alpha1.Migration, now 
 		Commit:    metav1.Duration{Duration: max(now.Sub(commit), 0)},
 	}
 	m.Status.Downtime = d
+	if err := r.releaseFreeze(ctx, m, now); err != nil {
+		return step{}, err
+	}
 	if err := r.pauseMembers(ctx, m); err != nil {
 		return step{}, err
 	}
@@ -318,6 +338,9 @@ func (r *Reconciler) fail(ctx context.Context, m *v1alpha1.Migration, f *failure
 }
 
 func (r *Reconciler) unwind(ctx context.Context, m *v1alpha1.Migration, reason, why string) error {
+	if err := r.releaseFreeze(ctx, m, r.o.Clock.Now()); err != nil {
+		return fmt.Errorf("%s; thaw the frozen volumes: %w", why, err)
+	}
 	restored, err := r.restoreWorkloads(ctx, m)
 	if err != nil {
 		return fmt.Errorf("%s; scale the workloads back: %w", why, err)

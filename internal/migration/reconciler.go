@@ -25,10 +25,11 @@ import (
 // LabelMigration labels the VolumeSyncs of a Migration with its name.
 const LabelMigration = "voldelta.io/migration"
 
-// FinalizerRestore keeps a Migration whose workloads were scaled down from
-// going before they are scaled back: it is set before the replica counts
-// are recorded and removed when the migration ends. Deleting a Migration
-// in the middle of its cutover restores the workloads, as an abort does.
+// FinalizerRestore keeps a Migration whose workloads were scaled down (or
+// whose volumes were frozen) from going before they are scaled back (and
+// thawed): it is set before the replica counts are recorded and removed
+// when the migration ends. Deleting a Migration in the middle of its
+// cutover restores the workloads and thaws, as an abort does.
 const FinalizerRestore = "voldelta.io/restore-workloads"
 
 // Defaults of a Migration's spec.
@@ -217,6 +218,9 @@ func (r *Reconciler) deleted(ctx context.Context, m *v1alpha1.Migration) error {
 		return nil
 	}
 	if !m.Status.Phase.Terminal() {
+		if err := r.releaseFreeze(ctx, m, r.o.Clock.Now()); err != nil {
+			return fmt.Errorf("migration %s/%s deleted: thaw the frozen volumes: %w", m.Namespace, m.Name, err)
+		}
 		restored, err := r.restoreWorkloads(ctx, m)
 		if err != nil {
 			return fmt.Errorf("migration %s/%s deleted: scale the workloads back: %w", m.Namespace, m.Name, err)
