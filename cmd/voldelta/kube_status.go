@@ -72,11 +72,11 @@ func loadCluster(kubeconfig, kubeContext, namespace string) (kubeCluster, error)
 	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
 	cfg, err := cc.ClientConfig()
 	if err != nil {
-		return kubeCluster{}, err
+		return kubeCluster{}, fmt.Errorf("client configuration (--kubeconfig, $KUBECONFIG, ~/.kube/config, in-cluster): %w", err)
 	}
 	ns, _, err := cc.Namespace()
 	if err != nil {
-		return kubeCluster{}, err
+		return kubeCluster{}, fmt.Errorf("namespace of context %q: %w", kubeContext, err)
 	}
 	name := kubeContext
 	if raw, err := cc.RawConfig(); err == nil && name == "" {

@@ -268,3 +268,24 @@ func TestNewTrigger(t *testing.T) {
 		t.Errorf("newTrigger = %q, want %q", got, want)
 	}
 }
+
+// TestKubeCommandsPluginName: as kubectl-voldelta, the help of status,
+// sync and describe names them `kubectl voldelta`.
+func TestKubeCommandsPluginName(t *testing.T) {
+	for cmd, want := range map[string][]string{
+		"status":   {"kubectl voldelta status [--state-dir DIR", "  kubectl voldelta status --context dc1 --context dc2 -n shop", "--context stringArray"},
+		"sync":     {"kubectl voldelta sync NAME [flags]", "  kubectl voldelta sync mysql-data -n shop --wait", "--progress string"},
+		"describe": {"kubectl voldelta describe [TYPE/]NAME [flags]", "  kubectl voldelta describe vt/mysql-data --context dc2"},
+	} {
+		root := newRootCmd()
+		invokedAs(root, "/usr/local/bin/kubectl-voldelta")
+		var out strings.Builder
+		root.SetOut(&out)
+		root.SetErr(&out)
+		root.SetArgs([]string{cmd, "--help"})
+		if err := root.Execute(); err != nil {
+			t.Fatal(err)
+		}
+		wantContains(t, cmd+" --help", out.String(), want...)
+	}
+}
