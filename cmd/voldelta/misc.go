@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -68,32 +67,70 @@ func newStatusCmd() *cobra.Command {
 		stateDir string
 		volume   string
 		asJSON   bool
+		kf       statusKubeFlags
 	)
 	c := &cobra.Command{
-		Use:   "status --state-dir DIR [--volume NAME] [--json]",
-		Short: "Show what a receiver's targets hold: generation, root hash, whether current",
-		Long: `status reads a receiver's state directory and checks each target as it is
-now. A volume is "current" when its target holds the last committed
-generation, verified when it was committed, and its fingerprint still vouches
-that nothing changed it since: for a file its size, mtime, ctime and inode;
-for a block device its size and the kernel's write counters of the device.
-"INCOMPLETE" means a round is being applied or one was interrupted: the
-target holds no consistent image. "NOT CURRENT" means the target was, or may
-have been, changed outside voldelta, a verification or scrub failed, or the
-target is gone; PROBLEM says which, and the next round reads back and repairs
-what changed. Cut over only to a current volume (and scrub first if the
-host rebooted or the storage may have been written around voldelta).`,
+		Use:   "status [--state-dir DIR [--volume NAME] [--json]]",
+		Short: "Show replication: VolumeSyncs and VolumeTargets (Kubernetes), or a receiver's state directory",
+		Long: `status without --state-dir is the Kubernetes view: the VolumeSyncs and
+VolumeTargets of the namespace (-A: of every namespace) in kubectl's table
+style. A VolumeSync shows its last round: the generation it committed, LAST
+SYNC (when), RPO (the age of the data the replica holds: now minus the start
+of the last committed round, when its snapshot was requested), THROUGHPUT
+(lastBytesSent over lastSyncDuration, snapshot included) and NEXT (the next
+scheduled round). A VolumeTarget shows the generation it holds (STORE GEN:
+the store's, for a store target), when it was committed and how far a pull
+got.
+
+--context twice, the source cluster then the destination cluster, joins
+each VolumeSync of the source with the VolumeTarget of the destination
+whose spec.remoteVolume is the VolumeSync's destination volume name
+(spec.destination.volumeName, default <namespace>-<sourcePVC>): GEN and
+TARGET GEN side by side, LAG (the generations the destination lacks and
+the time from its commit to the source's last commit; 0 when it holds the
+last one) and RPO of what the destination holds. -n applies to both
+clusters; without it each context's namespace is used. -o json or yaml
+prints the objects as kubectl does, a List (with two contexts: the
+source's VolumeSyncs and the destination's VolumeTargets).
+
+With --state-dir, status reads a receiver's state directory and checks each
+target as it is now. A volume is "current" when its target holds the last
+committed generation, verified when it was committed, and its fingerprint
+still vouches that nothing changed it since: for a file its size, mtime,
+ctime and inode; for a block device its size and the kernel's write
+counters of the device. "INCOMPLETE" means a round is being applied or one
+was interrupted: the target holds no consistent image. "NOT CURRENT" means
+the target was, or may have been, changed outside voldelta, a verification
+or scrub failed, or the target is gone; PROBLEM says which, and the next
+round reads back and repairs what changed. Cut over only to a current
+volume (and scrub first if the host rebooted or the storage may have been
+written around voldelta).`,
+		Example: `  voldelta status                                  # VolumeSyncs and VolumeTargets of the namespace
+  voldelta status -A -o yaml
+  voldelta status --context dc1 --context dc2 -n shop   # source and destination side by side
+  voldelta status --state-dir /var/lib/voldelta       # a standalone receiver`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if stateDir == "" {
-				return usagef(c, "--state-dir is required")
+			if stateDir != "" {
+				if kf.used(c) {
+					return usagef(c, "--state-dir excludes --kubeconfig, --context, -n, -A and -o (the Kubernetes view)")
+				}
+				return runStatus(c.OutOrStdout(), stateDir, volume, asJSON)
 			}
-			return runStatus(os.Stdout, stateDir, volume, asJSON)
+			if volume != "" || asJSON {
+				return usagef(c, "--volume and --json go with --state-dir (the Kubernetes view takes -o json)")
+			}
+			o, err := kf.options(c)
+			if err != nil {
+				return err
+			}
+			return runKubeStatus(c.Context(), o)
 		},
 	}
-	c.Flags().StringVar(&stateDir, "state-dir", "", "the receiver's --state-dir (required)")
-	c.Flags().StringVar(&volume, "volume", "", "only this volume")
-	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.Flags().StringVar(&stateDir, "state-dir", "", "a standalone receiver's --state-dir: show its volumes instead of Kubernetes resources")
+	c.Flags().StringVar(&volume, "volume", "", "with --state-dir: only this volume")
+	c.Flags().BoolVar(&asJSON, "json", false, "with --state-dir: print JSON")
+	kf.register(c.Flags())
 	return c
 }
 

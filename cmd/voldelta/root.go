@@ -49,7 +49,7 @@ Exit codes: 0 success, 1 failure (one line on stderr), 2 bad usage.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &usageError{cmd: c.CommandPath(), err: err}
 	})
-	root.AddCommand(newSendCmd(), newReceiveCmd(), newAgentCmd(), newK8sReceiverCmd(), newHashCmd(), newStatusCmd(), newScrubCmd(), newCertsCmd(), newPushCmd(), newPullCmd(), newGCCmd(), newMigrateCmd(), newControllerCmd())
+	root.AddCommand(newSendCmd(), newReceiveCmd(), newAgentCmd(), newK8sReceiverCmd(), newHashCmd(), newStatusCmd(), newScrubCmd(), newCertsCmd(), newPushCmd(), newPullCmd(), newGCCmd(), newMigrateCmd(), newControllerCmd(), newSyncCmd(), newDescribeCmd())
 	root.CompletionOptions.HiddenDefaultCmd = true
 	invokedAs(root, os.Args[0])
 	return root
