@@ -85,8 +85,10 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 	}
 	orig = vt.DeepCopy()
 	log.Info("pull starts", "generation", latest, "device", path)
+	downloaded, ended := t.o.Metrics.pullStarted(volume)
 	ps, err := store.Pull(ctx, objstore.PullOptions{Volume: volume, Generation: latest, Target: path, StateDir: t.o.StateDir,
-		Parallel: t.o.PullParallel, Receiver: t.o.Apply})
+		Parallel: t.o.PullParallel, Receiver: t.o.Apply, Downloaded: downloaded})
+	ended()
 	if err != nil {
 		if ctx.Err() != nil {
 			return orig, 0, fmt.Errorf("pull of %q interrupted (the next pull resumes it): %w", volume, err)
@@ -142,6 +144,7 @@ func (t *Targets) pullFailed(vt *v1alpha1.VolumeTarget, reason string, err error
 	st := &vt.Status
 	st.ConsecutiveFailures++
 	t.setCondition(vt, v1alpha1.ConditionDegraded, metav1.ConditionTrue, reason, err.Error())
+	t.o.Metrics.pullFailed(vt.Spec.RemoteVolume, reason)
 	t.event(vt, corev1.EventTypeWarning, reason, "Pull", "attempt %d failed: %v", st.ConsecutiveFailures, err)
 	t.o.Logger.Warn("pull failed", "volumetarget", vt.Namespace+"/"+vt.Name, "reason", reason, "err", err)
 	return k8sutil.Backoff(st.ConsecutiveFailures)
