@@ -31,6 +31,7 @@ type Metrics struct {
 	snapshotWait *prometheus.GaugeVec
 	lastDuration *prometheus.GaugeVec
 	sourceBytes  *prometheus.GaugeVec
+	interval     *prometheus.GaugeVec
 	// From the TLS Secret of a round to a receiver.
 	certExpiry *prometheus.GaugeVec
 
@@ -69,6 +70,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "How long the last successful round took, snapshot wait included (status.lastSyncDuration)."}, l),
 		sourceBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_source_bytes",
 			Help: "Size of the volume in the last successful round (status.lastSourceBytes)."}, l),
+		interval: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_sync_interval_seconds",
+			Help: "spec.trigger.interval of a VolumeSync that runs on a schedule and is not paused; absent otherwise (the RPO alert's reference)."}, l),
 		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_certificate_expiry_timestamp_seconds",
 			Help: "Unix time at which the client certificate of the VolumeSync's TLS Secret expires (its NotAfter), as last loaded for a round."}, l),
 		lag: &lagCollector{snapTime: make(map[[2]string]time.Time), now: time.Now,
@@ -103,7 +106,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if m.mismatches, err = register(reg, m.mismatches); err != nil {
 		return nil, err
 	}
-	for _, v := range []**prometheus.GaugeVec{&m.failures, &m.degraded, &m.snapshotWait, &m.lastDuration, &m.sourceBytes, &m.certExpiry} {
+	for _, v := range []**prometheus.GaugeVec{&m.failures, &m.degraded, &m.snapshotWait, &m.lastDuration, &m.sourceBytes, &m.interval, &m.certExpiry} {
 		if *v, err = register(reg, *v); err != nil {
 			return nil, err
 		}
@@ -135,8 +138,14 @@ func (m *Metrics) scan(ns, name, mode string, read uint64, source, check string)
 	}
 	m.scans.WithLabelValues(ns, name, mode).Inc()
 	m.readBytes.WithLabelValues(ns, name).Add(float64(read))
+	if source == "" {
+		return
+	}
+	// At 0 from the first round that used the source, so that the first
+	// mismatch is an increase.
+	c := m.mismatches.WithLabelValues(ns, name, source)
 	if check == "mismatch" {
-		m.mismatches.WithLabelValues(ns, name, source).Inc()
+		c.Inc()
 	}
 }
 
@@ -148,7 +157,7 @@ func (m *Metrics) failure(ns, name string) {
 }
 
 // status reports what vs's status says, after the agent wrote it: its
-// failures, whether it is Degraded and, once a round committed, that
+// failures, whether it is Degraded, its schedule and, once a round committed, that
 // round's figures (so they survive a restart of the agent: the replica's
 // lag counts from the start of the last committed round).
 func (m *Metrics) status(vs *v1alpha1.VolumeSync) {
@@ -156,8 +165,17 @@ func (m *Metrics) status(vs *v1alpha1.VolumeSync) {
 		return
 	}
 	ns, name, st := vs.Namespace, vs.Name, &vs.Status
+	// Both results exist from the start, so that the first failure is an
+	// increase.
+	m.rounds.WithLabelValues(ns, name, "success")
+	m.rounds.WithLabelValues(ns, name, "failure")
 	m.failures.WithLabelValues(ns, name).Set(float64(st.ConsecutiveFailures))
 	m.degraded.WithLabelValues(ns, name).Set(boolValue(st.Phase == v1alpha1.PhaseDegraded))
+	if iv := vs.Spec.Trigger.Interval; iv != nil && iv.Duration > 0 && !vs.Spec.Paused {
+		m.interval.WithLabelValues(ns, name).Set(iv.Seconds())
+	} else {
+		m.interval.DeleteLabelValues(ns, name)
+	}
 	if st.LastSyncTime == nil {
 		return
 	}
@@ -202,7 +220,7 @@ func (m *Metrics) forget(ns, name string) {
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
 	}{m.rounds, m.bytesSent, m.wireBytes, m.duration, m.generation, m.lastOK, m.scans, m.readBytes, m.mismatches,
-		m.failures, m.degraded, m.snapshotWait, m.lastDuration, m.sourceBytes, m.certExpiry} {
+		m.failures, m.degraded, m.snapshotWait, m.lastDuration, m.sourceBytes, m.interval, m.certExpiry} {
 		v.DeletePartialMatch(prometheus.Labels{"namespace": ns, "volumesync": name})
 	}
 	m.lag.forget(ns, name)

@@ -35,8 +35,18 @@ func TestMetricsFromStatus(t *testing.T) {
 	if f, d := gauge(t, m.failures, "ns", "db"), gauge(t, m.degraded, "ns", "db"); f != 3 || d != 1 {
 		t.Errorf("before any commit: consecutive_failures %v, degraded %v; want 3, 1", f, d)
 	}
-	if n := testutil.CollectAndCount(m.lag); n != 0 {
-		t.Errorf("lag reported for %d VolumeSyncs before any commit", n)
+	if n := testutil.CollectAndCount(m.lag) + testutil.CollectAndCount(m.interval); n != 0 {
+		t.Errorf("%d lag or interval series before any commit, for a VolumeSync without a schedule", n)
+	}
+	vs.Spec.Trigger.Interval = &metav1.Duration{Duration: time.Hour}
+	m.status(vs)
+	if v := gauge(t, m.interval, "ns", "db"); v != 3600 {
+		t.Errorf("sync_interval_seconds = %v, want 3600", v)
+	}
+	vs.Spec.Paused = true
+	m.status(vs)
+	if n := testutil.CollectAndCount(m.interval); n != 0 {
+		t.Errorf("a paused VolumeSync has %d interval series, want none", n)
 	}
 
 	end := metav1.NewMicroTime(now.Add(-10 * time.Minute))

@@ -85,7 +85,22 @@ func (m *Metrics) target(vt *v1alpha1.VolumeTarget) {
 		v = 1
 	}
 	m.degraded.WithLabelValues(vt.Namespace, vt.Name, vt.Spec.RemoteVolume).Set(v)
+	if vt.Spec.Store == nil {
+		return
+	}
+	// A store target's pull series exist from its first status, so that
+	// the first pull and the first failure of each reason are increases.
+	volume := vt.Spec.RemoteVolume
+	m.pulling.WithLabelValues(volume)
+	m.pullBytes.WithLabelValues(volume)
+	for _, r := range pullFailureReasons {
+		m.pullFailures.WithLabelValues(volume, r)
+	}
 }
+
+// pullFailureReasons are the reasons pullFailed is given (pull.go).
+var pullFailureReasons = []string{v1alpha1.ReasonStoreUnavailable, v1alpha1.ReasonStoreCredentials,
+	v1alpha1.ReasonPullFailed, v1alpha1.ReasonTargetFull, v1alpha1.ReasonTargetState}
 
 // forget drops a deleted VolumeTarget's series.
 func (m *Metrics) forget(ns, name string) {

@@ -38,6 +38,17 @@ func TestMetricsTargetAndPull(t *testing.T) {
 	if n := testutil.CollectAndCount(m.degraded); n != 0 {
 		t.Errorf("forget left %d degraded series", n)
 	}
+	if n := testutil.CollectAndCount(m.pullFailures) + testutil.CollectAndCount(m.pulling); n != 0 {
+		t.Errorf("a target agents write has %d pull series", n)
+	}
+	vt.Spec.Store = &v1alpha1.StoreSource{}
+	m.target(vt)
+	if n := testutil.CollectAndCount(m.pullFailures); n != len(pullFailureReasons) {
+		t.Errorf("a store target has %d pull failure series at 0, want one per reason (%d)", n, len(pullFailureReasons))
+	}
+	if n := testutil.CollectAndCount(m.pulling) + testutil.CollectAndCount(m.pullBytes); n != 2 {
+		t.Errorf("a store target has %d pulling and downloaded series, want 2 at 0", n)
+	}
 
 	downloaded, ended := m.pullStarted("src-db")
 	if v := testutil.ToFloat64(m.pulling.WithLabelValues("src-db")); v != 1 {
