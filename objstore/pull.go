@@ -26,6 +26,10 @@ type PullOptions struct {
 	Parallel int
 	// Receiver tunes the apply (verify mode, buffer, workers, logger).
 	Receiver receiver.Options
+	// Downloaded, if set, is called with the size of each object as it
+	// is downloaded (the manifest, then the chunks), from the concurrent
+	// downloads: their sum is PullStats.BytesDownloaded.
+	Downloaded func(n uint64)
 
 	// fetched, if set, runs before each chunk is fetched (tests).
 	fetched func(i int, e chunk.Entry) error
@@ -103,7 +107,13 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 	st.Generation, st.RootHash, st.SourceBytes = gen, m.Root.String(), m.Size
 	st.ManifestBytes = uint64(n)
 	var downloaded, fetchedRaw atomic.Uint64
-	downloaded.Add(uint64(n))
+	count := func(n uint64) {
+		downloaded.Add(n)
+		if opt.Downloaded != nil {
+			opt.Downloaded(n)
+		}
+	}
+	count(uint64(n))
 	dec, err := newDecoder()
 	if err != nil {
 		return st, err
@@ -120,7 +130,7 @@ func (s *Store) Pull(ctx context.Context, opt PullOptions) (*PullStats, error) {
 		if errors.As(err, &bad) {
 			bad.Volume, bad.Generation = opt.Volume, gen
 		}
-		downloaded.Add(uint64(objLen))
+		count(uint64(objLen))
 		if err == nil {
 			fetchedRaw.Add(e.Length)
 		}

@@ -1,11 +1,15 @@
 package k8sagent
 
 import (
+	"crypto/tls"
 	"errors"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/internal/k8sutil"
 )
 
 // Metrics are the agent's Prometheus metrics, labelled by the VolumeSync's
@@ -21,10 +25,17 @@ type Metrics struct {
 	readBytes  *prometheus.CounterVec
 	mismatches *prometheus.CounterVec
 
-	mu       sync.Mutex
-	snapTime map[[2]string]time.Time
-	now      func() time.Time
-	lagDesc  *prometheus.Desc
+	// From the VolumeSync's status, after every status update.
+	failures     *prometheus.GaugeVec
+	degraded     *prometheus.GaugeVec
+	snapshotWait *prometheus.GaugeVec
+	lastDuration *prometheus.GaugeVec
+	sourceBytes  *prometheus.GaugeVec
+	interval     *prometheus.GaugeVec
+	// From the TLS Secret of a round to a receiver.
+	certExpiry *prometheus.GaugeVec
+
+	lag *lagCollector
 }
 
 // NewMetrics registers the agent's metrics with reg.
@@ -49,10 +60,23 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Bytes of snapshots read by committed rounds' scans."}, l),
 		mismatches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "voldelta_agent_hint_mismatches_total",
 			Help: "Periodic full scans that found a change the hints missed (the hint source is then distrusted for the volume)."}, append(l, "source")),
-		snapTime: make(map[[2]string]time.Time),
-		now:      time.Now,
-		lagDesc: prometheus.NewDesc("voldelta_agent_replica_lag_seconds",
-			"Age of the data the replica holds: now minus the start of the last committed round.", l, nil),
+		failures: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_consecutive_failures",
+			Help: "Failed attempts since the last successful round (status.consecutiveFailures)."}, l),
+		degraded: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_degraded",
+			Help: "1 while the VolumeSync's phase is Degraded (its last attempt failed, or its source or spec is unusable), else 0."}, l),
+		snapshotWait: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_last_round_snapshot_wait_seconds",
+			Help: "How long the last successful round waited for its VolumeSnapshot (status.lastSnapshotDuration)."}, l),
+		lastDuration: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_last_round_duration_seconds",
+			Help: "How long the last successful round took, snapshot wait included (status.lastSyncDuration)."}, l),
+		sourceBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_source_bytes",
+			Help: "Size of the volume in the last successful round (status.lastSourceBytes)."}, l),
+		interval: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_sync_interval_seconds",
+			Help: "spec.trigger.interval of a VolumeSync that runs on a schedule and is not paused; absent otherwise (the RPO alert's reference)."}, l),
+		certExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_certificate_expiry_timestamp_seconds",
+			Help: "Unix time at which the client certificate of the VolumeSync's TLS Secret expires (its NotAfter), as last loaded for a round."}, l),
+		lag: &lagCollector{snapTime: make(map[[2]string]time.Time), now: time.Now,
+			desc: prometheus.NewDesc("voldelta_agent_replica_lag_seconds",
+				"Age of the data the replica holds: now minus the start of the last committed round.", l, nil)},
 	}
 	var err error
 	if m.rounds, err = register(reg, m.rounds); err != nil {
@@ -82,9 +106,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if m.mismatches, err = register(reg, m.mismatches); err != nil {
 		return nil, err
 	}
-	// The lag is computed from this Metrics; a second one in the same
-	// registry (tests) reports through the first.
-	if _, err = register(reg, prometheus.Collector(lagCollector{m})); err != nil {
+	for _, v := range []**prometheus.GaugeVec{&m.failures, &m.degraded, &m.snapshotWait, &m.lastDuration, &m.sourceBytes, &m.interval, &m.certExpiry} {
+		if *v, err = register(reg, *v); err != nil {
+			return nil, err
+		}
+	}
+	// A second Metrics in the same registry (tests) shares the first's lag.
+	if m.lag, err = register(reg, m.lag); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -100,9 +128,7 @@ func (m *Metrics) success(ns, name string, start, end time.Time, gen uint64, sen
 	m.duration.WithLabelValues(ns, name).Observe(end.Sub(start).Seconds())
 	m.generation.WithLabelValues(ns, name).Set(float64(gen))
 	m.lastOK.WithLabelValues(ns, name).Set(float64(end.UnixNano()) / 1e9)
-	m.mu.Lock()
-	m.snapTime[[2]string{ns, name}] = start
-	m.mu.Unlock()
+	m.lag.set(ns, name, start)
 }
 
 // scan records how a committed round scanned, and a hint check that failed.
@@ -112,8 +138,14 @@ func (m *Metrics) scan(ns, name, mode string, read uint64, source, check string)
 	}
 	m.scans.WithLabelValues(ns, name, mode).Inc()
 	m.readBytes.WithLabelValues(ns, name).Add(float64(read))
+	if source == "" {
+		return
+	}
+	// At 0 from the first round that used the source, so that the first
+	// mismatch is an increase.
+	c := m.mismatches.WithLabelValues(ns, name, source)
 	if check == "mismatch" {
-		m.mismatches.WithLabelValues(ns, name, source).Inc()
+		c.Inc()
 	}
 }
 
@@ -124,6 +156,62 @@ func (m *Metrics) failure(ns, name string) {
 	m.rounds.WithLabelValues(ns, name, "failure").Inc()
 }
 
+// status reports what vs's status says, after the agent wrote it: its
+// failures, whether it is Degraded, its schedule and, once a round committed, that
+// round's figures (so they survive a restart of the agent: the replica's
+// lag counts from the start of the last committed round).
+func (m *Metrics) status(vs *v1alpha1.VolumeSync) {
+	if m == nil {
+		return
+	}
+	ns, name, st := vs.Namespace, vs.Name, &vs.Status
+	// Both results exist from the start, so that the first failure is an
+	// increase.
+	m.rounds.WithLabelValues(ns, name, "success")
+	m.rounds.WithLabelValues(ns, name, "failure")
+	m.failures.WithLabelValues(ns, name).Set(float64(st.ConsecutiveFailures))
+	m.degraded.WithLabelValues(ns, name).Set(boolValue(st.Phase == v1alpha1.PhaseDegraded))
+	if iv := vs.Spec.Trigger.Interval; iv != nil && iv.Duration > 0 && !vs.Spec.Paused {
+		m.interval.WithLabelValues(ns, name).Set(iv.Seconds())
+	} else {
+		m.interval.DeleteLabelValues(ns, name)
+	}
+	if st.LastSyncTime == nil {
+		return
+	}
+	end := st.LastSyncTime.Time
+	m.lastOK.WithLabelValues(ns, name).Set(float64(end.UnixNano()) / 1e9)
+	m.generation.WithLabelValues(ns, name).Set(float64(st.LastGeneration))
+	m.sourceBytes.WithLabelValues(ns, name).Set(float64(st.LastSourceBytes))
+	start := end
+	if d := st.LastSyncDuration; d != nil {
+		start = end.Add(-d.Duration)
+		m.lastDuration.WithLabelValues(ns, name).Set(d.Seconds())
+	}
+	if d := st.LastSnapshotDuration; d != nil {
+		m.snapshotWait.WithLabelValues(ns, name).Set(d.Seconds())
+	}
+	m.lag.set(ns, name, start)
+}
+
+// certificate reports when the client certificate a round to a receiver
+// loaded from vs's TLS Secret expires.
+func (m *Metrics) certificate(ns, name string, cfg *tls.Config) {
+	if m == nil {
+		return
+	}
+	if t, ok := k8sutil.CertificateExpiry(cfg); ok {
+		m.certExpiry.WithLabelValues(ns, name).Set(float64(t.Unix()))
+	}
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // forget drops a deleted VolumeSync's series.
 func (m *Metrics) forget(ns, name string) {
 	if m == nil {
@@ -131,24 +219,42 @@ func (m *Metrics) forget(ns, name string) {
 	}
 	for _, v := range []interface {
 		DeletePartialMatch(prometheus.Labels) int
-	}{m.rounds, m.bytesSent, m.wireBytes, m.duration, m.generation, m.lastOK, m.scans, m.readBytes, m.mismatches} {
+	}{m.rounds, m.bytesSent, m.wireBytes, m.duration, m.generation, m.lastOK, m.scans, m.readBytes, m.mismatches,
+		m.failures, m.degraded, m.snapshotWait, m.lastDuration, m.sourceBytes, m.interval, m.certExpiry} {
 		v.DeletePartialMatch(prometheus.Labels{"namespace": ns, "volumesync": name})
 	}
-	m.mu.Lock()
-	delete(m.snapTime, [2]string{ns, name})
-	m.mu.Unlock()
+	m.lag.forget(ns, name)
 }
 
-type lagCollector struct{ m *Metrics }
+// lagCollector reports each VolumeSync's replica lag, computed when
+// scraped from the start of its last committed round.
+type lagCollector struct {
+	desc     *prometheus.Desc
+	now      func() time.Time
+	mu       sync.Mutex
+	snapTime map[[2]string]time.Time
+}
 
-func (c lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.lagDesc }
+func (c *lagCollector) set(ns, name string, start time.Time) {
+	c.mu.Lock()
+	c.snapTime[[2]string{ns, name}] = start
+	c.mu.Unlock()
+}
 
-func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
-	c.m.mu.Lock()
-	defer c.m.mu.Unlock()
-	now := c.m.now()
-	for k, t := range c.m.snapTime {
-		ch <- prometheus.MustNewConstMetric(c.m.lagDesc, prometheus.GaugeValue, now.Sub(t).Seconds(), k[0], k[1])
+func (c *lagCollector) forget(ns, name string) {
+	c.mu.Lock()
+	delete(c.snapTime, [2]string{ns, name})
+	c.mu.Unlock()
+}
+
+func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	for k, t := range c.snapTime {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, now.Sub(t).Seconds(), k[0], k[1])
 	}
 }
 

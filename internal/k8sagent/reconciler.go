@@ -198,6 +198,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	if att.Node != r.o.NodeName {
 		log.Debug("volume attached elsewhere", "node", att.Node)
+		r.o.Metrics.forget(req.Namespace, req.Name) // the agent of its node reports it
 		return ctrl.Result{}, nil
 	}
 	vs.Status.Node = r.o.NodeName
@@ -673,6 +674,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, orig, vs *v1alpha1.VolumeS
 	if err := r.o.Client.Status().Patch(ctx, vs, client.MergeFrom(orig)); err != nil {
 		return fmt.Errorf("update status: %w", err)
 	}
+	r.o.Metrics.status(vs)
 	return nil
 }
 
@@ -779,6 +781,7 @@ func (r *Reconciler) transport(ctx context.Context, vs *v1alpha1.VolumeSync, d d
 	}
 	t.ServerName = d.serverName
 	cfg.TLS = t
+	r.o.Metrics.certificate(vs.Namespace, vs.Name, t)
 	return cfg, cfg.Validate()
 }
 

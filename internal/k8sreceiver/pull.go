@@ -93,8 +93,10 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 			t.o.Apply.Progress(p)
 		}
 	}
+	downloaded, ended := t.o.Metrics.pullStarted(volume)
 	ps, err := store.Pull(ctx, objstore.PullOptions{Volume: volume, Generation: latest, Target: path, StateDir: t.o.StateDir,
-		Parallel: t.o.PullParallel, Receiver: apply})
+		Parallel: t.o.PullParallel, Receiver: apply, Downloaded: downloaded})
+	ended()
 	prog.stop()
 	// Progress may be set on the server: make the next patch remove it.
 	orig.Status.Progress = &v1alpha1.TargetProgress{}
@@ -154,6 +156,7 @@ func (t *Targets) pullFailed(vt *v1alpha1.VolumeTarget, reason string, err error
 	st := &vt.Status
 	st.ConsecutiveFailures++
 	t.setCondition(vt, v1alpha1.ConditionDegraded, metav1.ConditionTrue, reason, err.Error())
+	t.o.Metrics.pullFailed(vt.Spec.RemoteVolume, reason)
 	t.event(vt, corev1.EventTypeWarning, reason, "Pull", "attempt %d failed: %v", st.ConsecutiveFailures, err)
 	t.o.Logger.Warn("pull failed", "volumetarget", vt.Namespace+"/"+vt.Name, "reason", reason, "err", err)
 	return k8sutil.Backoff(st.ConsecutiveFailures)

@@ -93,6 +93,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.certificate(o.Server.Transport.TLS)
 	t, err := New(Options{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName,
 		StateDir: o.Server.StateDir, Attach: o.Attach, Metrics: m, Recorder: mgr.GetEventRecorder("voldelta-receiver"), Logger: o.Logger,
 		Apply:        receiver.Options{Verify: o.Server.Verify, ApplyBuffer: o.Server.ApplyBuffer, Workers: o.Server.Workers, Logger: o.Logger},

@@ -272,6 +272,7 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 			t.mu.Lock()
 			delete(t.promoted, req.NamespacedName.String())
 			t.mu.Unlock()
+			t.o.Metrics.forget(req.Namespace, req.Name)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -419,6 +420,7 @@ func (t *Targets) patch(ctx context.Context, orig, vt *v1alpha1.VolumeTarget) er
 	if err := t.o.Client.Status().Patch(ctx, vt, client.MergeFrom(orig)); err != nil {
 		return fmt.Errorf("update status: %w", err)
 	}
+	t.o.Metrics.target(vt)
 	return nil
 }
 

@@ -469,6 +469,8 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	if n := counterSum(t, rcvReg, "voldelta_receiver_refused_total") - rcvRefused0; n < 1 {
 		t.Errorf("receiver refused_total = %v", n)
 	}
+	schedule(w, vsync, 24*time.Hour) // a scheduled VolumeSync's series too
+	assertQueriesExported(t, func(n string) bool { return !pullMetric(n) }, agentMetrics, rcvMetrics)
 
 	// Both sides record Events (with the RBAC deploy/ grants them).
 	for _, want := range []struct{ ns, name, reason string }{

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/internal/k8sagent"
@@ -47,11 +48,13 @@ func TestVolumeSyncThroughStore(t *testing.T) {
 	store := v1alpha1.Store{URL: "s3://replicas/dc1", Endpoint: srv.Endpoint, Insecure: true, CredentialsSecretName: "s3"}
 
 	// A pull-only receiver (no listener) and the agent of node-a, each
-	// under its service account.
+	// under its service account; the receiver serves controller-runtime's
+	// registry as in production.
+	rcvMetrics := freeAddr(t)
 	rmgr, err := k8sreceiver.NewManager(c.cp.ImpersonatedConfig("voldelta-system", "voldelta-receiver"), k8sreceiver.RunOptions{
 		Server:   receiver.Config{StateDir: t.TempDir()},
-		NodeName: rcvNode, HostRoot: w.rcvHost, Attach: true, MetricsAddr: "0", HealthAddr: "0",
-		Registry: prometheus.NewRegistry(), Logger: testLogger(t).With("side", "receiver"),
+		NodeName: rcvNode, HostRoot: w.rcvHost, Attach: true, MetricsAddr: rcvMetrics, HealthAddr: "0",
+		Logger: testLogger(t).With("side", "receiver"),
 	})
 	c.must(err)
 	w.goBG(rmgr.Start)
@@ -134,6 +137,12 @@ func TestVolumeSyncThroughStore(t *testing.T) {
 	// The pull downloads the new chunks and the manifest (< 64 KiB here).
 	if ts2.RootHash != st2.LastRootHash || ts2.Generation != 2 || ts2.LastPullDownloadedBytes > limit+64<<10 {
 		t.Fatalf("VolumeTarget status after round 2: %+v (download limit %d)", ts2, limit+64<<10)
+	}
+	assertQueriesExported(t, pullMetric, rcvMetrics)
+	// The receiver counted what both pulls downloaded as it arrived (the
+	// registry is the process's: earlier tests' pulls add to it).
+	if n, want := counterSum(t, crmetrics.Registry, "voldelta_receiver_pull_downloaded_bytes_total"), ts.LastPullDownloadedBytes+ts2.LastPullDownloadedBytes; n < float64(want) {
+		t.Errorf("pull_downloaded_bytes_total = %v, want at least the %d bytes the two pulls downloaded", n, want)
 	}
 	t.Logf("round 2: %d bytes changed, %d uploaded (%d as stored), %d downloaded by the pull", len(change), st2.LastBytesSent, st2.LastWireBytes, ts2.LastPullDownloadedBytes)
 
