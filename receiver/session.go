@@ -112,6 +112,7 @@ func (ss *session) idleEnd() {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if len(ss.rounds) == 0 {
+		ss.ending = true
 		ss.stop()
 	}
 }
@@ -248,6 +249,7 @@ func (ss *session) end(r *round) {
 		if ss.shared {
 			ss.idle.Reset(ss.srv.cfg.Transport.HandshakeTimeout)
 		} else {
+			ss.ending = true // before the loop ends: no round may start after
 			ss.stop()
 		}
 	}
