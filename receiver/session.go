@@ -79,7 +79,9 @@ func (ss *session) serve(ctx, srvCtx context.Context) {
 		n = int(h.Streams)
 	}
 	ss.sess.LimitStreams(n)
-	ss.maxStreams = min(transport.MaxDataStreams, int(cfg.WindowBudget/uint64(ss.sess.StreamWindow()))-1)
+	// A later round may have as many data streams as the first, or as
+	// many as fit its own window budget at the window the first set.
+	ss.maxStreams = max(n, min(transport.MaxDataStreams, int(cfg.WindowBudget/uint64(ss.sess.StreamWindow()))-1))
 	ss.start(ctx, srvCtx, ctrl, m, err)
 	// Streams whose first frame is being read: as many as yamux's accept
 	// backlog, so that a session holds no more of them than before.

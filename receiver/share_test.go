@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/voldelta/voldelta/transport"
 )
@@ -177,5 +178,48 @@ func TestSessionMaxRoundsOne(t *testing.T) {
 	}
 	if _, err := a.round(src, m, sendFull(m)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSessionLossEndsAllRounds: the loss of a shared session ends every
+// round on it and releases their volumes: each takes a new round.
+func TestSessionLossEndsAllRounds(t *testing.T) {
+	src := gen1Source()
+	dir := t.TempDir()
+	s := newTestServerWith(t, withTarget2(dir))
+	m := scan(t, src, tinyParams())
+	a := s.mustDial(sharedHello("vol", m.Size))
+	b, err := a.openRound(sharedHello("vol2", m.Size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*testAgent{a, b} { // half a manifest each
+		if err := r.ctrl.Send(transport.ManifestBatch{Entries: m.Entries[:len(m.Entries)/2]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.sess.Close()
+	for _, v := range []string{"vol", "vol2"} {
+		h := hello(m.Size, m.Params, "img-2")
+		h.Volume = v
+		var next *testAgent
+		for range 200 { // the lost rounds release their volumes as they end
+			n, err := s.dial(h)
+			if err == nil {
+				next = n
+				break
+			}
+			if remote(t, err).Code != transport.ErrCodeBusy {
+				t.Fatalf("%s after the session was lost: %v", v, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if next == nil {
+			t.Fatalf("%s still busy after its session was lost", v)
+		}
+		if _, err := next.round(src, m, sendFull(m)); err != nil {
+			t.Fatalf("%s: round after the lost session: %v", v, err)
+		}
+		next.sess.Close()
 	}
 }
