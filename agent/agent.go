@@ -463,6 +463,12 @@ func (r *round) run(ctx context.Context) error {
 		defer close(ctrlDone)
 		result, ctrlErr = r.readControl(ctrl)
 		r.queue.close()
+		if ctrlErr != nil && !r.own {
+			// A data stream waiting for window space would wait until the
+			// receiver's close timeout: the receiver no longer reads the
+			// streams of a round it ended, and the session lives on.
+			r.abortStreams()
+		}
 	}()
 	// The first failure stops the data streams too: they would wait for
 	// work that no longer comes.
