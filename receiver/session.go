@@ -267,7 +267,9 @@ func (ss *session) end(r *round) {
 				d.st.Abort()
 			}
 		default:
-			r.ctrl.Close()
+			// Abort, not Close: the round's control reader may still be
+			// in a Recv, and Close gives back the frame it reads into.
+			r.ctrl.Abort()
 			return
 		}
 	}
