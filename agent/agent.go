@@ -80,6 +80,11 @@ type Options struct {
 	// receiver that cannot promote refuses Promote (ERROR 16); a promoted
 	// target refuses every round until re-armed (ERROR 15).
 	Group *transport.Group
+	// OnWelcome, if set, is called once the receiver accepted the round
+	// (WELCOME) with the number of rounds it runs at once on the round's
+	// session: 1 unless the round asked to share it (SyncOn with a Group)
+	// and the receiver allows more (WELCOME's rounds trailer).
+	OnWelcome func(rounds int)
 }
 
 // Progress is a snapshot of a running round.
@@ -101,19 +106,25 @@ type Image interface {
 // Stats describe a finished round. The JSON names are a stable contract
 // (`voldelta send --stats-json`).
 type Stats struct {
-	Volume            string  `json:"volume"`
-	Source            string  `json:"source"`
-	Receiver          string  `json:"receiver"`
-	SourceBytes       uint64  `json:"source_bytes"`
-	ChunksTotal       uint64  `json:"chunks_total"`
-	ChunksData        uint64  `json:"chunks_data"`
-	ChunksZero        uint64  `json:"chunks_zero"`
-	ManifestEntries   uint64  `json:"manifest_entries"`
-	ChunksSent        uint64  `json:"chunks_sent"`
-	BytesSentRaw      uint64  `json:"bytes_sent_raw"`
-	BytesSentPayload  uint64  `json:"bytes_sent_payload"`
-	ChunksCompressed  uint64  `json:"chunks_compressed"`
-	ManifestBytes     uint64  `json:"manifest_bytes"`
+	Volume           string `json:"volume"`
+	Source           string `json:"source"`
+	Receiver         string `json:"receiver"`
+	SourceBytes      uint64 `json:"source_bytes"`
+	ChunksTotal      uint64 `json:"chunks_total"`
+	ChunksData       uint64 `json:"chunks_data"`
+	ChunksZero       uint64 `json:"chunks_zero"`
+	ManifestEntries  uint64 `json:"manifest_entries"`
+	ChunksSent       uint64 `json:"chunks_sent"`
+	BytesSentRaw     uint64 `json:"bytes_sent_raw"`
+	BytesSentPayload uint64 `json:"bytes_sent_payload"`
+	ChunksCompressed uint64 `json:"chunks_compressed"`
+	ManifestBytes    uint64 `json:"manifest_bytes"`
+	// WireBytes and WireBytesReceived are what crossed the TCP connection,
+	// TLS records and yamux headers included, for a round on a session of
+	// its own (Sync). A round on a shared session (SyncOn) counts its own
+	// streams only: the bytes of the frames it sent and read, their
+	// voldelta headers included, yamux's and TLS's framing not (the
+	// session's whole traffic is Session.WireBytesWritten).
 	WireBytes         int64   `json:"wire_bytes"`
 	WireBytesReceived int64   `json:"wire_bytes_received"`
 	ChunksSkipped     uint64  `json:"chunks_skipped"`
@@ -190,26 +201,80 @@ func OpenSource(path string) (*os.File, uint64, error) {
 
 // Sync runs one round: it chunks the source, streams the manifest to the
 // receiver, sends the chunks the receiver asks for and returns once the
-// receiver committed a generation whose root equals the source's.
+// receiver committed a generation whose root equals the source's. It dials
+// a session of its own and closes it.
 func Sync(ctx context.Context, opt Options) (*Stats, error) {
-	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+	r, closeSrc, err := newRound(opt)
+	if err != nil {
 		return nil, err
+	}
+	defer closeSrc()
+	sess, err := transport.Dial(ctx, r.opt.Addr, r.opt.Transport)
+	if err != nil {
+		return nil, err
+	}
+	defer sess.Close()
+	r.sess, r.own = sess, true
+	if err := r.run(ctx); err != nil {
+		return nil, err
+	}
+	r.stats.DurationSeconds = time.Since(r.start).Seconds()
+	r.stats.WireBytes = sess.WireBytesWritten()
+	r.stats.WireBytesReceived = sess.WireBytesRead()
+	return &r.stats, nil
+}
+
+// SyncOn runs one round as Sync does, over sess, an open session to the
+// receiver at opt.Addr, and leaves the session open: other rounds may run
+// on it at the same time (transport/spec.md, "Rounds sharing a session"),
+// and share its bandwidth limit (opt.Transport's is the session's, set
+// when it was dialled). A round with a Group asks the receiver to let
+// further rounds share the session (Group.Share), and opt.OnWelcome learns
+// how many it allows; the caller opens a second round on sess only if the
+// answer was more than 1. A failure ends this round's streams, not the
+// session. Stats.WireBytes counts the round's own streams.
+func SyncOn(ctx context.Context, sess *transport.Session, opt Options) (*Stats, error) {
+	if opt.Group != nil {
+		g := *opt.Group
+		g.Share = true
+		opt.Group = &g
+	}
+	r, closeSrc, err := newRound(opt)
+	if err != nil {
+		return nil, err
+	}
+	defer closeSrc()
+	r.sess = sess
+	err = r.run(ctx)
+	r.abortStreams()
+	if err != nil {
+		return nil, err
+	}
+	r.stats.DurationSeconds = time.Since(r.start).Seconds()
+	r.stats.WireBytes, r.stats.WireBytesReceived = r.streamBytes()
+	return &r.stats, nil
+}
+
+// newRound checks opt and opens the source; closeSrc closes it.
+func newRound(opt Options) (r *round, closeSrc func(), err error) {
+	if err := transport.ValidateVolumeName(opt.Volume); err != nil {
+		return nil, nil, err
 	}
 	opt.Params = opt.Params.OrDefault()
 	if err := opt.Params.Validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := opt.Transport.Validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if opt.Group != nil {
 		if err := opt.Group.Validate(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	comp, err := transport.NewCompressor(opt.Compression)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
@@ -220,42 +285,33 @@ func Sync(ctx context.Context, opt Options) (*Stats, error) {
 	}
 	var src io.ReaderAt
 	var size uint64
+	closeSrc = func() {}
 	if opt.Image != nil {
 		src, size = opt.Image, opt.Image.Size()
 	} else {
 		f, n, err := OpenSource(opt.Source)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		defer f.Close()
-		src, size = f, n
+		src, size, closeSrc = f, n, func() { f.Close() }
 	}
-
-	start := time.Now()
-	sess, err := transport.Dial(ctx, opt.Addr, opt.Transport)
-	if err != nil {
-		return nil, err
-	}
-	defer sess.Close()
-	r := &round{opt: opt, src: src, size: size, sess: sess, comp: comp, start: start,
+	r = &round{opt: opt, src: src, size: size, comp: comp, start: time.Now(),
 		stats: Stats{Volume: opt.Volume, Source: opt.Source, Receiver: opt.Addr, SourceBytes: size, Params: opt.Params.String()}}
-	if err := r.run(ctx); err != nil {
-		return nil, err
-	}
-	r.stats.DurationSeconds = time.Since(start).Seconds()
-	r.stats.WireBytes = sess.WireBytesWritten()
-	r.stats.WireBytesReceived = sess.WireBytesRead()
-	return &r.stats, nil
+	return r, closeSrc, nil
 }
 
 type round struct {
-	opt   Options
-	src   io.ReaderAt
-	size  uint64
-	sess  *transport.Session
-	comp  *transport.Compressor
-	start time.Time
-	stats Stats
+	opt  Options
+	src  io.ReaderAt
+	size uint64
+	sess *transport.Session
+	own  bool // the session is this round's: a failure closes it
+	comp *transport.Compressor
+
+	smu     sync.Mutex
+	streams []*transport.Stream // the round's streams (control first)
+	start   time.Time
+	stats   Stats
 
 	mu      sync.RWMutex
 	entries []chunk.Entry
@@ -285,10 +341,51 @@ func (r *round) progress() {
 	}
 }
 
+// open opens one of the round's streams.
+func (r *round) open(ctx context.Context) (*transport.Stream, error) {
+	st, err := r.sess.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r.smu.Lock()
+	r.streams = append(r.streams, st)
+	r.smu.Unlock()
+	return st, nil
+}
+
+// abort ends the round's traffic: its session if it owns it, otherwise its
+// own streams, so that rounds sharing the session go on.
+func (r *round) abort() {
+	if r.own {
+		r.sess.Close()
+		return
+	}
+	r.abortStreams()
+}
+
+func (r *round) abortStreams() {
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	for _, st := range r.streams {
+		st.Abort()
+	}
+}
+
+// streamBytes sums what the round's streams sent and read.
+func (r *round) streamBytes() (written, read int64) {
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	for _, st := range r.streams {
+		written += st.BytesWritten()
+		read += st.BytesRead()
+	}
+	return written, read
+}
+
 func (r *round) run(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { r.sess.Close() })
+	stop := context.AfterFunc(ctx, r.abort)
 	defer stop()
-	ctrl, err := r.sess.Open(ctx)
+	ctrl, err := r.open(ctx)
 	if err != nil {
 		return err
 	}
@@ -297,7 +394,7 @@ func (r *round) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m, err := recvCtx(ctx, r.sess, ctrl, r.opt.Transport.PrepareTimeout, "WELCOME after HELLO")
+	m, err := recvCtx(ctx, r.abort, ctrl, r.opt.Transport.PrepareTimeout, "WELCOME after HELLO")
 	switch {
 	case errors.Is(err, transport.ErrIdle):
 		return fmt.Errorf("receiver %s did not answer HELLO for volume %q: %w (it may be indexing a large target it has no state for: raise --prepare-timeout)", r.opt.Addr, r.opt.Volume, err)
@@ -312,7 +409,10 @@ func (r *round) run(ctx context.Context) error {
 	}
 	r.stats.TargetState = w.State.String()
 	r.stats.PreviousGen = w.Generation
-	r.opt.Logger.Info("receiver accepted", "receiver", w.Receiver, "target", w.State, "generation", w.Generation)
+	r.opt.Logger.Info("receiver accepted", "receiver", w.Receiver, "target", w.State, "generation", w.Generation, "session_rounds", max(w.Rounds, 1))
+	if r.opt.OnWelcome != nil {
+		r.opt.OnWelcome(int(max(w.Rounds, 1)))
+	}
 	plan, err := r.plan(ctx, ctrl, w)
 	if err != nil {
 		return err
@@ -338,12 +438,18 @@ func (r *round) run(ctx context.Context) error {
 		}
 	}
 
+	// After a WELCOME with the rounds trailer the session may carry other
+	// rounds: every data stream names this round's control stream.
+	var control uint32
+	if w.Rounds != 0 {
+		control = ctrl.ID()
+	}
 	data := make([]*transport.Stream, r.opt.Transport.Streams)
 	for k := range data {
-		if data[k], err = r.sess.Open(ctx); err != nil {
+		if data[k], err = r.open(ctx); err != nil {
 			return err
 		}
-		if err := data[k].Send(transport.DataOpen{Stream: uint16(k)}); err != nil {
+		if err := data[k].Send(transport.DataOpen{Stream: uint16(k), Control: control}); err != nil {
 			return err
 		}
 	}
@@ -357,6 +463,12 @@ func (r *round) run(ctx context.Context) error {
 		defer close(ctrlDone)
 		result, ctrlErr = r.readControl(ctrl)
 		r.queue.close()
+		if ctrlErr != nil && !r.own {
+			// A data stream waiting for window space would wait until the
+			// receiver's close timeout: the receiver no longer reads the
+			// streams of a round it ended, and the session lives on.
+			r.abortStreams()
+		}
 	}()
 	// The first failure stops the data streams too: they would wait for
 	// work that no longer comes.
@@ -381,12 +493,12 @@ func (r *round) run(ctx context.Context) error {
 		ctrl.SendError(transport.ErrCodeCanceled, "agent %s: %v", r.opt.Name, sendErr)
 	}
 	if sendErr != nil {
-		r.sess.Close() // unblocks the control reader
+		r.abort() // unblocks the control reader
 	}
 	select {
 	case <-ctrlDone:
 	case <-ctx.Done():
-		r.sess.Close()
+		r.abort()
 		<-ctrlDone
 		return fmt.Errorf("sync canceled: %w", context.Cause(ctx))
 	}
@@ -481,9 +593,9 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
-// recvCtx receives one message within d, giving up when ctx ends.
-func recvCtx(ctx context.Context, sess *transport.Session, st *transport.Stream, d time.Duration, what string) (transport.Message, error) {
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
+// recvCtx receives one message within d, giving up (abort) when ctx ends.
+func recvCtx(ctx context.Context, abort func(), st *transport.Stream, d time.Duration, what string) (transport.Message, error) {
+	stop := context.AfterFunc(ctx, abort)
 	defer stop()
 	m, err := st.RecvWithin(d, what)
 	if err != nil && ctx.Err() != nil {

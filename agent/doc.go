@@ -12,6 +12,12 @@
 //	    MANIFEST_END{root} … NEED_END … RESULT{generation, root}
 //	    succeed only if the receiver's committed root equals the source's
 //
+// SyncOn runs the same round over a session the caller dialled and keeps
+// open, so that several rounds (of a group, asking with Group.Share) run
+// on one session at once and share its bandwidth limit
+// (transport/spec.md, section 7.1); Options.OnWelcome learns how many
+// rounds the receiver takes on it.
+//
 // The source must not change while it is read: sync from a snapshot (the
 // Kubernetes integration takes one per round). A chunk read twice with
 // different contents makes the receiver end the round with a "source

@@ -166,7 +166,7 @@ func (r *round) fetchBase(ctx context.Context, ctrl *transport.Stream, w transpo
 	// At most one entry per minimum chunk, plus a short one per segment.
 	limit := w.Size/uint64(r.opt.Params.MinSize) + w.Size/r.opt.Params.SegmentSize + 1
 	for {
-		msg, err := recvCtx(ctx, r.sess, ctrl, r.opt.Transport.IdleTimeout, "base manifest after BASE_GET")
+		msg, err := recvCtx(ctx, r.abort, ctrl, r.opt.Transport.IdleTimeout, "base manifest after BASE_GET")
 		if err != nil {
 			return nil, fmt.Errorf("fetch the manifest of generation %d from receiver %s: %w", w.Generation, r.opt.Addr, err)
 		}

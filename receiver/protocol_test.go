@@ -144,6 +144,9 @@ type testAgent struct {
 	sess    *transport.Session
 	ctrl    *transport.Stream
 	welcome transport.Welcome
+	// control is what DATA_OPEN names: the control stream's ID after a
+	// WELCOME with the rounds trailer, 0 (no trailer) otherwise.
+	control uint32
 }
 
 func hello(size uint64, p chunk.Params, image string) transport.Hello {
@@ -179,7 +182,11 @@ func (s *testServer) dial(h transport.Message) (*testAgent, error) {
 	if !ok {
 		s.t.Fatalf("HELLO answered with %v", m.FrameType())
 	}
-	return &testAgent{t: s.t, sess: sess, ctrl: ctrl, welcome: w}, nil
+	a := &testAgent{t: s.t, sess: sess, ctrl: ctrl, welcome: w}
+	if w.Rounds != 0 {
+		a.control = ctrl.ID()
+	}
+	return a, nil
 }
 
 func (s *testServer) mustDial(h transport.Hello) *testAgent {
@@ -224,7 +231,7 @@ func (a *testAgent) round(src []byte, m *chunk.Manifest, send func(ctrl *transpo
 	if err != nil {
 		a.t.Fatal(err)
 	}
-	if err := data.Send(transport.DataOpen{Stream: 0}); err != nil {
+	if err := data.Send(transport.DataOpen{Stream: 0, Control: a.control}); err != nil {
 		a.t.Fatal(err)
 	}
 	type outcome struct {

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -75,6 +76,11 @@ type Config struct {
 	// (busy, retryable). With the per-session bounds of the transport
 	// (spec.md §6) it bounds the receiver's memory.
 	MaxSessions int
+	// MaxRounds bounds the rounds one session carries at once (default
+	// DefaultMaxRounds, at most transport.MaxSessionRounds; 1 keeps every
+	// session to one round). An agent asks for more than one with HELLO's
+	// group Share flag; WELCOME tells it how many (transport/spec.md).
+	MaxRounds int
 }
 
 // DefaultMaxSessions is Config.MaxSessions' default.
@@ -88,7 +94,12 @@ type Server struct {
 	wg       sync.WaitGroup
 	sessions chan struct{} // a token per session served
 	refusals chan struct{} // a token per connection being refused
+	served   atomic.Int64  // sessions set up, ever
 }
+
+// SessionsServed returns how many sessions the server set up (TLS and
+// yamux running) since it started: rounds sharing a session count once.
+func (s *Server) SessionsServed() int64 { return s.served.Load() }
 
 // New checks cfg and prepares the state directory.
 func New(cfg Config) (*Server, error) {
@@ -117,6 +128,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxSessions < 0 {
 		return nil, fmt.Errorf("max sessions %d: want at least 1", cfg.MaxSessions)
+	}
+	if cfg.MaxRounds == 0 {
+		cfg.MaxRounds = DefaultMaxRounds
+	}
+	if cfg.MaxRounds < 0 || cfg.MaxRounds > transport.MaxSessionRounds {
+		return nil, fmt.Errorf("max rounds per session %d: want 1..%d", cfg.MaxRounds, transport.MaxSessionRounds)
 	}
 	opt := Options{Verify: cfg.Verify, ApplyBuffer: cfg.ApplyBuffer, Workers: cfg.Workers, Logger: cfg.Logger}
 	if err := opt.defaults(); err != nil {
@@ -205,29 +222,9 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		case <-ctx.Done():
 		}
 	}()
-	actx, stop := context.WithTimeout(ctx, s.cfg.Transport.HandshakeTimeout)
-	ctrl, err := sess.Accept(actx)
-	stop()
-	if err != nil {
-		log.Warn("no control stream", "err", err, "within", s.cfg.Transport.HandshakeTimeout)
-		return
-	}
-	if err := s.sync(ctx, srvCtx, log, sess, ctrl); err != nil {
-		var re *transport.RemoteError
-		if errors.As(err, &re) {
-			log.Warn("agent ended the session", "err", err)
-			return
-		}
-		log.Error("sync failed", "err", err)
-		ctrl.SendError(errorCode(ctx, err), "%v", err)
-		// Give the agent a moment to read the error before the session closes.
-		waitCtx, stop := context.WithTimeout(context.Background(), 2*time.Second)
-		defer stop()
-		select {
-		case <-sess.Done():
-		case <-waitCtx.Done():
-		}
-	}
+	s.served.Add(1)
+	ss := &session{srv: s, sess: sess, log: log, rounds: map[uint32]*round{}}
+	ss.serve(ctx, srvCtx)
 }
 
 // sessionError carries a protocol error code decided by the server itself.
@@ -315,13 +312,14 @@ func (s *Server) refuse(ctx context.Context, c net.Conn) {
 	}
 }
 
-// sync runs one session on an accepted control stream. ctx ends with the
-// session; srvCtx only with the server, so that a round whose data all
-// arrived is committed even if the agent hangs up before the RESULT.
-func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *transport.Session, ctrl *transport.Stream) error {
+// sync runs one round of a session: m (or err) is the first frame read
+// from its control stream. ctx ends with the session; srvCtx only with the
+// server, so that a round whose data all arrived is committed even if the
+// agent hangs up before the RESULT.
+func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, ss *session, rd *round, m transport.Message, err error) error {
+	sess, ctrl := ss.sess, rd.ctrl
 	// Nothing is claimed before the HELLO was read and checked: an agent
 	// that says nothing, or something wrong, leaves the target as it was.
-	m, err := ctrl.RecvWithin(s.cfg.Transport.HandshakeTimeout, "HELLO after the control stream opened")
 	switch {
 	case errors.Is(err, io.EOF):
 		return fail(transport.ErrCodeProtocol, "agent closed the control stream without a HELLO")
@@ -377,14 +375,17 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 	if hello.Streams < 1 || hello.Streams > transport.MaxDataStreams {
 		return failf(ErrBadInput, "agent announces %d data streams, want 1..%d", hello.Streams, transport.MaxDataStreams)
 	}
+	if int(hello.Streams) > ss.maxStreams {
+		// The first round set the session's window; a later one must fit
+		// its own window budget at it.
+		return failf(ErrBadInput, "round announces %d data streams, but a round of this session may have at most %d (window %d bytes, window budget %d)",
+			hello.Streams, ss.maxStreams, sess.StreamWindow(), s.cfg.Transport.WindowBudget)
+	}
 	if s.cfg.Authorize != nil {
 		if err := s.cfg.Authorize(hello.Volume, sess.Peer()); err != nil {
 			return fail(transport.ErrCodeForbidden, "%v", err)
 		}
 	}
-	// Before any data stream is accepted or read: their windows share the
-	// session's window budget.
-	sess.LimitStreams(int(hello.Streams))
 	opt := s.opt
 	opt.Logger = log.With("agent", hello.Agent, "image", hello.Image)
 	opt.Idle = s.cfg.Transport.IdleTimeout
@@ -403,7 +404,7 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 		state = transport.TargetCommitted
 	}
 	welcome := transport.Welcome{Generation: prev.Generation, Root: prev.Root, State: state, Receiver: s.cfg.Name,
-		Size: prev.Size, Image: prev.Image, HasBase: ap.Base() != nil, AcceptsPatch: ap.Base() != nil}
+		Size: prev.Size, Image: prev.Image, HasBase: ap.Base() != nil, AcceptsPatch: ap.Base() != nil, Rounds: ss.share(hello)}
 	if err := ctrl.Send(welcome); err != nil {
 		return err
 	}
@@ -415,8 +416,12 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 		return err
 	}
 	defer dec.Close()
-	go readControl(sctx, ctrl, ap, hello, s.cfg.Transport.IdleTimeout)
-	go acceptData(sctx, sess, int(hello.Streams), ap, dec)
+	ctrlDone := make(chan struct{})
+	go func() {
+		defer close(ctrlDone)
+		readControl(sctx, ctrl, ap, hello, s.cfg.Transport.IdleTimeout)
+	}()
+	go takeData(sctx, rd.data, ap, dec)
 	if err := ap.Run(sctx, netRequester{ctrl}); err != nil {
 		return err
 	}
@@ -435,8 +440,14 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, sess *trans
 		log.Info("generation committed; the result could not be sent (the agent hung up)", "err", err)
 		return nil
 	}
-	// Wait for the agent to hang up, so the RESULT is not lost in a reset.
+	// Wait for the agent to hang up (on a shared session: to close the
+	// round's control stream), so the RESULT is not lost in a reset.
+	hungUp := sess.Done()
+	if ss.isShared() {
+		hungUp = ctrlDone
+	}
 	select {
+	case <-hungUp:
 	case <-sess.Done():
 	case <-time.After(10 * time.Second):
 	case <-ctx.Done():
@@ -637,40 +648,32 @@ func sendBase(ctrl *transport.Stream, base *chunk.Manifest, idle time.Duration) 
 	return nil
 }
 
-// acceptData accepts the agent's data streams and reads chunks from each;
-// a stream beyond the n that HELLO announced is a protocol error.
-func acceptData(ctx context.Context, sess *transport.Session, n int, ap *Apply, dec *transport.Decompressor) {
-	for k := 0; ; k++ {
-		st, err := sess.Accept(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				ap.Fail(ctx, fmt.Errorf("accept data stream: %w", err))
-			}
+// takeData reads chunks from the data streams the session dispatches to
+// the round (their DATA_OPEN read); an error item (a stream beyond the n
+// that HELLO announced, a stream that did not start with DATA_OPEN) fails
+// the round.
+func takeData(ctx context.Context, data <-chan dataStream, ap *Apply, dec *transport.Decompressor) {
+	for {
+		select {
+		case <-ctx.Done():
 			return
-		}
-		if k >= n {
-			st.Close()
-			ap.Fail(ctx, failf(ErrBadInput, "agent opened more data streams than the %d its HELLO announced", n))
-			return
-		}
-		go func() {
-			if err := readData(ctx, st, ap, dec); err != nil && ctx.Err() == nil {
-				ap.Fail(ctx, err)
+		case d := <-data:
+			if d.err != nil {
+				ap.Fail(ctx, d.err)
+				return
 			}
-		}()
+			go func() {
+				if err := readData(ctx, d.st, ap, dec); err != nil && ctx.Err() == nil {
+					ap.Fail(ctx, err)
+				}
+			}()
+		}
 	}
 }
 
 func readData(ctx context.Context, st *transport.Stream, ap *Apply, dec *transport.Decompressor) error {
 	defer st.Close()
 	defer st.Release()
-	m, err := st.Recv()
-	if err != nil {
-		return fmt.Errorf("data stream: %w", err)
-	}
-	if _, ok := m.(transport.DataOpen); !ok {
-		return failf(ErrBadInput, "data stream starts with %v, want DATA_OPEN", m.FrameType())
-	}
 	for {
 		m, err := st.Recv()
 		if errors.Is(err, io.EOF) {

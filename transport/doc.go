@@ -6,8 +6,12 @@
 // business of the agent and receiver packages. The wire format is specified
 // byte by byte in spec.md.
 //
-// A session has one control stream, the first stream the agent opens, and
-// Config.Streams data streams opened after it:
+// A round (one sync of one volume) has one control stream, opened first,
+// and Config.Streams data streams opened after it. A session carries one
+// round, or, once the receiver allowed it in WELCOME (rounds trailer),
+// several rounds of different volumes at once, each data stream naming its
+// round's control stream in DATA_OPEN (spec.md, section 7.1); rounds on one
+// session share its bandwidth limit:
 //
 //	control stream (agent ⇄ receiver):
 //	    agent → HELLO (magic, version, volume, size, chunk params, streams, image)
@@ -25,7 +29,7 @@
 //	               or ERROR from either end at any point
 //
 //	data stream i (agent → receiver):
-//	    agent → DATA_OPEN(i), then CHUNK frames for needed indexes,
+//	    agent → DATA_OPEN(i[, control stream]), then CHUNK frames for needed indexes,
 //	            then closes its write side
 //
 // Nothing is acknowledged per chunk: the agent streams chunks as NEED

@@ -59,6 +59,12 @@ type Group struct {
 	// Promote: this round is the group's final one; the receiver promotes
 	// every member once all of them committed a Promote round of the group.
 	Promote bool
+	// Share says the agent may run further rounds on this round's session
+	// (transport/spec.md, "Rounds sharing a session"): it reads WELCOME's
+	// rounds trailer and names its control stream in DATA_OPEN when the
+	// receiver sent one. A receiver answers a HELLO without it with a
+	// WELCOME without the trailer, as before.
+	Share bool
 }
 
 // MaxGroupMembers bounds Group.Members.
@@ -75,7 +81,10 @@ func (g Group) Validate() error {
 	return nil
 }
 
-const groupPromote = 1
+const (
+	groupPromote = 1
+	groupShare   = 2
+)
 
 // TargetState says what the receiver knows of its target at WELCOME.
 type TargetState uint8
@@ -117,7 +126,18 @@ type Welcome struct {
 	// the committed generation, so a chunk may be sent as the ranges that
 	// differ from the bytes the target holds at the chunk's offset.
 	AcceptsPatch bool
+	// Rounds, if not 0, is WELCOME's optional rounds trailer: how many
+	// rounds (this one included) the receiver runs at once on this
+	// session, 1..MaxSessionRounds. Sent only in answer to a HELLO whose
+	// group has Share; 0 (no trailer) means one, the WELCOME of builds
+	// that do not share sessions. With it the agent's DATA_OPEN frames
+	// name their control stream.
+	Rounds uint16
 }
+
+// MaxSessionRounds bounds Welcome.Rounds: no session runs more rounds at
+// once than a group has members.
+const MaxSessionRounds = MaxGroupMembers
 
 // PatchRange is a byte range within a chunk, relative to its start.
 type PatchRange struct {
@@ -226,6 +246,12 @@ type NeedEnd struct {
 // DataOpen is the first frame on every data stream.
 type DataOpen struct {
 	Stream uint16
+	// Control, if not 0, is DATA_OPEN's optional trailer: the yamux stream
+	// ID (Stream.ID) of the control stream of the round this data stream
+	// belongs to. 0 (no trailer, the DATA_OPEN of builds that do not share
+	// sessions) means the session's only round. Sent only after a WELCOME
+	// with the rounds trailer.
+	Control uint32
 }
 
 // Codec says how a chunk's bytes are encoded on the wire.
@@ -312,6 +338,9 @@ func (m Hello) AppendPayload(b []byte) []byte {
 	if m.Group.Promote {
 		flags |= groupPromote
 	}
+	if m.Group.Share {
+		flags |= groupShare
+	}
 	return append(b, flags)
 }
 
@@ -329,7 +358,11 @@ func (m Welcome) AppendPayload(b []byte) []byte {
 	if m.AcceptsPatch {
 		flags |= welcomeAcceptsPatch
 	}
-	return append(b, flags)
+	b = append(b, flags)
+	if m.Rounds == 0 {
+		return b
+	}
+	return binary.BigEndian.AppendUint16(b, m.Rounds)
 }
 
 const (
@@ -405,7 +438,11 @@ func (m NeedEnd) AppendPayload(b []byte) []byte {
 }
 
 func (m DataOpen) AppendPayload(b []byte) []byte {
-	return binary.BigEndian.AppendUint16(b, m.Stream)
+	b = binary.BigEndian.AppendUint16(b, m.Stream)
+	if m.Control == 0 {
+		return b
+	}
+	return binary.BigEndian.AppendUint32(b, m.Control)
 }
 
 // ChunkHeaderSize is the size of a CHUNK payload before the data.
@@ -525,7 +562,7 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 			g.Members = d.u16()
 			flags := d.u8()
 			if d.err == nil {
-				if flags&^groupPromote != 0 {
+				if flags&^(groupPromote|groupShare) != 0 {
 					return nil, fmt.Errorf("%w: HELLO group with unknown flags %#x", ErrProtocol, flags)
 				}
 				if err := g.Validate(); err != nil {
@@ -533,6 +570,7 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 				}
 			}
 			g.Promote = flags&groupPromote != 0
+			g.Share = flags&groupShare != 0
 			m.Group = &g
 		}
 		return m, d.done()
@@ -553,6 +591,13 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		}
 		m.HasBase = flags&welcomeHasBase != 0
 		m.AcceptsPatch = flags&welcomeAcceptsPatch != 0
+		if d.err == nil && len(d.b) > 0 {
+			// The optional rounds trailer.
+			m.Rounds = d.u16()
+			if d.err == nil && (m.Rounds < 1 || m.Rounds > MaxSessionRounds) {
+				return nil, fmt.Errorf("%w: WELCOME allows %d rounds per session, want 1..%d", ErrProtocol, m.Rounds, MaxSessionRounds)
+			}
+		}
 		return m, d.done()
 	case FrameError:
 		var m ErrorMsg
@@ -606,6 +651,13 @@ func Decode(t FrameType, payload []byte) (Message, error) {
 		return m, d.done()
 	case FrameDataOpen:
 		m := DataOpen{Stream: d.u16()}
+		if d.err == nil && len(d.b) > 0 {
+			// The optional control-stream trailer.
+			m.Control = d.u32()
+			if d.err == nil && m.Control == 0 {
+				return nil, fmt.Errorf("%w: DATA_OPEN names control stream 0", ErrProtocol)
+			}
+		}
 		return m, d.done()
 	case FrameChunk:
 		var m Chunk

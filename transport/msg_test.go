@@ -65,6 +65,14 @@ func TestGoldenEncodings(t *testing.T) {
 			`00000002 | 0000000000000001 00000002 | 0000000100000000 ffffffff`},
 		{"NEED_END", NeedEnd{Total: 0x0102030405060708}, `0102030405060708`},
 		{"DATA_OPEN", DataOpen{Stream: 0x0102}, `0102`},
+		{"DATA_OPEN control", DataOpen{Stream: 0x0102, Control: 5}, `0102 | 00000005`},
+		{"WELCOME rounds", Welcome{State: TargetNew, Receiver: "r", Rounds: 64},
+			`0000000000000000 | ` + ids("00") + ` | 00 | 01 72 | 0000000000000000 | 00 | 00 | 0040`},
+		{"HELLO group share", Hello{Version: 2, Volume: "v", Params: chunk.DefaultParams().WithSizes(64<<10, 256<<10, 1<<20), Streams: 1,
+			Group: &Group{Name: "g", Members: 2, Promote: true, Share: true}},
+			`56444c54 | 0002 | 01 76 | 0000000000000000 |
+			 13 726162696e2d7365672f626c616b65332f7631 | 003da3358b4dc173 | 00010000 | 00040000 | 00100000 | 0000000004000000 |
+			 0001 | 00 | 00 | 01 67 | 0002 | 03`},
 		{"CHUNK raw", Chunk{Index: 9, Codec: CodecRaw, RawLen: 3, Data: []byte("abc")},
 			`0000000000000009 | 00 | 00000003 | 616263`},
 		{"CHUNK zstd", Chunk{Index: 10, Codec: CodecZstd, RawLen: chunk.MaxChunkSize, Data: []byte{0x28, 0xb5, 0x2f, 0xfd}},
@@ -174,17 +182,31 @@ func TestDecodeRejectsTruncated(t *testing.T) {
 			payload = payload[:min]
 			min = 0
 		}
-		// A HELLO cut just before its optional group trailer is a HELLO
-		// without a group: the only cut that decodes.
-		trailer := -1
-		if h, ok := m.(Hello); ok && h.Group != nil {
-			h.Group = nil
-			trailer = len(encode(h))
+		// A message cut just before its optional trailer (HELLO's group,
+		// WELCOME's rounds, DATA_OPEN's control stream) is that message
+		// without it: the only cut that decodes.
+		trailer, bare := -1, Message(nil)
+		switch v := m.(type) {
+		case Hello:
+			if v.Group != nil {
+				v.Group = nil
+				trailer, bare = len(encode(v)), v
+			}
+		case Welcome:
+			if v.Rounds != 0 {
+				v.Rounds = 0
+				trailer, bare = len(encode(v)), v
+			}
+		case DataOpen:
+			if v.Control != 0 {
+				v.Control = 0
+				trailer, bare = len(encode(v)), v
+			}
 		}
 		for n := min; n < len(payload); n++ {
 			if n == trailer {
-				if got, err := Decode(m.FrameType(), payload[:n]); err != nil || got.(Hello).Group != nil {
-					t.Errorf("HELLO cut before its group: %#v, %v", got, err)
+				if got, err := Decode(m.FrameType(), payload[:n]); err != nil || !equalMsg(got, bare) {
+					t.Errorf("%v cut before its trailer: %#v, %v", m.FrameType(), got, err)
 				}
 				continue
 			}
@@ -256,13 +278,20 @@ func TestDecodeRejects(t *testing.T) {
 		{"HELLO v1 layout as v2", FrameHello, helloV1Layout(t, ProtocolVersion), "truncated"},
 		{"HELLO image cut", FrameHello, helloImage[:len(helloImage)-1], "truncated"},
 		{"HELLO group cut", FrameHello, helloGroup("g", 2, 0)[:len(helloGroup("g", 2, 0))-1], "truncated"},
-		{"HELLO group flags", FrameHello, helloGroup("g", 2, 0x02), "unknown flags 0x2"},
+		{"HELLO group flags", FrameHello, helloGroup("g", 2, 0x04), "unknown flags 0x4"},
 		{"HELLO group no name", FrameHello, helloGroup("", 2, 1), "group name"},
 		{"HELLO group bad name", FrameHello, helloGroup("../x", 2, 1), "group name"},
 		{"HELLO group of 0", FrameHello, helloGroup("g", 0, 1), "0 members"},
 		{"HELLO group of 65", FrameHello, helloGroup("g", 65, 1), "65 members"},
 		{"HELLO group stray", FrameHello, append(helloGroup("g", 2, 1), 0), "stray"},
 		{"WELCOME state 3", FrameWelcome, encode(Welcome{State: 3}), "unknown target state 3"},
+		{"WELCOME rounds cut", FrameWelcome, append(encode(Welcome{State: TargetNew}), 0), "truncated"},
+		{"WELCOME rounds 0", FrameWelcome, append(encode(Welcome{State: TargetNew}), 0, 0), "0 rounds"},
+		{"WELCOME rounds 65", FrameWelcome, append(encode(Welcome{State: TargetNew}), 0, 65), "65 rounds"},
+		{"WELCOME rounds stray", FrameWelcome, append(encode(Welcome{State: TargetNew, Rounds: 2}), 0), "stray"},
+		{"DATA_OPEN control cut", FrameDataOpen, []byte{0, 1, 0, 0, 1}, "truncated"},
+		{"DATA_OPEN control 0", FrameDataOpen, []byte{0, 1, 0, 0, 0, 0}, "control stream 0"},
+		{"DATA_OPEN control stray", FrameDataOpen, []byte{0, 1, 0, 0, 0, 1, 9}, "stray"},
 		{"WELCOME flag bit 2", FrameWelcome, welcomeFlags(0x04), "unknown flags 0x4"},
 		{"CHUNK_PATCH ranges overlap", FrameChunkPatch, encode(ChunkPatch{Index: 1, RawLen: 4, Ranges: []PatchRange{{0, 2}, {1, 2}}, Data: []byte("abcd")}), "out of order"},
 		{"CHUNK_PATCH empty range", FrameChunkPatch, encode(ChunkPatch{Index: 1, RawLen: 0, Ranges: []PatchRange{{0, 0}}}), "empty"},

@@ -50,6 +50,7 @@ type countingConn struct {
 	limiter *rate.Limiter
 	written atomic.Int64
 	read    atomic.Int64
+	paced   atomic.Int64 // bytes the limiter let through
 	// lastRead is when bytes last came from the peer (UnixNano), for the
 	// stall watchdog (Config.StallTimeout).
 	lastRead atomic.Int64
@@ -101,6 +102,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 		if err := c.limiter.WaitN(context.Background(), n); err != nil {
 			return total, err
 		}
+		c.paced.Add(int64(n))
 		w, err := c.Conn.Write(p[:n])
 		total += w
 		c.written.Add(int64(w))

@@ -421,6 +421,11 @@ func (s *Session) WireBytesWritten() int64 { return s.raw.written.Load() }
 // WireBytesRead returns the bytes this end read from the TCP connection.
 func (s *Session) WireBytesRead() int64 { return s.raw.read.Load() }
 
+// PacedBytes returns the bytes this end's bandwidth limiter let through:
+// with Config.BandwidthLimit set, every byte the session wrote, whichever
+// round's stream it came from (one limiter per session); 0 without a limit.
+func (s *Session) PacedBytes() int64 { return s.raw.paced.Load() }
+
 // Open opens a new stream.
 func (s *Session) Open(ctx context.Context) (*Stream, error) {
 	st, err := s.mux.OpenStream()
@@ -455,12 +460,13 @@ func (s *Session) Close() error {
 // Stream is a framed, bidirectional stream of a session. Send may be called
 // from one goroutine while another calls Recv.
 type Stream struct {
-	sess *Session
-	st   *yamux.Stream
-	dr   *deadlineReader
-	fr   *FrameReader
-	mu   sync.Mutex
-	buf  []byte
+	sess    *Session
+	st      *yamux.Stream
+	dr      *deadlineReader
+	fr      *FrameReader
+	mu      sync.Mutex
+	buf     []byte
+	written atomic.Int64 // frame bytes sent, headers included
 }
 
 func newStream(sess *Session, st *yamux.Stream) *Stream {
@@ -469,6 +475,18 @@ func newStream(sess *Session, st *yamux.Stream) *Stream {
 	fr.budget = sess.frames
 	return &Stream{sess: sess, st: st, dr: dr, fr: fr}
 }
+
+// ID returns the stream's yamux stream ID: the agent's streams are odd,
+// counting from 1 in the order it opened them (DATA_OPEN's trailer names
+// a control stream by it).
+func (s *Stream) ID() uint32 { return s.st.StreamID() }
+
+// BytesWritten returns the bytes of the frames this end sent on the
+// stream, their headers included (not yamux's or TLS's framing).
+func (s *Stream) BytesWritten() int64 { return s.written.Load() }
+
+// BytesRead returns the bytes this end read from the stream.
+func (s *Stream) BytesRead() int64 { return s.dr.read.Load() }
 
 // Send writes one message as a single frame. It waits for window space
 // as long as the peer takes to read (see SendWithin).
@@ -517,7 +535,9 @@ func (s *Stream) SendAll(ms []Message) error {
 	if len(b) == 0 {
 		return nil
 	}
-	if _, err := s.st.Write(b); err != nil {
+	n, err := s.st.Write(b)
+	s.written.Add(int64(n))
+	if err != nil {
 		return fmt.Errorf("send %d frames: %w", len(ms), s.sess.cause(err))
 	}
 	return nil
@@ -534,7 +554,9 @@ func (s *Stream) send(m Message) error {
 	if cap(b) <= 2<<20 {
 		s.buf = b
 	}
-	if _, err := s.st.Write(b); err != nil {
+	w, err := s.st.Write(b)
+	s.written.Add(int64(w))
+	if err != nil {
 		return fmt.Errorf("send %v: %w", m.FrameType(), s.sess.cause(err))
 	}
 	return nil
@@ -579,15 +601,25 @@ func (s *Stream) RecvWithin(d time.Duration, what string) (Message, error) {
 // deadlineReader re-arms the stream's read deadline before every read
 // while idle is set: the deadline bounds silence, not the frame's length.
 type deadlineReader struct {
-	st   *yamux.Stream
-	idle time.Duration // only touched by the reading goroutine
+	st      *yamux.Stream
+	idle    time.Duration // only touched by the reading goroutine
+	read    atomic.Int64
+	aborted atomic.Bool
 }
 
+// ErrStreamAborted is returned by a stream's Recv and Send after Abort.
+var ErrStreamAborted = errors.New("stream aborted by this end")
+
 func (r *deadlineReader) Read(p []byte) (int, error) {
+	if r.aborted.Load() {
+		return 0, ErrStreamAborted
+	}
 	if r.idle > 0 {
 		r.st.SetReadDeadline(time.Now().Add(r.idle))
 	}
-	return r.st.Read(p)
+	n, err := r.st.Read(p)
+	r.read.Add(int64(n))
+	return n, err
 }
 
 // Release gives back the frame buffer the last Recv returned (a Chunk's
@@ -596,6 +628,15 @@ func (s *Stream) Release() { s.fr.release() }
 
 // CloseWrite says this end sends nothing more; the peer's Recv sees io.EOF.
 func (s *Stream) CloseWrite() error { return s.st.Close() }
+
+// Abort ends the stream at once on this end: a Recv or Send waiting on it
+// returns (ErrStreamAborted, or a timeout), and the stream is closed. It
+// ends one round's streams on a session other rounds go on using.
+func (s *Stream) Abort() {
+	s.dr.aborted.Store(true)
+	s.st.SetDeadline(time.Unix(1, 0))
+	s.st.Close()
+}
 
 // Close closes the stream.
 func (s *Stream) Close() error {

@@ -10,7 +10,9 @@
 //	    no pending snapshot → status.pendingSnapshot = <name>-<time>, Syncing
 //	    EnsureSnapshot → not ready: RequeueAfter (or a watch event)
 //	    open its image (csi.ImageSource) → agent.Sync with the TLS Secret's
-//	        certificate to spec.destination.address, or objstore Push with
+//	        certificate to spec.destination.address (a round of spec.group:
+//	        agent.SyncOn over the group's session to that receiver, shared
+//	        with the group's other rounds, pool.go), or objstore Push with
 //	        the credentials Secret to spec.destination.store (the round
 //	        becomes the store's next generation of the volume); either way,
 //	        if the last round's manifest is remembered and the image source

@@ -47,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		bytesSent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "voldelta_agent_sent_bytes_total",
 			Help: "Uncompressed bytes of the chunks sent by committed rounds."}, l),
 		wireBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "voldelta_agent_wire_bytes_total",
-			Help: "Bytes written to the network by committed rounds (TLS, framing, manifest included)."}, l),
+			Help: "Bytes written to the network by committed rounds (TLS, framing, manifest included; a round sharing its group's session counts the frames of its own streams, without TLS and yamux framing)."}, l),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "voldelta_agent_round_duration_seconds",
 			Help: "Duration of committed rounds, snapshot included.", Buckets: prometheus.ExponentialBuckets(1, 2, 16)}, l),
 		generation: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "voldelta_agent_generation",

@@ -75,7 +75,8 @@ type Options struct {
 	// NodeName is this agent's node (from the NODE_NAME environment
 	// variable in the DaemonSet). Required.
 	NodeName string
-	// Sync runs a round; default agent.Sync.
+	// Sync runs a round; default agent.Sync, and the rounds of a group
+	// (spec.group) to one receiver share a session (agent.SyncOn).
 	Sync SyncFunc
 	// Params are the chunking parameters; zero: chunk.DefaultParams().
 	Params chunk.Params
@@ -118,7 +119,8 @@ type Options struct {
 // Reconciler runs the rounds of the VolumeSyncs of its node.
 type Reconciler struct {
 	o      Options
-	frozen *frozenSet // what this process froze (spec.freeze), by VolumeSync
+	frozen *frozenSet   // what this process froze (spec.freeze), by VolumeSync
+	pool   *sessionPool // with the default Sync: the groups' shared sessions
 }
 
 // New checks o and returns a Reconciler.
@@ -138,8 +140,10 @@ func New(o Options) (*Reconciler, error) {
 	if o.Reader == nil {
 		o.Reader = o.Client
 	}
+	var pool *sessionPool
 	if o.Sync == nil {
 		o.Sync = agent.Sync
+		pool = newSessionPool()
 	}
 	o.Params = o.Params.OrDefault()
 	if err := o.Params.Validate(); err != nil {
@@ -160,7 +164,7 @@ func New(o Options) (*Reconciler, error) {
 	if o.KubeletDir == "" {
 		o.KubeletDir = "/var/lib/kubelet"
 	}
-	return &Reconciler{o: o, frozen: newFrozenSet()}, nil
+	return &Reconciler{o: o, frozen: newFrozenSet(), pool: pool}, nil
 }
 
 // Reconcile implements reconcile.Reconciler.
@@ -404,7 +408,7 @@ type round struct {
 // send runs the round against a receiver.
 func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest destination, tcfg transport.Config, img csi.Image,
 	imageID string, hints hint.Source, prog *progressReporter, log *slog.Logger) (round, error) {
-	stats, err := r.o.Sync(ctx, agent.Options{
+	opt := agent.Options{
 		Hints:     hints,
 		ImageID:   imageID,
 		Cache:     r.o.Cache,
@@ -419,7 +423,15 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 		Logger:    log,
 		Name:      "voldelta-agent@" + r.o.NodeName,
 		Group:     roundGroup(vs),
-	})
+	}
+	var stats *agent.Stats
+	var err error
+	if r.pool != nil && opt.Group != nil {
+		// A group's rounds to one receiver share a session (pool.go).
+		stats, err = r.pool.run(ctx, sessionKey(vs, dest.addr, opt.Group.Name), opt)
+	} else {
+		stats, err = r.o.Sync(ctx, opt)
+	}
 	if err != nil {
 		return round{}, err
 	}
