@@ -31,7 +31,6 @@ tools:
 	GO=$(GO) ./scripts/ensure-controller-gen.sh >/dev/null
 	GO=$(GO) ./scripts/ensure-csi-snapshot-metadata.sh >/dev/null
 	GO=$(GO) ./scripts/ensure-helm.sh >/dev/null
-	GO=$(GO) ./scripts/ensure-promtool.sh >/dev/null
 	./scripts/ensure-etcd.sh >/dev/null
 
 ## generate: deepcopy methods of api/v1alpha1 and the CRDs in deploy/crds (controller-gen)

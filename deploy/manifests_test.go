@@ -73,7 +73,7 @@ func TestEveryManifestIsInAKustomization(t *testing.T) {
 	}
 	err := filepath.WalkDir(".", func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.IsDir() && d.Name() == "testdata" {
-			return filepath.SkipDir // test inputs, not manifests (monitoring's promtool tests)
+			return filepath.SkipDir // test inputs, not manifests (monitoring's alert unit tests)
 		}
 		if err != nil || d.IsDir() || filepath.Ext(p) != ".yaml" || d.Name() == "kustomization.yaml" {
 			return err

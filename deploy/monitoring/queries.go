@@ -1,6 +1,7 @@
 // Package monitoring holds voldelta's Grafana dashboard and Prometheus
 // alerts (the files beside this one) and reads their PromQL expressions,
-// so that tests can check them: the rules with promtool, every metric
+// so that tests can check them: the rules with Prometheus' own parser and
+// rule evaluation, every metric
 // they name against what the agent and the receiver export.
 package monitoring
 
