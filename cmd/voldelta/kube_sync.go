@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -391,17 +390,7 @@ func agentProgress(p *v1alpha1.RoundProgress) agent.Progress {
 
 // newSendBarTo is newSendBar writing to w.
 func newSendBarTo(w io.Writer, ph phases) *sendBar {
-	bar := progressbar.NewOptions64(-1,
-		progressbar.OptionSetWriter(w),
-		progressbar.OptionSetDescription(ph.first),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionSetWidth(30),
-		progressbar.OptionThrottle(200*time.Millisecond),
-		progressbar.OptionShowCount(),
-		progressbar.OptionClearOnFinish(),
-		progressbar.OptionSetPredictTime(true),
-	)
-	return &sendBar{bar: bar, ph: ph}
+	return &sendBar{bar: newBarTo(w, -1, ph.first), ph: ph}
 }
 
 // jsonRoundView writes a progressLine (send --progress json's format)

@@ -9,11 +9,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 )
 
 // newMigrateCmd is `voldelta migrate`: it reads Migrations and sets
@@ -208,28 +204,11 @@ func (f *kubeFlags) register(fs *pflag.FlagSet) {
 // client loads the configuration the way kubectl does and returns a
 // client for voldelta.io/v1alpha1 and the namespace to work in.
 func (f *kubeFlags) client() (client.WithWatch, string, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = f.kubeconfig
-	overrides := &clientcmd.ConfigOverrides{CurrentContext: f.context}
-	overrides.Context.Namespace = f.namespace
-	cc := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
-	cfg, err := cc.ClientConfig()
+	c, err := loadCluster(f.kubeconfig, f.context, f.namespace)
 	if err != nil {
 		return nil, "", err
 	}
-	ns, _, err := cc.Namespace()
-	if err != nil {
-		return nil, "", err
-	}
-	s := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(s); err != nil {
-		return nil, "", err
-	}
-	cl, err := client.NewWithWatch(cfg, client.Options{Scheme: s})
-	if err != nil {
-		return nil, "", err
-	}
-	return cl, ns, nil
+	return c.Client, c.Namespace, nil
 }
 
 // isTerminal says whether w is a terminal (the live view redraws in place).

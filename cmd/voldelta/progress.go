@@ -78,8 +78,13 @@ func newSendBar(ph phases) *sendBar {
 }
 
 func newBar(max int64, desc string) *progressbar.ProgressBar {
+	return newBarTo(os.Stderr, max, desc)
+}
+
+// newBarTo is a byte-counting bar with an ETA, written to w.
+func newBarTo(w io.Writer, max int64, desc string) *progressbar.ProgressBar {
 	return progressbar.NewOptions64(max,
-		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionSetWidth(30),

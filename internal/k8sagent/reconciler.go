@@ -10,7 +10,6 @@ import (
 	"net"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
@@ -328,7 +327,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	} else {
 		res, err = r.push(ctx, store, dest, img, imageID, hints, prog)
 	}
-	prog.stop()
+	prog.Stop()
 	// Progress may be set on the server: make the next patch remove it.
 	orig.Status.Progress = &v1alpha1.RoundProgress{}
 	vs.Status.Progress = nil
@@ -413,7 +412,7 @@ func (r *Reconciler) send(ctx context.Context, vs *v1alpha1.VolumeSync, dest des
 		ImageID:   imageID,
 		Cache:     r.o.Cache,
 		FullScan:  r.o.FullScan,
-		Progress:  prog.set,
+		Progress:  prog.Set,
 		Source:    vs.Namespace + "/" + vs.Status.PendingSnapshot,
 		Image:     img,
 		Addr:      dest.addr,
@@ -466,7 +465,7 @@ func (r *Reconciler) push(ctx context.Context, store *objstore.Store, dest desti
 		Hints:  hints,
 		Image:  imageID,
 		Progress: func(p objstore.PushProgress) {
-			prog.set(agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: p.ScannedBytes, ScanDone: p.ScanDone,
+			prog.Set(agent.Progress{SourceBytes: p.SourceBytes, ScannedBytes: p.ScannedBytes, ScanDone: p.ScanDone,
 				NeedBytes: p.UploadBytes, SentBytes: p.UploadedBytes})
 		},
 	})
@@ -544,56 +543,18 @@ func (r *Reconciler) snapshotHandle(ctx context.Context, ns, name string) (strin
 
 // progressReporter patches status.progress of a running round every
 // ProgressInterval with the figures agent.Sync last reported.
-type progressReporter struct {
-	mu   sync.Mutex
-	last agent.Progress
-	seen bool
-	done chan struct{}
-	wg   sync.WaitGroup
-}
-
-func (p *progressReporter) set(pr agent.Progress) {
-	p.mu.Lock()
-	p.last, p.seen = pr, true
-	p.mu.Unlock()
-}
-
-func (p *progressReporter) stop() {
-	close(p.done)
-	p.wg.Wait()
-}
+type progressReporter = k8sutil.Reporter[agent.Progress]
 
 func (r *Reconciler) reportProgress(ctx context.Context, vs *v1alpha1.VolumeSync) *progressReporter {
-	p := &progressReporter{done: make(chan struct{})}
 	base := vs.DeepCopy()
 	start := r.o.Clock.Now()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		t := time.NewTicker(r.o.ProgressInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-p.done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			p.mu.Lock()
-			pr, seen := p.last, p.seen
-			p.mu.Unlock()
-			if !seen {
-				continue
-			}
-			mod := base.DeepCopy()
-			mod.Status.Progress = roundProgress(pr, start, r.o.Clock.Now())
-			if err := r.patchStatus(ctx, base, mod); err != nil {
-				r.o.Logger.Debug("progress", "err", err)
-			}
+	return k8sutil.StartReporter(ctx, r.o.ProgressInterval, func(ctx context.Context, pr agent.Progress) {
+		mod := base.DeepCopy()
+		mod.Status.Progress = roundProgress(pr, start, r.o.Clock.Now())
+		if err := r.patchStatus(ctx, base, mod); err != nil {
+			r.o.Logger.Debug("progress", "err", err)
 		}
-	}()
-	return p
+	})
 }
 
 // roundProgress is status.progress for a round's figures at now, of a

@@ -2,7 +2,6 @@ package k8sreceiver
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,61 +17,20 @@ const DefaultProgressInterval = 5 * time.Second
 
 // pullProgress patches status.progress of a VolumeTarget every
 // ProgressInterval with the figures its running apply last reported.
-type pullProgress struct {
-	mu    sync.Mutex
-	last  receiver.ApplyProgress
-	seen  bool
-	start time.Time
-	done  chan struct{}
-	wg    sync.WaitGroup
-}
-
-// set records the apply's latest figures (from the apply's goroutine).
-func (p *pullProgress) set(pr receiver.ApplyProgress) {
-	p.mu.Lock()
-	p.last, p.seen = pr, true
-	p.mu.Unlock()
-}
-
-// stop ends the reporting; the caller then clears status.progress with
-// its next patch.
-func (p *pullProgress) stop() {
-	close(p.done)
-	p.wg.Wait()
-}
+type pullProgress = k8sutil.Reporter[receiver.ApplyProgress]
 
 // reportPull starts reporting the progress of a pull into vt, whose
 // status as patched last is base.
 func (t *Targets) reportPull(ctx context.Context, base *v1alpha1.VolumeTarget) *pullProgress {
-	p := &pullProgress{start: t.o.Clock.Now(), done: make(chan struct{})}
+	start := t.o.Clock.Now()
 	base = base.DeepCopy()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		tk := time.NewTicker(t.o.ProgressInterval)
-		defer tk.Stop()
-		for {
-			select {
-			case <-p.done:
-				return
-			case <-ctx.Done():
-				return
-			case <-tk.C:
-			}
-			p.mu.Lock()
-			pr, seen := p.last, p.seen
-			p.mu.Unlock()
-			if !seen {
-				continue
-			}
-			mod := base.DeepCopy()
-			mod.Status.Progress = targetProgress(pr, p.start, t.o.Clock.Now())
-			if err := t.patch(ctx, base, mod); err != nil {
-				t.o.Logger.Debug("pull progress", "volumetarget", base.Namespace+"/"+base.Name, "err", err)
-			}
+	return k8sutil.StartReporter(ctx, t.o.ProgressInterval, func(ctx context.Context, pr receiver.ApplyProgress) {
+		mod := base.DeepCopy()
+		mod.Status.Progress = targetProgress(pr, start, t.o.Clock.Now())
+		if err := t.patch(ctx, base, mod); err != nil {
+			t.o.Logger.Debug("pull progress", "volumetarget", base.Namespace+"/"+base.Name, "err", err)
 		}
-	}()
-	return p
+	})
 }
 
 // targetProgress is status.progress for an apply's figures at now, of a

@@ -88,7 +88,7 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 	prog := t.reportPull(ctx, vt)
 	apply := t.o.Apply
 	apply.Progress = func(p receiver.ApplyProgress) {
-		prog.set(p)
+		prog.Set(p)
 		if t.o.Apply.Progress != nil {
 			t.o.Apply.Progress(p)
 		}
@@ -97,7 +97,7 @@ func (t *Targets) syncFromStore(ctx context.Context, orig, vt *v1alpha1.VolumeTa
 	ps, err := store.Pull(ctx, objstore.PullOptions{Volume: volume, Generation: latest, Target: path, StateDir: t.o.StateDir,
 		Parallel: t.o.PullParallel, Receiver: apply, Downloaded: downloaded})
 	ended()
-	prog.stop()
+	prog.Stop()
 	// Progress may be set on the server: make the next patch remove it.
 	orig.Status.Progress = &v1alpha1.TargetProgress{}
 	vt.Status.Progress = nil
