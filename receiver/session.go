@@ -83,6 +83,12 @@ func (ss *session) serve(ctx, srvCtx context.Context) {
 	// many as fit its own window budget at the window the first set.
 	ss.maxStreams = max(n, min(transport.MaxDataStreams, int(cfg.WindowBudget/uint64(ss.sess.StreamWindow()))-1))
 	ss.start(ctx, srvCtx, ctrl, m, err)
+	if _, ok := m.(transport.Hello); err != nil || !ok {
+		// No HELLO: the round only reports the error. No other stream is
+		// accepted, so that what the agent opened holds no memory here.
+		ss.wg.Wait()
+		return
+	}
 	// Streams whose first frame is being read: as many as yamux's accept
 	// backlog, so that a session holds no more of them than before.
 	pending := make(chan struct{}, 1+transport.MaxDataStreams)

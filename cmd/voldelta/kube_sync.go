@@ -390,7 +390,7 @@ func agentProgress(p *v1alpha1.RoundProgress) agent.Progress {
 
 // newSendBarTo is newSendBar writing to w.
 func newSendBarTo(w io.Writer, ph phases) *sendBar {
-	return &sendBar{bar: newBarTo(w, -1, ph.first), ph: ph}
+	return &sendBar{bar: newBarTo(w, -1, ph.starting), ph: ph}
 }
 
 // jsonRoundView writes a progressLine (send --progress json's format)

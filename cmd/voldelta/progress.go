@@ -30,12 +30,12 @@ func (f *progressFlags) register(c *cobra.Command) {
 
 // phases names the two phases of a transfer on the bar and in JSON lines:
 // finding what to move (a scan of the source; a pull's plan) and moving it.
-type phases struct{ first, second string }
+type phases struct{ first, second, starting string }
 
 var (
-	phasesSend   = phases{"scan", "send"}
-	phasesUpload = phases{"scan", "upload"}
-	phasesPull   = phases{"plan", "fetch"}
+	phasesSend   = phases{"scan", "send", "scanning"}
+	phasesUpload = phases{"scan", "upload", "scanning"}
+	phasesPull   = phases{"plan", "fetch", "planning"}
 )
 
 // progressSink shows a transfer's progress; safe for concurrent use.
@@ -74,7 +74,7 @@ type sendBar struct {
 }
 
 func newSendBar(ph phases) *sendBar {
-	return &sendBar{bar: newBar(-1, ph.first), ph: ph}
+	return &sendBar{bar: newBar(-1, ph.starting), ph: ph}
 }
 
 func newBar(max int64, desc string) *progressbar.ProgressBar {
