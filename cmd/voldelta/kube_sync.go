@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/http"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -294,34 +293,7 @@ func watchVolumeSync(ctx context.Context, cl client.WithWatch, key client.Object
 // followVolumeSync shows the events of w until show is done (it returns
 // the object) or w closes (nil, nil: read again and resume).
 func followVolumeSync(ctx context.Context, w watch.Interface, key client.ObjectKey, show func(*v1alpha1.VolumeSync) (bool, error)) (*v1alpha1.VolumeSync, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				return nil, nil
-			}
-			switch ev.Type {
-			case watch.Added, watch.Modified:
-				vs, ok := ev.Object.(*v1alpha1.VolumeSync)
-				if !ok {
-					return nil, fmt.Errorf("watch of volumesync %s: unexpected %T", key.Name, ev.Object)
-				}
-				if done, err := show(vs); done || err != nil {
-					return vs, err
-				}
-			case watch.Deleted:
-				return nil, fmt.Errorf("volumesync %s/%s was deleted", key.Namespace, key.Name)
-			case watch.Error:
-				err := apierrors.FromObject(ev.Object)
-				if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || statusCode(err) == http.StatusGone {
-					return nil, nil
-				}
-				return nil, fmt.Errorf("watch of volumesync %s: %w", key.Name, err)
-			}
-		}
-	}
+	return followWatch(ctx, w, "volumesync", key, show)
 }
 
 // roundView shows a running round.

@@ -300,31 +300,42 @@ func watchMigration(ctx context.Context, cl client.WithWatch, key client.ObjectK
 // follow shows the events of w until the migration ends (it returns the
 // object) or w closes (nil, nil: read again and resume).
 func follow(ctx context.Context, w watch.Interface, key client.ObjectKey, show func(*v1alpha1.Migration) error) (*v1alpha1.Migration, error) {
+	return followWatch(ctx, w, "migration", key, func(m *v1alpha1.Migration) (bool, error) {
+		err := show(m)
+		return m.Status.Phase.Terminal(), err
+	})
+}
+
+// followWatch hands the objects of w's events to show until it says done
+// (the object is returned) or w closes (zero, nil: read again and resume);
+// kind names the object in errors.
+func followWatch[T client.Object](ctx context.Context, w watch.Interface, kind string, key client.ObjectKey, show func(T) (bool, error)) (T, error) {
+	var zero T
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return zero, ctx.Err()
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return nil, nil
+				return zero, nil
 			}
 			switch ev.Type {
 			case watch.Added, watch.Modified:
-				m, ok := ev.Object.(*v1alpha1.Migration)
+				obj, ok := ev.Object.(T)
 				if !ok {
-					return nil, fmt.Errorf("watch of migration %s: unexpected %T", key.Name, ev.Object)
+					return zero, fmt.Errorf("watch of %s %s: unexpected %T", kind, key.Name, ev.Object)
 				}
-				if err := show(m); err != nil || m.Status.Phase.Terminal() {
-					return m, err
+				if done, err := show(obj); done || err != nil {
+					return obj, err
 				}
 			case watch.Deleted:
-				return nil, fmt.Errorf("migration %s/%s was deleted", key.Namespace, key.Name)
+				return zero, fmt.Errorf("%s %s/%s was deleted", kind, key.Namespace, key.Name)
 			case watch.Error:
 				err := apierrors.FromObject(ev.Object)
 				if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || statusCode(err) == http.StatusGone {
-					return nil, nil
+					return zero, nil
 				}
-				return nil, fmt.Errorf("watch of migration %s: %w", key.Name, err)
+				return zero, fmt.Errorf("watch of %s %s: %w", kind, key.Name, err)
 			}
 		}
 	}
