@@ -23,7 +23,7 @@ demo: $(BIN)
 ## tools: build the pinned MinIO server the object-store tests run against (once, cached)
 ## Kubernetes tests: kube-apiserver (built once, 10-25 min), kube-controller-manager (same
 ## k8s.io/kubernetes, built after it from the shared build cache) and controller-gen;
-## etcd comes from Debian (apt-get install etcd-server); helm lints and renders charts/voldelta.
+## etcd and mkfs.xfs come from Debian (apt-get install etcd-server xfsprogs); helm lints and renders charts/voldelta.
 tools:
 	GO=$(GO) ./scripts/ensure-minio.sh >/dev/null
 	GO=$(GO) ./scripts/ensure-kube-apiserver.sh >/dev/null
@@ -32,6 +32,7 @@ tools:
 	GO=$(GO) ./scripts/ensure-csi-snapshot-metadata.sh >/dev/null
 	GO=$(GO) ./scripts/ensure-helm.sh >/dev/null
 	./scripts/ensure-etcd.sh >/dev/null
+	./scripts/ensure-xfsprogs.sh >/dev/null
 
 ## generate: deepcopy methods of api/v1alpha1 and the CRDs in deploy/crds (controller-gen)
 generate:
