@@ -61,6 +61,12 @@ type Config struct {
 	// OnCommit, if set, is called after a session committed a generation
 	// of volume, before the result is sent to the agent (keep it short).
 	OnCommit func(volume string, peer transport.Identity, r Result)
+	// OnApply, if set, is called when a round's apply is about to begin
+	// (after Resolve and Authorize): progress, if not nil, then receives
+	// the apply's figures as Options.Progress does, and end, if not nil, is
+	// called once the round is over, committed or not (e.g. to publish and
+	// then clear a target's progress).
+	OnApply func(volume string, peer transport.Identity) (progress func(ApplyProgress), end func())
 	// Groups says the receiver can promote groups (Kubernetes mode, which
 	// also makes Resolve refuse promoted targets with ErrPromoted).
 	// Without it a HELLO whose group has Promote is refused (ERROR 16,
@@ -389,6 +395,13 @@ func (s *Server) sync(ctx, srvCtx context.Context, log *slog.Logger, ss *session
 	opt := s.opt
 	opt.Logger = log.With("agent", hello.Agent, "image", hello.Image)
 	opt.Idle = s.cfg.Transport.IdleTimeout
+	if s.cfg.OnApply != nil {
+		progress, end := s.cfg.OnApply(hello.Volume, sess.Peer())
+		opt.Progress = progress
+		if end != nil {
+			defer end()
+		}
+	}
 	ap, err := Begin(ctx, Volume{Name: hello.Volume, Path: path, StateDir: s.cfg.StateDir}, opt,
 		Header{Size: hello.Size, Params: hello.Params, Peer: hello.Agent, Image: hello.Image, Group: group})
 	if err != nil {

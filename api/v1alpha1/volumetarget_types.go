@@ -168,8 +168,8 @@ type VolumeTargetStatus struct {
 	// +optional
 	LastRearm string `json:"lastRearm,omitempty"`
 
-	// Progress of the running pull (store targets), updated every few
-	// seconds; unset between pulls.
+	// Progress of the running pull (store targets) or agent's round,
+	// updated every few seconds; unset between them.
 	// +optional
 	Progress *TargetProgress `json:"progress,omitempty"`
 }

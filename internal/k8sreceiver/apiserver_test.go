@@ -5,30 +5,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/voldelta/voldelta/agent"
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
-	"github.com/voldelta/voldelta/chunk"
-	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/k8sreceiver"
-	"github.com/voldelta/voldelta/internal/k8stest"
-	"github.com/voldelta/voldelta/internal/pki"
-	"github.com/voldelta/voldelta/receiver"
 	"github.com/voldelta/voldelta/transport"
 )
 
@@ -42,22 +33,8 @@ const apiVolSize = 1 << 20
 // keeps them), further rounds are refused, and spec.rearm re-arms a
 // target. The CRD's validation of spec.group is checked on the way.
 func TestGroupPromotionAgainstAPIServer(t *testing.T) {
-	cp := k8stest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	kube, err := kubernetes.NewForConfig(cp.Config)
-	must(t, err)
-	s := runtime.NewScheme()
-	must(t, v1alpha1.AddToScheme(s))
-	cl, err := client.New(cp.Config, client.Options{Scheme: s})
-	must(t, err)
-	for _, ns := range []string{"dst", "voldelta-system"} {
-		_, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-		must(t, err)
-	}
-	ms, err := k8stest.LoadKustomization(filepath.Join(k8stest.RepoRoot(), "deploy", "receiver"), k8stest.ClusterScopedKinds)
-	must(t, err)
-	must(t, cp.Apply(ctx, ms, false))
+	w := newWorld(t)
+	ctx, kube, cl := w.ctx, w.kube, w.cl
 
 	// spec.group as the CRD validates it.
 	for _, tc := range []struct {
@@ -86,104 +63,17 @@ func TestGroupPromotionAgainstAPIServer(t *testing.T) {
 		}
 	}
 
-	host := t.TempDir()
-	block := corev1.PersistentVolumeBlock
 	for _, m := range []string{"a", "b"} {
-		_, err := kube.CoreV1().PersistentVolumes().Create(ctx, &corev1.PersistentVolume{
-			ObjectMeta: metav1.ObjectMeta{Name: "pv-" + m},
-			Spec: corev1.PersistentVolumeSpec{
-				Capacity: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(fmt.Sprint(apiVolSize))}, VolumeMode: &block,
-				AccessModes:            []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-				PersistentVolumeSource: corev1.PersistentVolumeSource{CSI: &corev1.CSIPersistentVolumeSource{Driver: csi.LonghornDriver, VolumeHandle: "vol-" + m}},
-			}}, metav1.CreateOptions{})
-		must(t, err)
-		pvc, err := kube.CoreV1().PersistentVolumeClaims("dst").Create(ctx, &corev1.PersistentVolumeClaim{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: "replica-" + m},
-			Spec: corev1.PersistentVolumeClaimSpec{VolumeName: "pv-" + m, VolumeMode: &block,
-				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-				Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(fmt.Sprint(apiVolSize))}}},
-		}, metav1.CreateOptions{})
-		must(t, err)
-		pvc.Status.Phase = corev1.ClaimBound
-		_, err = kube.CoreV1().PersistentVolumeClaims("dst").UpdateStatus(ctx, pvc, metav1.UpdateOptions{})
-		must(t, err)
-		must(t, cl.Create(ctx, &v1alpha1.VolumeTarget{ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: m},
-			Spec: v1alpha1.VolumeTargetSpec{RemoteVolume: "src-" + m, PVC: "replica-" + m, AllowedIdentities: []string{"agent-a"}}}))
+		w.target(m)
 	}
-
-	// The attacher: attaches what the receiver asks for, and the device appears.
-	bg, stop := context.WithCancel(ctx)
-	attached := make(chan error, 1)
-	go func() { attached <- attacher(bg, kube, host) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-attached; err != nil {
-			t.Errorf("attacher: %v", err)
-		}
-	})
-
-	ca, err := pki.NewCA("test", time.Hour)
-	must(t, err)
-	srvCert, err := ca.Issue("receiver", []string{"127.0.0.1"}, time.Hour)
-	must(t, err)
-	agentCert, err := ca.Issue("agent-a", nil, time.Hour)
-	must(t, err)
-	scfg := transport.DefaultConfig()
-	scfg.TLS = transport.NewTLS(srvCert.TLS, ca.Pool(), true)
-	acfg := transport.DefaultConfig()
-	acfg.TLS = transport.NewTLS(agentCert.TLS, ca.Pool(), false)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	mgr, err := k8sreceiver.NewManager(cp.ImpersonatedConfig("voldelta-system", "voldelta-receiver"), k8sreceiver.RunOptions{
-		Server:   receiver.Config{StateDir: t.TempDir(), Transport: scfg, Name: "receiver-test"},
-		Listener: ln, NodeName: "node-r", HostRoot: host, Attach: true, MetricsAddr: "0", HealthAddr: "0", Logger: log,
-	})
-	must(t, err)
-	mctx, mstop := context.WithCancel(ctx)
-	mdone := make(chan error, 1)
-	go func() { mdone <- mgr.Start(mctx) }()
-	t.Cleanup(func() {
-		mstop()
-		if err := <-mdone; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
-
+	w.start(nil)
 	sources := map[string][]byte{"a": bytes.Repeat([]byte("member a "), apiVolSize/9+1)[:apiVolSize], "b": bytes.Repeat([]byte("b's bytes "), apiVolSize/10+1)[:apiVolSize]}
-	params := chunk.DefaultParams()
-	params.MinSize, params.AvgSize, params.MaxSize, params.SegmentSize = 4<<10, 8<<10, 16<<10, 1<<20
 	group := &transport.Group{Name: "dst-shop-1a2b3c4d", Members: 2, Promote: true}
 	round := func(m string, g *transport.Group) (*agent.Stats, error) {
 		t.Helper()
-		src := filepath.Join(t.TempDir(), m+".img")
-		must(t, os.WriteFile(src, sources[m], 0o644))
-		var st *agent.Stats
-		var err error
-		// Until the target is attached (a fresh VolumeTarget), the round is refused as retryable.
-		for i := 0; i < 100; i++ {
-			st, err = agent.Sync(ctx, agent.Options{Source: src, Addr: ln.Addr().String(), Volume: "src-" + m, Params: params, Transport: acfg, Name: "agent-a", Group: g})
-			var re *transport.RemoteError
-			if err == nil || !errors.As(err, &re) || !re.Code.Retryable() {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		return st, err
+		return w.round(m, sources[m], g, nil)
 	}
-	get := func(m string) *v1alpha1.VolumeTarget {
-		t.Helper()
-		var vt v1alpha1.VolumeTarget
-		must(t, cl.Get(ctx, client.ObjectKey{Namespace: "dst", Name: m}, &vt))
-		return &vt
-	}
-	wait := func(what string, cond func() (bool, string)) {
-		t.Helper()
-		err := k8stest.Eventually(ctx, func() (bool, string, error) { ok, s := cond(); return ok, s, nil })
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
+	get, wait := w.get, w.wait
 
 	stA, err := round("a", group)
 	must(t, err)
@@ -293,4 +183,43 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))
 	return len(b), nil
+}
+
+// While an agent's round applies to a VolumeTarget, status.progress says
+// how far it got (the round is slowed by the agent's bandwidth limit so
+// that reports land while it runs); once it committed, progress is gone.
+func TestAgentRoundProgressAgainstAPIServer(t *testing.T) {
+	w := newWorld(t)
+	w.target("a")
+	w.start(func(o *k8sreceiver.RunOptions) { o.ProgressInterval = 20 * time.Millisecond })
+	data := make([]byte, apiVolSize)
+	rand.NewChaCha8([32]byte{3}).Read(data) // incompressible: the limit paces the chunks
+
+	type result struct {
+		st  *agent.Stats
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := w.round("a", data, nil, func(c *transport.Config) { c.BandwidthLimit = 256 << 10 })
+		done <- result{st, err}
+	}()
+	var seen *v1alpha1.TargetProgress
+	w.wait("status.progress while the round runs", func() (bool, string) {
+		p := w.get("a").Status.Progress
+		if p != nil && p.FetchedBytes > 0 {
+			seen = p
+		}
+		return seen != nil, fmt.Sprintf("%+v", p)
+	})
+	r := <-done
+	must(t, r.err)
+	if seen.SourceBytes != apiVolSize || seen.NeededBytes < seen.FetchedBytes || seen.FetchedBytes > apiVolSize || seen.StartTime.IsZero() {
+		t.Fatalf("status.progress mid-round: %+v", seen)
+	}
+	t.Logf("mid-round: fetched %d of %d needed bytes (source %d), %d B/s, eta %v", seen.FetchedBytes, seen.NeededBytes, seen.SourceBytes, seen.BytesPerSecond, seen.ETA)
+	w.wait("committed, progress cleared", func() (bool, string) {
+		vt := w.get("a")
+		return vt.Status.Generation == 1 && vt.Status.RootHash == r.st.RootHash && vt.Status.Progress == nil, fmt.Sprintf("%+v", vt.Status)
+	})
 }

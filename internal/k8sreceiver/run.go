@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	storagev1 "k8s.io/api/storage/v1"
@@ -28,7 +29,7 @@ import (
 // RunOptions configure the receiver in Kubernetes mode.
 type RunOptions struct {
 	// Server configures the receiver; Targets must be empty: Resolve,
-	// Authorize and OnCommit are set here.
+	// Authorize, OnCommit and OnApply are set here.
 	Server receiver.Config
 	// Listener accepts agents' connections; nil runs no server: the
 	// receiver then only pulls store targets (VolumeTargets with
@@ -47,6 +48,9 @@ type RunOptions struct {
 	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
 	// /healthz and /readyz ("0" disables).
 	MetricsAddr, HealthAddr string
+	// ProgressInterval is how often a running apply's status.progress is
+	// written; default DefaultProgressInterval.
+	ProgressInterval time.Duration
 	// Registry receives the metrics; default controller-runtime's registry.
 	Registry prometheus.Registerer
 	// Logger; nil logs nothing.
@@ -97,7 +101,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	t, err := New(Options{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName,
 		StateDir: o.Server.StateDir, Attach: o.Attach, Metrics: m, Recorder: mgr.GetEventRecorder("voldelta-receiver"), Logger: o.Logger,
 		Apply:        receiver.Options{Verify: o.Server.Verify, ApplyBuffer: o.Server.ApplyBuffer, Workers: o.Server.Workers, Logger: o.Logger},
-		PullParallel: o.PullParallel, Concurrency: o.Concurrency})
+		PullParallel: o.PullParallel, Concurrency: o.Concurrency, ProgressInterval: o.ProgressInterval})
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +112,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		return mgr, nil
 	}
 	scfg := o.Server
-	scfg.Resolve, scfg.Authorize, scfg.OnCommit = t.Resolve, t.Authorize, t.OnCommit
+	scfg.Resolve, scfg.Authorize, scfg.OnCommit, scfg.OnApply = t.Resolve, t.Authorize, t.OnCommit, t.OnApply
 	scfg.Groups = true // Reconcile promotes groups; Resolve refuses promoted targets
 	if scfg.Logger == nil {
 		scfg.Logger = o.Logger

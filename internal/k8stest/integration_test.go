@@ -499,6 +499,18 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 		}
 	}
 
+	// kubectl voldelta status over both sides (two contexts play the source
+	// and the destination cluster): the VolumeSync joined with its target.
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	writeContexts(t, c.cp, kubeconfig, map[string]string{"source": srcNS, "destination": dstNS})
+	plugin := buildPlugin(t)
+	out := kubectlVoldelta(t, ctx, plugin, kubeconfig, "status", "--context", "source", "--context", "destination")
+	t.Logf("kubectl voldelta status --context source --context destination:\n%s", out)
+	wantRow(t, out, "data", "Idle", "2", remoteName, dstNS+"/replica", "0")
+	out = kubectlVoldelta(t, ctx, plugin, kubeconfig, "status", "--context", "destination")
+	t.Logf("kubectl voldelta status --context destination:\n%s", out)
+	wantRow(t, out, "replica", remoteName, "pvc:replica", "Idle", "2")
+
 	// Deleting the VolumeTarget detaches the volume the receiver attached.
 	c.must(c.cl.Delete(ctx, &vt))
 	err = k8stest.Eventually(ctx, func() (bool, string, error) {
