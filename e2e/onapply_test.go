@@ -22,6 +22,7 @@ func TestOnApplyProgress(t *testing.T) {
 	var mu sync.Mutex
 	var got []receiver.ApplyProgress
 	begun, ended := 0, 0
+	ends := make(chan struct{}, 4) // end runs after the agent has its result
 	refuse := false
 	p.srvCfg.Authorize = func(volume string, _ transport.Identity) error {
 		mu.Lock()
@@ -46,6 +47,7 @@ func TestOnApplyProgress(t *testing.T) {
 				mu.Lock()
 				defer mu.Unlock()
 				ended++
+				ends <- struct{}{}
 			}
 	}
 	p.start()
@@ -54,12 +56,14 @@ func TestOnApplyProgress(t *testing.T) {
 	data := randBytes(11, 3<<20)
 	writeFile(t, src, data)
 	st := p.sync(src, "vol")
+	<-ends
 	mu.Lock()
-	if begun != 1 || ended != 1 || len(got) == 0 {
-		t.Fatalf("after a round: OnApply called %d times, end %d times, %d progress reports", begun, ended, len(got))
-	}
-	last := got[len(got)-1]
+	n, e, reports := begun, ended, append([]receiver.ApplyProgress(nil), got...)
 	mu.Unlock()
+	if n != 1 || e != 1 || len(reports) == 0 {
+		t.Fatalf("after a round: OnApply called %d times, end %d times, %d progress reports", n, e, len(reports))
+	}
+	last := reports[len(reports)-1]
 	if !last.Planned || last.SourceBytes != uint64(len(data)) || last.FetchedBytes != last.NeedBytes || last.FetchedBytes != st.BytesSentRaw {
 		t.Fatalf("last progress %+v, round sent %d bytes of %d", last, st.BytesSentRaw, len(data))
 	}
@@ -72,8 +76,9 @@ func TestOnApplyProgress(t *testing.T) {
 		t.Fatalf("refused round: %v", err)
 	}
 	mu.Lock()
-	defer mu.Unlock()
-	if begun != 1 || ended != 1 {
-		t.Fatalf("a refused round reached OnApply (%d calls, %d ends)", begun, ended)
+	n, e = begun, ended
+	mu.Unlock()
+	if n != 1 || e != 1 {
+		t.Fatalf("a refused round reached OnApply (%d calls, %d ends)", n, e)
 	}
 }
