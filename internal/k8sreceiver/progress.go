@@ -23,8 +23,7 @@ const DefaultProgressInterval = 5 * time.Second
 type pullProgress = k8sutil.Reporter[receiver.ApplyProgress]
 
 // reportPull starts reporting the progress of a pull (or an agent's
-// round) into vt, whose
-// status as patched last is base.
+// round) into vt, whose status as patched last is base.
 func (t *Targets) reportPull(ctx context.Context, base *v1alpha1.VolumeTarget) *pullProgress {
 	start := t.o.Clock.Now()
 	base = base.DeepCopy()
@@ -70,8 +69,9 @@ func (t *Targets) OnApply(volume string, _ transport.Identity) (func(receiver.Ap
 	return prog.Set, end
 }
 
-// clearProgress removes status.progress of vt (as patched at the start of
-// its apply), if a report set it.
+// clearProgress removes status.progress of vt (as looked up at the start
+// of its apply): one merge patch setting it to null, sent after every
+// round since a report may have set it.
 func (t *Targets) clearProgress(ctx context.Context, vt *v1alpha1.VolumeTarget) {
 	orig, mod := vt.DeepCopy(), vt.DeepCopy()
 	orig.Status.Progress, mod.Status.Progress = &v1alpha1.TargetProgress{}, nil

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -125,10 +127,22 @@ func DecodeManifests(source string, b []byte) ([]Manifest, error) {
 // WriteKubeconfig writes a kubeconfig of the control plane's admin (a
 // member of system:masters) to path, for tools such as helm.
 func (cp *ControlPlane) WriteKubeconfig(path string) error {
+	return cp.WriteKubeconfigContexts(path, map[string]string{"test": ""})
+}
+
+// WriteKubeconfigContexts writes a kubeconfig of the control plane's admin
+// with one context per name, each in the namespace given ("" the
+// default); the first name in order is the current context. Two contexts
+// on one control plane can play a source and a destination cluster.
+func (cp *ControlPlane) WriteKubeconfigContexts(path string, namespaces map[string]string) error {
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cp.Config.Host, CertificateAuthorityData: cp.Config.CAData}
 	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: cp.Config.BearerToken}
-	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "admin"}
-	kc.CurrentContext = "test"
+	for _, name := range slices.Sorted(maps.Keys(namespaces)) {
+		kc.Contexts[name] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "admin", Namespace: namespaces[name]}
+		if kc.CurrentContext == "" {
+			kc.CurrentContext = name
+		}
+	}
 	return clientcmd.WriteToFile(*kc, path)
 }

@@ -502,7 +502,7 @@ func TestVolumeSyncEndToEnd(t *testing.T) {
 	// kubectl voldelta status over both sides (two contexts play the source
 	// and the destination cluster): the VolumeSync joined with its target.
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	writeContexts(t, c.cp, kubeconfig, map[string]string{"source": srcNS, "destination": dstNS})
+	c.must(c.cp.WriteKubeconfigContexts(kubeconfig, map[string]string{"source": srcNS, "destination": dstNS}))
 	plugin := buildPlugin(t)
 	out := kubectlVoldelta(t, ctx, plugin, kubeconfig, "status", "--context", "source", "--context", "destination")
 	t.Logf("kubectl voldelta status --context source --context destination:\n%s", out)

@@ -8,9 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-
 	"github.com/voldelta/voldelta/internal/k8stest"
 )
 
@@ -36,23 +33,6 @@ func kubectlVoldelta(t *testing.T, ctx context.Context, bin, kubeconfig string, 
 		t.Fatalf("kubectl voldelta %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// writeContexts writes a kubeconfig for cp's admin with one context per
-// name, each in the namespace given (two contexts on one cluster play a
-// source and a destination cluster).
-func writeContexts(t *testing.T, cp *k8stest.ControlPlane, path string, namespaces map[string]string) {
-	t.Helper()
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cp.Config.Host, CertificateAuthorityData: cp.Config.CAData}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: cp.Config.BearerToken}
-	for name, ns := range namespaces {
-		kc.Contexts[name] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "admin", Namespace: ns}
-		kc.CurrentContext = name
-	}
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // wantRow fails t unless out has a row whose first field is name and
