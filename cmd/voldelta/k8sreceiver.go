@@ -49,7 +49,13 @@ With --attach (default), a target volume attached nowhere is attached to
 this node through a VolumeAttachment of its PV, removed again when the
 VolumeTarget is deleted. After every commit, and every 30 seconds, the
 VolumeTarget's status reports the committed generation, root hash and
-whether the target is incomplete.`,
+whether the target is incomplete.
+
+With --populate (default), the receiver is also a volume populator: a PVC
+whose spec.dataSourceRef is {apiGroup: voldelta.io, kind: VolumeTarget,
+name: T} gets a new volume of its StorageClass holding T's last committed
+generation, copied on this node and verified, while T keeps receiving
+rounds (docs/kubernetes.md, "Cloning a replica into a new PVC").`,
 		Example: `  voldelta k8s-receiver --listen :7300 --state-dir /var/lib/voldelta \
       --tls-cert /tls/tls.crt --tls-key /tls/tls.key --tls-ca /tls/ca.crt --host-root /host
 
@@ -97,6 +103,7 @@ whether the target is incomplete.`,
 	fs.StringVar(&o.HostRoot, "host-root", "/", "where the host's root file system is mounted (device paths are looked up under it)")
 	fs.StringVar(&o.LonghornNamespace, "longhorn-namespace", "longhorn-system", "namespace of Longhorn's custom resources")
 	fs.BoolVar(&o.Attach, "attach", true, "attach target volumes attached nowhere to this node (VolumeAttachment)")
+	fs.BoolVar(&o.Populate, "populate", true, "populate PVCs whose dataSourceRef names a VolumeTarget with its last committed generation")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9500", "serve Prometheus /metrics here ('0' disables)")
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9501", "serve /healthz and /readyz here ('0' disables)")
 	tf.register(fs, "agents")

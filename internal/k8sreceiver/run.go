@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -48,6 +49,9 @@ type RunOptions struct {
 	// MetricsAddr serves /metrics ("0" disables); HealthAddr serves
 	// /healthz and /readyz ("0" disables).
 	MetricsAddr, HealthAddr string
+	// Populate runs the volume populator: PVCs whose dataSourceRef names
+	// a VolumeTarget get a volume holding its last committed generation.
+	Populate bool
 	// ProgressInterval is how often a running apply's status.progress is
 	// written; default DefaultProgressInterval.
 	ProgressInterval time.Duration
@@ -71,7 +75,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	scheme := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, storagev1.AddToScheme} {
+	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, storagev1.AddToScheme, corev1.AddToScheme} {
 		if err := add(scheme); err != nil {
 			return nil, err
 		}
@@ -107,6 +111,16 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	}
 	if err := t.SetupWithManager(mgr); err != nil {
 		return nil, err
+	}
+	if o.Populate {
+		p, err := NewPopulator(PopulatorOptions{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName,
+			StateDir: o.Server.StateDir, Workers: o.Server.Workers, Recorder: mgr.GetEventRecorder("voldelta-populator"), Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		if err := p.SetupWithManager(mgr); err != nil {
+			return nil, err
+		}
 	}
 	if o.Listener == nil {
 		return mgr, nil
