@@ -53,7 +53,9 @@ func (w *world) provisioning() {
 	w.cp.StartControllerManager(t, "persistentvolume-binder", "pvc-protection", "pv-protection")
 	ctx, stop := context.WithCancel(w.ctx)
 	done := make(chan error, 1)
-	go func() { done <- k8stest.RunProvisioner(ctx, w.kube, k8stest.ProvisionerOptions{Class: testClass, Driver: csi.LonghornDriver}) }()
+	go func() {
+		done <- k8stest.RunProvisioner(ctx, w.kube, k8stest.ProvisionerOptions{Class: testClass, Driver: csi.LonghornDriver})
+	}()
 	t.Cleanup(func() {
 		stop()
 		if err := <-done; err != nil {
