@@ -62,7 +62,7 @@ func load(t *testing.T, dir string) []runtime.Object {
 
 func TestEveryManifestIsInAKustomization(t *testing.T) {
 	listed := map[string]bool{}
-	for _, d := range []string{"agent", "receiver", "controller", "examples", "crds", "namespace", "monitoring"} {
+	for _, d := range []string{"agent", "receiver", "controller", "examples", "crds", "namespace", "monitoring", "velero"} {
 		ms, err := k8stest.LoadKustomization(d, clusterScoped)
 		if err != nil {
 			t.Fatal(err)

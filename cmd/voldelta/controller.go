@@ -44,7 +44,12 @@ downtime. spec.abort (or a failure) scales the workloads back.
 It needs the agents running on the same cluster. It serves Prometheus
 metrics on --metrics-addr and health probes on --health-addr. Inside a
 cluster it uses the pod's service account; outside, --kubeconfig or
-$KUBECONFIG. Run one replica, or several with --leader-elect.`,
+$KUBECONFIG. Run one replica, or several with --leader-elect.
+
+With --velero-namespace it is also a Velero data mover named "voldelta":
+backups made with 'velero backup create --snapshot-move-data --data-mover
+voldelta' have their CSI snapshots pushed by the agents into the backup
+storage location's bucket, incrementally (docs/velero.md).`,
 		Example: `  voldelta controller --metrics-addr :9500 --health-addr :9501 --leader-elect
 
   # outside the cluster, against the current kubeconfig
@@ -68,6 +73,7 @@ $KUBECONFIG. Run one replica, or several with --leader-elect.`,
 	fs.BoolVar(&o.run.LeaderElection, "leader-elect", false, "elect a leader through a Lease, so that only one of several replicas acts")
 	fs.StringVar(&o.run.LeaderElectionNamespace, "leader-elect-namespace", "", "namespace of the leader election Lease (default: the pod's own)")
 	fs.StringVar(&o.run.LeaderElectionID, "leader-elect-id", "voldelta-migration-controller", "name of the leader election Lease")
+	fs.StringVar(&o.run.VeleroNamespace, "velero-namespace", "", "also move the data of Velero backups with --data-mover voldelta, for the Velero in this namespace (default: off)")
 	fs.DurationVar(&o.run.RequeueInterval, "requeue-interval", 0, "how often a wait no watch covers is looked at again: PVCs to appear, pods to go (default 5s)")
 	lf.register(fs, "info")
 	return c

@@ -342,6 +342,38 @@ func (cp *ControlPlane) installCRDs(t testing.TB, ctx context.Context, o StartOp
 	if o.NoGroupSnapshotAPI {
 		files = slices.DeleteFunc(files, IsGroupSnapshotCRD)
 	}
+	cp.InstallCRDs(t, ctx, files...)
+}
+
+// VeleroCRDFiles are Velero's BackupStorageLocation, DeleteBackupRequest,
+// DataUpload and DataDownload CRDs, from the module cache directory of
+// the github.com/vmware-tanzu/velero version we build with.
+func VeleroCRDFiles() ([]string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/vmware-tanzu/velero")
+	cmd.Dir = RepoRoot()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("go list velero module: %v: %s", err, stderr.String())
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd")
+	var files []string
+	for _, f := range []string{"v1/bases/velero.io_backupstoragelocations.yaml", "v1/bases/velero.io_deletebackuprequests.yaml",
+		"v2alpha1/bases/velero.io_datauploads.yaml", "v2alpha1/bases/velero.io_datadownloads.yaml"} {
+		p := filepath.Join(dir, f)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("Velero CRD: %w", err)
+		}
+		files = append(files, p)
+	}
+	return files, nil
+}
+
+// InstallCRDs creates the CRDs of files and waits until they are
+// established.
+func (cp *ControlPlane) InstallCRDs(t testing.TB, ctx context.Context, files ...string) {
+	t.Helper()
 	cs, err := apiext.NewForConfig(cp.Config)
 	if err != nil {
 		t.Fatal(err)

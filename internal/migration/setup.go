@@ -23,6 +23,7 @@ import (
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/internal/k8sutil"
+	"github.com/voldelta/voldelta/internal/velero"
 )
 
 // Scheme adds every type the controller reads to s: Migrations and
@@ -101,6 +102,10 @@ type RunOptions struct {
 	LeaderElectionNamespace string
 	// RequeueInterval: see Options.RequeueInterval.
 	RequeueInterval time.Duration
+	// VeleroNamespace, if set, also runs voldelta's Velero data mover
+	// (internal/velero) for the DataUploads of the Velero installed in
+	// that namespace; Velero's CRDs must be installed.
+	VeleroNamespace string
 	// Logger; nil logs nothing.
 	Logger *slog.Logger
 }
@@ -122,6 +127,11 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	if err := Scheme(scheme); err != nil {
 		return nil, err
 	}
+	if o.VeleroNamespace != "" {
+		if err := velero.AddToScheme(scheme); err != nil {
+			return nil, err
+		}
+	}
 	mgr, err := k8sutil.NewManager(cfg, k8sutil.ManagerOptions{
 		Scheme:                  scheme,
 		Cache:                   cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
@@ -142,6 +152,20 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, err
+	}
+	if o.VeleroNamespace != "" {
+		kube, _, err := k8sutil.NewClients(cfg)
+		if err != nil {
+			return nil, err
+		}
+		u, err := velero.NewUploads(velero.UploadOptions{Client: mgr.GetClient(), Kube: kube, Namespace: o.VeleroNamespace,
+			Recorder: mgr.GetEventRecorder("voldelta-velero"), Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		if err := u.SetupWithManager(mgr); err != nil {
+			return nil, err
+		}
 	}
 	return mgr, nil
 }
