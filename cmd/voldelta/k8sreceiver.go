@@ -55,7 +55,12 @@ With --populate (default), the receiver is also a volume populator: a PVC
 whose spec.dataSourceRef is {apiGroup: voldelta.io, kind: VolumeTarget,
 name: T} gets a new volume of its StorageClass holding T's last committed
 generation, copied on this node and verified, while T keeps receiving
-rounds (docs/kubernetes.md, "Cloning a replica into a new PVC").`,
+rounds (docs/kubernetes.md, "Cloning a replica into a new PVC").
+
+With --velero-namespace it restores Velero backups made with the voldelta
+data mover: each DataDownload's generation is pulled from the backup
+storage location into a new volume on this node and handed to the PVC
+Velero restored (docs/velero.md).`,
 		Example: `  voldelta k8s-receiver --listen :7300 --state-dir /var/lib/voldelta \
       --tls-cert /tls/tls.crt --tls-key /tls/tls.key --tls-ca /tls/ca.crt --host-root /host
 
@@ -104,6 +109,7 @@ rounds (docs/kubernetes.md, "Cloning a replica into a new PVC").`,
 	fs.StringVar(&o.LonghornNamespace, "longhorn-namespace", "longhorn-system", "namespace of Longhorn's custom resources")
 	fs.BoolVar(&o.Attach, "attach", true, "attach target volumes attached nowhere to this node (VolumeAttachment)")
 	fs.BoolVar(&o.Populate, "populate", true, "populate PVCs whose dataSourceRef names a VolumeTarget with its last committed generation")
+	fs.StringVar(&o.VeleroNamespace, "velero-namespace", "", "restore the DataDownloads of Velero restores of voldelta backups, for the Velero in this namespace (default: off)")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":9500", "serve Prometheus /metrics here ('0' disables)")
 	fs.StringVar(&o.HealthAddr, "health-addr", ":9501", "serve /healthz and /readyz here ('0' disables)")
 	tf.register(fs, "agents")

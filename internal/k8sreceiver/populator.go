@@ -219,7 +219,7 @@ func (p *Populator) ensurePrime(ctx context.Context, pvc *corev1.PersistentVolum
 	spec := corev1.PersistentVolumeClaimSpec{AccessModes: pvc.Spec.AccessModes, Resources: pvc.Spec.Resources,
 		StorageClassName: pvc.Spec.StorageClassName, VolumeMode: pvc.Spec.VolumeMode}
 	ann := map[string]string{AnnotationPrimeFor: pvc.Name, AnnotationPopulatePhase: string(PopulateProvisioning)}
-	if late, err := p.bindsLate(ctx, pvc.Spec.StorageClassName); err != nil {
+	if late, err := bindsLate(ctx, p.o.Kube, pvc.Spec.StorageClassName); err != nil {
 		return nil, err
 	} else if late {
 		ann[annotationSelectedNode] = p.o.NodeName
@@ -234,11 +234,11 @@ func (p *Populator) ensurePrime(ctx context.Context, pvc *corev1.PersistentVolum
 }
 
 // bindsLate reports whether the StorageClass binds on first consumer.
-func (p *Populator) bindsLate(ctx context.Context, class *string) (bool, error) {
+func bindsLate(ctx context.Context, kube kubernetes.Interface, class *string) (bool, error) {
 	if class == nil || *class == "" {
 		return false, nil
 	}
-	sc, err := p.o.Kube.StorageV1().StorageClasses().Get(ctx, *class, metav1.GetOptions{})
+	sc, err := kube.StorageV1().StorageClasses().Get(ctx, *class, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}
@@ -290,7 +290,7 @@ func (p *Populator) copy(ctx context.Context, pvc, prime *corev1.PersistentVolum
 	patch := client.MergeFrom(pv.DeepCopy())
 	pv.Annotations = merge(pv.Annotations, map[string]string{AnnotationPopulatedFrom: vt.Namespace + "/" + vt.Name,
 		v1alpha1.AnnotationGeneration: strconv.FormatUint(res.Generation, 10), v1alpha1.AnnotationRootHash: res.Root})
-	if err := p.patchPV(ctx, pv, patch); err != nil {
+	if err := patchPV(ctx, p.o.Kube, pv, patch); err != nil {
 		return 0, err
 	}
 	p.event(pvc, corev1.EventTypeNormal, ReasonPopulateCopied, "copied generation %d of VolumeTarget %s (root %.16s, %d bytes written) into %s, verified",
@@ -315,7 +315,7 @@ func (p *Populator) rebind(ctx context.Context, pvc, prime *corev1.PersistentVol
 		patch := client.MergeFrom(pv.DeepCopy())
 		pv.Spec.ClaimRef = &corev1.ObjectReference{Kind: "PersistentVolumeClaim", APIVersion: "v1",
 			Namespace: pvc.Namespace, Name: pvc.Name, UID: pvc.UID, ResourceVersion: pvc.ResourceVersion}
-		if err := p.patchPV(ctx, pv, patch); err != nil {
+		if err := patchPV(ctx, p.o.Kube, pv, patch); err != nil {
 			return ctrl.Result{}, err
 		}
 	}
@@ -358,31 +358,42 @@ func (p *Populator) deletePrime(ctx context.Context, pvc *corev1.PersistentVolum
 
 // attach creates a VolumeAttachment of pv to the receiver's node.
 func (p *Populator) attach(ctx context.Context, pvc *corev1.PersistentVolumeClaim, pv, driver string) error {
-	va := &storagev1.VolumeAttachment{
-		ObjectMeta: metav1.ObjectMeta{Name: attachmentName(pv, p.o.NodeName),
-			Labels:      map[string]string{managedBy: managedByReceiver},
-			Annotations: map[string]string{annotationTarget: annotationPopulator + pvc.Namespace + "/" + pvc.Name}},
-		Spec: storagev1.VolumeAttachmentSpec{Attacher: driver, NodeName: p.o.NodeName,
-			Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &pv}},
-	}
-	_, err := p.o.Kube.StorageV1().VolumeAttachments().Create(ctx, va, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("attach prime volume %s to %s: %w", pv, p.o.NodeName, err)
-	}
-	return nil
+	return attachHere(ctx, p.o.Kube, p.o.NodeName, annotationPopulator+pvc.Namespace+"/"+pvc.Name, pv, driver)
 }
 
 // detach deletes the populator's VolumeAttachments for pvc.
 func (p *Populator) detach(ctx context.Context, pvc *corev1.PersistentVolumeClaim) error {
-	vas, err := p.o.Kube.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{LabelSelector: managedBy + "=" + managedByReceiver})
+	return detachKey(ctx, p.o.Kube, annotationPopulator+pvc.Namespace+"/"+pvc.Name)
+}
+
+// attachHere creates a VolumeAttachment of pv to node, annotated with key
+// (what it is for).
+func attachHere(ctx context.Context, kube kubernetes.Interface, node, key, pv, driver string) error {
+	va := &storagev1.VolumeAttachment{
+		ObjectMeta: metav1.ObjectMeta{Name: attachmentName(pv, node),
+			Labels:      map[string]string{managedBy: managedByReceiver},
+			Annotations: map[string]string{annotationTarget: key}},
+		Spec: storagev1.VolumeAttachmentSpec{Attacher: driver, NodeName: node,
+			Source: storagev1.VolumeAttachmentSource{PersistentVolumeName: &pv}},
+	}
+	_, err := kube.StorageV1().VolumeAttachments().Create(ctx, va, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("attach volume %s to %s: %w", pv, node, err)
+	}
+	return nil
+}
+
+// detachKey deletes the receiver's VolumeAttachments annotated with key.
+func detachKey(ctx context.Context, kube kubernetes.Interface, key string) error {
+	vas, err := kube.StorageV1().VolumeAttachments().List(ctx, metav1.ListOptions{LabelSelector: managedBy + "=" + managedByReceiver})
 	if err != nil {
 		return fmt.Errorf("list VolumeAttachments: %w", err)
 	}
 	for _, va := range vas.Items {
-		if va.Annotations[annotationTarget] != annotationPopulator+pvc.Namespace+"/"+pvc.Name || va.DeletionTimestamp != nil {
+		if va.Annotations[annotationTarget] != key || va.DeletionTimestamp != nil {
 			continue
 		}
-		err := p.o.Kube.StorageV1().VolumeAttachments().Delete(ctx, va.Name, metav1.DeleteOptions{})
+		err := kube.StorageV1().VolumeAttachments().Delete(ctx, va.Name, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("detach %s: %w", va.Name, err)
 		}
@@ -402,12 +413,12 @@ func (p *Populator) setPhase(ctx context.Context, prime *corev1.PersistentVolume
 	return nil
 }
 
-func (p *Populator) patchPV(ctx context.Context, pv *corev1.PersistentVolume, patch client.Patch) error {
+func patchPV(ctx context.Context, kube kubernetes.Interface, pv *corev1.PersistentVolume, patch client.Patch) error {
 	data, err := patch.Data(pv)
 	if err != nil {
 		return err
 	}
-	if _, err := p.o.Kube.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, data, metav1.PatchOptions{}); err != nil {
+	if _, err := kube.CoreV1().PersistentVolumes().Patch(ctx, pv.Name, types.MergePatchType, data, metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("patch PV %s: %w", pv.Name, err)
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/k8sutil"
+	"github.com/voldelta/voldelta/internal/velero"
 	"github.com/voldelta/voldelta/receiver"
 )
 
@@ -52,6 +53,10 @@ type RunOptions struct {
 	// Populate runs the volume populator: PVCs whose dataSourceRef names
 	// a VolumeTarget get a volume holding its last committed generation.
 	Populate bool
+	// VeleroNamespace, if set, restores the DataDownloads of the voldelta
+	// mover for the Velero of that namespace (Velero's CRDs must be
+	// installed).
+	VeleroNamespace string
 	// ProgressInterval is how often a running apply's status.progress is
 	// written; default DefaultProgressInterval.
 	ProgressInterval time.Duration
@@ -77,6 +82,11 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	scheme := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, storagev1.AddToScheme, corev1.AddToScheme} {
 		if err := add(scheme); err != nil {
+			return nil, err
+		}
+	}
+	if o.VeleroNamespace != "" {
+		if err := velero.AddToScheme(scheme); err != nil {
 			return nil, err
 		}
 	}
@@ -119,6 +129,17 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 			return nil, err
 		}
 		if err := p.SetupWithManager(mgr); err != nil {
+			return nil, err
+		}
+	}
+	if o.VeleroNamespace != "" {
+		r, err := NewRestores(RestoreOptions{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName, StateDir: o.Server.StateDir,
+			Namespace: o.VeleroNamespace, Parallel: o.PullParallel, Apply: receiver.Options{Verify: o.Server.Verify, ApplyBuffer: o.Server.ApplyBuffer, Workers: o.Server.Workers, Logger: o.Logger},
+			Recorder: mgr.GetEventRecorder("voldelta-velero"), Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		if err := r.SetupWithManager(mgr); err != nil {
 			return nil, err
 		}
 	}

@@ -25,7 +25,9 @@ type ProvisionerOptions struct {
 // RunProvisioner plays a CSI external-provisioner for o.Class until ctx
 // ends: every Pending claim of that class without a volume and without a
 // data source (as the external-provisioner, it leaves claims with a
-// dataSourceRef to their populator) gets a PV of its size, mode and access
+// dataSourceRef to their populator, and, as it does not support them,
+// claims with a selector: Velero restores a PVC with one for its data
+// mover to bind) gets a PV of its size, mode and access
 // modes, pre-bound to it by claimRef; Kubernetes' PV controller
 // (kube-controller-manager's persistentvolume-binder) then binds them. It
 // returns nil when ctx ends, the first API error otherwise.
@@ -56,7 +58,7 @@ func RunProvisioner(ctx context.Context, kube kubernetes.Interface, o Provisione
 
 func provision(ctx context.Context, kube kubernetes.Interface, pvc *corev1.PersistentVolumeClaim, o ProvisionerOptions) error {
 	if pvc.Spec.StorageClassName == nil || *pvc.Spec.StorageClassName != o.Class || pvc.Spec.VolumeName != "" ||
-		pvc.Spec.DataSourceRef != nil || pvc.Spec.DataSource != nil || pvc.DeletionTimestamp != nil {
+		pvc.Spec.DataSourceRef != nil || pvc.Spec.DataSource != nil || pvc.Spec.Selector != nil || pvc.DeletionTimestamp != nil {
 		return nil
 	}
 	name := "pvc-" + string(pvc.UID)

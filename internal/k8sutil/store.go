@@ -41,6 +41,17 @@ type StoreOptions struct {
 // the Secret wrap ErrCredentials; a spec that cannot be parsed is reported
 // as such.
 func StoreConfig(ctx context.Context, kube kubernetes.Interface, namespace string, spec v1alpha1.Store, o StoreOptions) (objstore.Config, error) {
+	name := spec.CredentialsSecretName
+	sec, err := kube.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return objstore.Config{}, fmt.Errorf("%w: Secret %s/%s: %w", ErrCredentials, namespace, name, err)
+	}
+	return StoreConfigWith(spec, sec.Data, namespace+"/"+name, o)
+}
+
+// StoreConfigWith is StoreConfig with the credentials Secret's data at
+// hand (where names it in errors).
+func StoreConfigWith(spec v1alpha1.Store, data map[string][]byte, where string, o StoreOptions) (objstore.Config, error) {
 	var cfg objstore.Config
 	var err error
 	if cfg.Bucket, cfg.Prefix, err = objstore.ParseStoreURL(spec.URL); err != nil {
@@ -52,27 +63,22 @@ func StoreConfig(ctx context.Context, kube kubernetes.Interface, namespace strin
 		}
 	}
 	cfg.Insecure, cfg.Region, cfg.BandwidthLimit, cfg.Logger = spec.Insecure, spec.Region, o.BandwidthLimit, o.Logger
-	name := spec.CredentialsSecretName
-	sec, err := kube.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return cfg, fmt.Errorf("%w: Secret %s/%s: %w", ErrCredentials, namespace, name, err)
-	}
 	var missing []string
 	for _, k := range []string{KeyAccessKeyID, KeySecretAccessKey} {
-		if len(sec.Data[k]) == 0 {
+		if len(data[k]) == 0 {
 			missing = append(missing, k)
 		}
 	}
 	if len(missing) > 0 {
 		sort.Strings(missing)
-		return cfg, fmt.Errorf("%w: Secret %s/%s lacks %s", ErrCredentials, namespace, name, strings.Join(missing, ", "))
+		return cfg, fmt.Errorf("%w: Secret %s lacks %s", ErrCredentials, where, strings.Join(missing, ", "))
 	}
-	cfg.Creds = credentials.NewStaticV4(strings.TrimSpace(string(sec.Data[KeyAccessKeyID])),
-		strings.TrimSpace(string(sec.Data[KeySecretAccessKey])), strings.TrimSpace(string(sec.Data[KeySessionToken])))
-	if pem := sec.Data[KeyCA]; len(pem) > 0 {
+	cfg.Creds = credentials.NewStaticV4(strings.TrimSpace(string(data[KeyAccessKeyID])),
+		strings.TrimSpace(string(data[KeySecretAccessKey])), strings.TrimSpace(string(data[KeySessionToken])))
+	if pem := data[KeyCA]; len(pem) > 0 {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return cfg, fmt.Errorf("%w: Secret %s/%s: %s holds no PEM certificate", ErrCredentials, namespace, name, KeyCA)
+			return cfg, fmt.Errorf("%w: Secret %s: %s holds no PEM certificate", ErrCredentials, where, KeyCA)
 		}
 		cfg.RootCAs = pool
 	}

@@ -9,9 +9,10 @@
 // stored, and reads only what changed since the last one where change
 // hints exist (Longhorn).
 //
-// What is built is the backup side (DataUploads). Restores (DataDownloads)
-// and the deletion of a backup's generations (DeleteBackupRequests) are
-// not: see docs/velero.md.
+// Restores (DataDownloads) are the receiver's (internal/k8sreceiver,
+// restore.go), with the locations and snapshot IDs of this package. The
+// deletion of a backup's generations (DeleteBackupRequests) is not built:
+// see docs/velero.md.
 package velero
 
 import (

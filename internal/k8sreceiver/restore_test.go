@@ -1,0 +1,149 @@
+package k8sreceiver_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	velerov1 "github.com/vmware-tanzu/velero/pkg/apis/velero/v1"
+	velerov2 "github.com/vmware-tanzu/velero/pkg/apis/velero/v2alpha1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
+	"github.com/voldelta/voldelta/internal/k8sreceiver"
+	"github.com/voldelta/voldelta/internal/k8stest"
+	"github.com/voldelta/voldelta/internal/miniotest"
+	"github.com/voldelta/voldelta/internal/velero"
+	"github.com/voldelta/voldelta/objstore"
+)
+
+// A Velero restore of a voldelta backup, as Velero's CSI plugin makes it:
+// the PVC restored with a selector (so nothing provisions it) and a
+// DataDownload naming the backup's generation. The receiver provisions a
+// volume, pulls the generation from the backup storage location (real
+// MinIO) into it on its node, and hands it to the PVC: the real PV
+// controller binds them, the PVC's bytes are the generation's, the PV
+// carries the selector's label and the root hash. A canceled DataDownload
+// is Canceled; one naming a generation that does not exist Failed.
+func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
+	w := newWorld(t)
+	w.provisioning()
+	files, err := k8stest.VeleroCRDFiles()
+	must(t, err)
+	w.cp.InstallCRDs(t, w.ctx, files...)
+	ms, err := k8stest.LoadKustomization(filepath.Join(k8stest.RepoRoot(), "deploy", "velero"), k8stest.ClusterScopedKinds)
+	must(t, err)
+	must(t, w.cp.Apply(w.ctx, ms, false))
+	_, err = w.kube.CoreV1().Namespaces().Create(w.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "velero"}}, metav1.CreateOptions{})
+	must(t, err)
+	s := runtime.NewScheme()
+	must(t, velero.AddToScheme(s))
+	vcl, err := client.New(w.cp.Config, client.Options{Scheme: s})
+	must(t, err)
+
+	// The backups: two generations of src-data in the location's store.
+	srv, err := miniotest.Start()
+	must(t, err)
+	t.Cleanup(srv.Stop)
+	must(t, srv.MakeBucket(w.ctx, "velero"))
+	store, err := objstore.Open(w.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/voldelta", Endpoint: srv.Endpoint, Insecure: true,
+		Region: "minio", Creds: credentials.NewStaticV4(miniotest.User, miniotest.Password, "")})
+	must(t, err)
+	gen1 := make([]byte, apiVolSize)
+	rand.NewChaCha8([32]byte{9}).Read(gen1)
+	gen2 := bytes.Clone(gen1)
+	copy(gen2[4096:], "the second backup")
+	var roots []string
+	for _, img := range [][]byte{gen1, gen2} {
+		st, err := store.Push(w.ctx, bytes.NewReader(img), uint64(len(img)), objstore.PushOptions{Volume: "src-data", Params: w.prm})
+		must(t, err)
+		roots = append(roots, st.RootHash)
+	}
+	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", miniotest.User, miniotest.Password)
+	_, err = w.kube.CoreV1().Secrets("velero").Create(w.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "cloud-credentials"},
+		Data: map[string][]byte{"cloud": []byte(ini)}}, metav1.CreateOptions{})
+	must(t, err)
+	must(t, vcl.Create(w.ctx, &velerov1.BackupStorageLocation{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "default"},
+		Spec: velerov1.BackupStorageLocationSpec{Provider: "aws",
+			StorageType: velerov1.StorageType{ObjectStorage: &velerov1.ObjectStorageLocation{Bucket: "velero", Prefix: "cluster-a"}},
+			Config:      map[string]string{"region": "minio", "s3Url": "http://" + srv.Endpoint}}}))
+
+	w.start(func(o *k8sreceiver.RunOptions) { o.VeleroNamespace = "velero" })
+
+	// restore plays Velero's CSI plugin: the PVC with a selector, then the
+	// DataDownload.
+	restore := func(pvc, snapshotID string, cancel bool) *velerov2.DataDownload {
+		t.Helper()
+		block, class := corev1.PersistentVolumeBlock, testClass
+		label := "dst." + pvc + ".x9z2q"
+		_, err := w.kube.CoreV1().PersistentVolumeClaims("dst").Create(w.ctx, &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: pvc},
+			Spec: corev1.PersistentVolumeClaimSpec{VolumeMode: &block, StorageClassName: &class,
+				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(fmt.Sprint(apiVolSize))}},
+				Selector:    &metav1.LabelSelector{MatchLabels: map[string]string{velerov1.DynamicPVRestoreLabel: label}}},
+		}, metav1.CreateOptions{})
+		must(t, err)
+		dd := &velerov2.DataDownload{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "restore-" + pvc},
+			Spec: velerov2.DataDownloadSpec{TargetVolume: velerov2.TargetVolumeSpec{PVC: pvc, Namespace: "dst"},
+				BackupStorageLocation: "default", DataMover: velero.MoverName, SnapshotID: snapshotID, SourceNamespace: "src",
+				OperationTimeout: metav1.Duration{Duration: 10 * time.Minute}, Cancel: cancel, SnapshotSize: apiVolSize},
+			Status: velerov2.DataDownloadStatus{Phase: velerov2.DataDownloadPhaseNew}}
+		must(t, vcl.Create(w.ctx, dd))
+		return dd
+	}
+	waitPhase := func(dd *velerov2.DataDownload, phase velerov2.DataDownloadPhase) *velerov2.DataDownload {
+		t.Helper()
+		var got velerov2.DataDownload
+		w.wait("DataDownload "+dd.Name+" "+string(phase), func() (bool, string) {
+			must(t, vcl.Get(w.ctx, client.ObjectKeyFromObject(dd), &got))
+			return got.Status.Phase == phase, fmt.Sprintf("%+v", got.Status)
+		})
+		return &got
+	}
+
+	dd := waitPhase(restore("db", "src-data@1", false), velerov2.DataDownloadPhaseCompleted)
+	if dd.Status.Progress.BytesDone != apiVolSize || dd.Status.Node != "node-r" || dd.Status.CompletionTimestamp == nil {
+		t.Fatalf("completed restore: %+v", dd.Status)
+	}
+	data, pv := w.device("db")
+	if !bytes.Equal(data[:apiVolSize], gen1) {
+		t.Fatal("the restored volume's bytes differ from generation 1")
+	}
+	if pv.Annotations[k8sreceiver.AnnotationRestoredFrom] != "src-data@1" || pv.Annotations[v1alpha1.AnnotationRootHash] != roots[0] ||
+		pv.Labels[velerov1.DynamicPVRestoreLabel] != "dst.db.x9z2q" {
+		t.Fatalf("restored PV: annotations %v, labels %v", pv.Annotations, pv.Labels)
+	}
+	t.Logf("restored src-data@1 into dst/db: PV %s, root %s, %d bytes equal to the backup's", pv.Name, roots[0], apiVolSize)
+	primes, err := w.kube.CoreV1().PersistentVolumeClaims("velero").List(w.ctx, metav1.ListOptions{})
+	must(t, err)
+	if len(primes.Items) != 0 {
+		t.Fatalf("restore PVCs left in velero: %d", len(primes.Items))
+	}
+
+	// The second generation, into another PVC.
+	waitPhase(restore("db2", "src-data@2", false), velerov2.DataDownloadPhaseCompleted)
+	if data, _ := w.device("db2"); !bytes.Equal(data[:apiVolSize], gen2) {
+		t.Fatal("the second restore's bytes differ from generation 2")
+	}
+
+	waitPhase(restore("canceled", "src-data@2", true), velerov2.DataDownloadPhaseCanceled)
+	failed := waitPhase(restore("nothing", "src-data@7", false), velerov2.DataDownloadPhaseFailed)
+	if !strings.Contains(failed.Status.Message, "src-data@7") {
+		t.Fatalf("failed restore's message: %q", failed.Status.Message)
+	}
+	w.wait("the failed restore's PVC removed", func() (bool, string) {
+		_, err := w.kube.CoreV1().PersistentVolumeClaims("velero").Get(w.ctx, "voldelta-restore-"+string(failed.UID), metav1.GetOptions{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+}
