@@ -11,6 +11,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/voldelta/voldelta/chunk"
+	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -258,4 +259,26 @@ func (s *Store) GC(ctx context.Context, opt GCOptions) (*GCStats, error) {
 	st.DurationSeconds = time.Since(start).Seconds()
 	s.log.Info("gc done", "manifests_removed", st.ManifestsRemoved, "chunks_removed", st.ChunksRemoved, "bytes_removed", st.BytesRemoved)
 	return st, nil
+}
+
+// Forget removes generation gen of volume from the store, as gc removes
+// the generations beyond its Keep: the manifest moves to the trash, so
+// pulls no longer see it, and the chunks no other manifest references are
+// reclaimed by a later GC once its grace period has passed (a push that
+// used the generation as its base meanwhile is safe, as with gc). The
+// error wraps ErrNotFound if the store has no such generation.
+func (s *Store) Forget(ctx context.Context, volume string, gen uint64) error {
+	if err := transport.ValidateVolumeName(volume); err != nil {
+		return err
+	}
+	key := s.manifestKey(volume, gen)
+	trash := s.trashPrefix() + key[len(s.prefix):]
+	if err := s.copy(ctx, "move manifest to trash", trash, key, nil); err != nil {
+		return fmt.Errorf("forget generation %d of %q: %w", gen, volume, err)
+	}
+	if err := s.remove(ctx, "remove manifest", key); err != nil {
+		return fmt.Errorf("forget generation %d of %q: %w", gen, volume, err)
+	}
+	s.log.Info("generation forgotten", "volume", volume, "generation", gen)
+	return nil
 }

@@ -638,3 +638,32 @@ func TestPushErrorsAreTheirOwn(t *testing.T) {
 		t.Fatalf("push whose uploads are refused: %v", err)
 	}
 }
+
+// TestForget: a forgotten generation is gone for pulls, the others stay
+// restorable, and its own chunks go with the next gc without a grace; a
+// generation that does not exist is ErrNotFound.
+func TestForget(t *testing.T) {
+	s := newStore(t)
+	h := makeHistory(t, s)
+	ctx := context.Background()
+	if err := s.Forget(ctx, "a", 2); err != nil {
+		t.Fatal(err)
+	}
+	if gens, err := s.Generations(ctx, "a"); err != nil || len(gens) != 2 || gens[0] != 1 || gens[1] != 3 {
+		t.Fatalf("generations after forgetting 2: %v, %v", gens, err)
+	}
+	if _, err := s.Pull(ctx, PullOptions{Volume: "a", Generation: 2, Target: filepath.Join(t.TempDir(), "x"), StateDir: t.TempDir()}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("pull of a forgotten generation: %v, want ErrNotFound", err)
+	}
+	if err := s.Forget(ctx, "a", 2); !errors.Is(err, ErrNotFound) {
+		t.Errorf("forget it again: %v, want ErrNotFound", err)
+	}
+	if _, err := s.GC(ctx, GCOptions{Grace: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if n, want := countObjects(t, s, "chunks/"), h.union(t, map[string][]int{"a": {1, 3}, "b": {1}}); n != want {
+		t.Errorf("after gc: %d chunk objects, want %d", n, want)
+	}
+	h.assertRestorable(t, s, "a", 1, 3)
+	h.assertRestorable(t, s, "b", 1)
+}

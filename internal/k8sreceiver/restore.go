@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	velerov1 "github.com/vmware-tanzu/velero/pkg/apis/velero/v1"
 	velerov2 "github.com/vmware-tanzu/velero/pkg/apis/velero/v2alpha1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,7 +26,6 @@ import (
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/csi"
-	"github.com/voldelta/voldelta/internal/k8sutil"
 	"github.com/voldelta/voldelta/internal/velero"
 	"github.com/voldelta/voldelta/objstore"
 	"github.com/voldelta/voldelta/receiver"
@@ -265,7 +263,7 @@ func (r *Restores) pull(ctx context.Context, dd *velerov2.DataDownload, pv *core
 	if att.Node != r.o.NodeName || vol.DevicePath == "" {
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
-	store, err := r.openStore(ctx, dd)
+	store, err := velero.OpenLocation(ctx, r.o.Client, r.o.Kube, r.o.Namespace, dd.Spec.BackupStorageLocation, r.o.Logger)
 	if err != nil {
 		return r.fail(ctx, dd, err.Error())
 	}
@@ -327,26 +325,6 @@ func (r *Restores) reportProgress(ctx context.Context, dd *velerov2.DataDownload
 		}
 	}()
 	return func() { cancel(); <-finished }
-}
-
-func (r *Restores) openStore(ctx context.Context, dd *velerov2.DataDownload) (*objstore.Store, error) {
-	set, err := velero.ReadSettings(ctx, r.o.Kube, r.o.Namespace)
-	if err != nil {
-		return nil, err
-	}
-	var bsl velerov1.BackupStorageLocation
-	if err := r.o.Client.Get(ctx, client.ObjectKey{Namespace: r.o.Namespace, Name: dd.Spec.BackupStorageLocation}, &bsl); err != nil {
-		return nil, fmt.Errorf("BackupStorageLocation %s/%s: %w", r.o.Namespace, dd.Spec.BackupStorageLocation, err)
-	}
-	loc, err := velero.ResolveLocation(ctx, r.o.Kube, &bsl, set)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := k8sutil.StoreConfigWith(loc.Store, loc.Credentials, "of BackupStorageLocation "+bsl.Name, k8sutil.StoreOptions{Logger: r.o.Logger})
-	if err != nil {
-		return nil, err
-	}
-	return objstore.Open(ctx, cfg)
 }
 
 // complete ends the DataDownload once the target PVC is bound to the

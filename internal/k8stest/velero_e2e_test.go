@@ -122,7 +122,6 @@ func (vw *veleroWorld) backup(mod func(*velerov2.DataUpload)) *velerov2.DataUplo
 func (vw *veleroWorld) waitPhase(du *velerov2.DataUpload, phase velerov2.DataUploadPhase) *velerov2.DataUpload {
 	vw.t.Helper()
 	var got velerov2.DataUpload
-	seen := map[velerov2.DataUploadPhase]bool{}
 	err := k8stest.Eventually(vw.ctx, func() (bool, string, error) {
 		if err := vw.bgFailed(); err != nil {
 			return false, "", err
@@ -130,24 +129,43 @@ func (vw *veleroWorld) waitPhase(du *velerov2.DataUpload, phase velerov2.DataUpl
 		if err := vw.vcl.Get(vw.ctx, client.ObjectKeyFromObject(du), &got); err != nil {
 			return false, "", err
 		}
-		seen[got.Status.Phase] = true
-		return got.Status.Phase == phase, fmt.Sprintf("status %+v", got.Status), nil
+		switch p := got.Status.Phase; {
+		case p == phase:
+			return true, "", nil
+		case p == velerov2.DataUploadPhaseCompleted || p == velerov2.DataUploadPhaseFailed || p == velerov2.DataUploadPhaseCanceled:
+			return false, "", fmt.Errorf("ended %s: %s", p, got.Status.Message)
+		}
+		return false, fmt.Sprintf("status %+v", got.Status), nil
 	})
 	if err != nil {
-		vw.t.Fatalf("DataUpload %s did not reach %s: %v", du.Name, phase, err)
+		vw.t.Fatalf("DataUpload %s did not reach %s: %v (last status %+v)", du.Name, phase, err, got.Status)
 	}
 	return &got
+}
+
+// store opens the backup storage location's store.
+func (vw *veleroWorld) store() *objstore.Store {
+	vw.t.Helper()
+	st, err := objstore.Open(vw.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/voldelta", Endpoint: vw.minio.Endpoint, Insecure: true,
+		Region: "minio", Creds: credentials.NewStaticV4(miniotest.User, miniotest.Password, "")})
+	vw.must(err)
+	return st
+}
+
+// generations lists the store's generations of volume.
+func (vw *veleroWorld) generations(volume string) []uint64 {
+	vw.t.Helper()
+	gens, err := vw.store().Generations(vw.ctx, volume)
+	vw.must(err)
+	return gens
 }
 
 // storeImage pulls generation gen of the store volume into a file and
 // returns its bytes.
 func (vw *veleroWorld) storeImage(volume string, gen uint64) []byte {
 	vw.t.Helper()
-	st, err := objstore.Open(vw.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/voldelta", Endpoint: vw.minio.Endpoint, Insecure: true,
-		Region: "minio", Creds: credentials.NewStaticV4(miniotest.User, miniotest.Password, "")})
-	vw.must(err)
 	dir := vw.t.TempDir()
-	_, err = st.Pull(vw.ctx, objstore.PullOptions{Volume: volume, Generation: gen, Target: filepath.Join(dir, "image"), StateDir: filepath.Join(dir, "state")})
+	_, err := vw.store().Pull(vw.ctx, objstore.PullOptions{Volume: volume, Generation: gen, Target: filepath.Join(dir, "image"), StateDir: filepath.Join(dir, "state")})
 	vw.must(err)
 	b, err := os.ReadFile(filepath.Join(dir, "image"))
 	vw.must(err)
@@ -163,9 +181,10 @@ func (vw *veleroWorld) storeImage(volume string, gen uint64) []byte {
 // holds both generations byte for byte; the first backup's snapshot is
 // deleted once the second completed. A canceled backup is Canceled with
 // nothing pushed, one naming a missing location Failed, and DataUploads of
-// another mover are left alone.
+// another mover are left alone. Deleting the first backup removes its
+// generation from the store and its DataUpload.
 func TestVeleroDataUpload(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	vw := newVeleroWorld(t, ctx)
 	vol := velero.StoreVolume(srcNS, "data")
@@ -204,6 +223,29 @@ func TestVeleroDataUpload(t *testing.T) {
 	vw.must(err)
 	var keep snapv1.VolumeSnapshot
 	vw.must(vw.vcl.Get(ctx, client.ObjectKey{Namespace: srcNS, Name: "velero-data-2"}, &keep)) // the next backup's base
+
+	// Deleting backup 1 (as `velero backup delete backup-1` does, with the
+	// data movers' finalizer): its generation leaves the store, its
+	// DataUpload goes, generation 2 stays restorable.
+	dbr := &velerov1.DeleteBackupRequest{ObjectMeta: metav1.ObjectMeta{Namespace: veleroNS, Name: "backup-1-del",
+		Finalizers: []string{velero.FinalizerDeleteBackup}}, Spec: velerov1.DeleteBackupRequestSpec{BackupName: "backup-1"}}
+	vw.must(vw.vcl.Create(ctx, dbr))
+	err = k8stest.Eventually(ctx, func() (bool, string, error) {
+		if err := vw.vcl.Get(ctx, client.ObjectKeyFromObject(dbr), dbr); err != nil {
+			return false, "", err
+		}
+		return len(dbr.Finalizers) == 0, fmt.Sprintf("finalizers %v", dbr.Finalizers), nil
+	})
+	vw.must(err)
+	if gens := vw.generations(vol); len(gens) != 1 || gens[0] != 2 {
+		t.Fatalf("store generations after deleting backup 1: %v, want [2]", gens)
+	}
+	if err := vw.vcl.Get(ctx, client.ObjectKeyFromObject(du1), &velerov2.DataUpload{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("backup 1's DataUpload after its deletion: %v", err)
+	}
+	if !bytes.Equal(vw.storeImage(vol, 2), vw.want) {
+		t.Fatal("generation 2 after deleting backup 1 differs from its snapshot")
+	}
 
 	// Canceled before its round started: nothing is pushed.
 	du3 := vw.waitPhase(vw.backup(func(du *velerov2.DataUpload) { du.Spec.Cancel = true }), velerov2.DataUploadPhaseCanceled)

@@ -158,12 +158,20 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 		if err != nil {
 			return nil, err
 		}
-		u, err := velero.NewUploads(velero.UploadOptions{Client: mgr.GetClient(), Kube: kube, Namespace: o.VeleroNamespace,
+		u, err := velero.NewUploads(velero.UploadOptions{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Kube: kube, Namespace: o.VeleroNamespace,
 			Recorder: mgr.GetEventRecorder("voldelta-velero"), Logger: o.Logger})
 		if err != nil {
 			return nil, err
 		}
 		if err := u.SetupWithManager(mgr); err != nil {
+			return nil, err
+		}
+		d, err := velero.NewDeletions(velero.DeletionOptions{Client: mgr.GetClient(), Kube: kube, Namespace: o.VeleroNamespace,
+			Recorder: mgr.GetEventRecorder("voldelta-velero"), Logger: o.Logger})
+		if err != nil {
+			return nil, err
+		}
+		if err := d.SetupWithManager(mgr); err != nil {
 			return nil, err
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 
@@ -31,9 +32,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/internal/k8sutil"
+	"github.com/voldelta/voldelta/objstore"
 )
 
 // MoverName is the name a Velero backup gives the data mover
@@ -136,6 +139,29 @@ func ResolveLocation(ctx context.Context, kube kubernetes.Interface, bsl *velero
 	}
 	loc.Store.CredentialsSecretName = CredentialsSecretName(bsl.Name)
 	return loc, nil
+}
+
+// OpenLocation opens the store of the BackupStorageLocation named
+// location in Velero's namespace, with the mover's settings and the
+// location's credentials.
+func OpenLocation(ctx context.Context, cl client.Reader, kube kubernetes.Interface, namespace, location string, log *slog.Logger) (*objstore.Store, error) {
+	set, err := ReadSettings(ctx, kube, namespace)
+	if err != nil {
+		return nil, err
+	}
+	var bsl velerov1.BackupStorageLocation
+	if err := cl.Get(ctx, client.ObjectKey{Namespace: namespace, Name: location}, &bsl); err != nil {
+		return nil, fmt.Errorf("BackupStorageLocation %s/%s: %w", namespace, location, err)
+	}
+	loc, err := ResolveLocation(ctx, kube, &bsl, set)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := k8sutil.StoreConfigWith(loc.Store, loc.Credentials, "of BackupStorageLocation "+location, k8sutil.StoreOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return objstore.Open(ctx, cfg)
 }
 
 // CredentialsSecretName is the Secret a location's credentials are copied

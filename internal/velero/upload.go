@@ -61,6 +61,10 @@ type UploadOptions struct {
 	// Client reads and writes DataUploads, VolumeSyncs, VolumeSnapshots
 	// and BackupStorageLocations. Required.
 	Client client.Client
+	// Reader, if set, reads the VolumeSyncs instead of Client: the
+	// manager's API reader, so that a DataUpload never judges its round by
+	// a VolumeSync older than its own last update of it.
+	Reader client.Reader
 	// Kube reads the mover's ConfigMap and the locations' Secrets, and
 	// writes the copies of their credentials. Required.
 	Kube kubernetes.Interface
@@ -82,6 +86,9 @@ type Uploads struct{ o UploadOptions }
 func NewUploads(o UploadOptions) (*Uploads, error) {
 	if o.Client == nil || o.Kube == nil || o.Namespace == "" {
 		return nil, errors.New("velero: UploadOptions.Client, Kube and Namespace are required")
+	}
+	if o.Reader == nil {
+		o.Reader = o.Client
 	}
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
@@ -224,7 +231,7 @@ func (u *Uploads) ensureVolumeSync(ctx context.Context, du *velerov2.DataUpload,
 		VolumeSnapshotClassName: set.VolumeSnapshotClassName,
 	}
 	var vs v1alpha1.VolumeSync
-	err := u.o.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: VolumeSyncName(pvc)}, &vs)
+	err := u.o.Reader.Get(ctx, client.ObjectKey{Namespace: ns, Name: VolumeSyncName(pvc)}, &vs)
 	if apierrors.IsNotFound(err) {
 		vs = v1alpha1.VolumeSync{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: VolumeSyncName(pvc),
 			Labels: map[string]string{LabelMover: "true"}, Annotations: map[string]string{AnnotationDataUpload: key}}, Spec: spec}
@@ -436,7 +443,7 @@ func sameData(a, b map[string][]byte) bool {
 // volumeSync returns the DataUpload's VolumeSync, nil if it is gone.
 func (u *Uploads) volumeSync(ctx context.Context, du *velerov2.DataUpload) (*v1alpha1.VolumeSync, error) {
 	var vs v1alpha1.VolumeSync
-	err := u.o.Client.Get(ctx, client.ObjectKey{Namespace: du.Spec.SourceNamespace, Name: VolumeSyncName(du.Spec.SourcePVC)}, &vs)
+	err := u.o.Reader.Get(ctx, client.ObjectKey{Namespace: du.Spec.SourceNamespace, Name: VolumeSyncName(du.Spec.SourcePVC)}, &vs)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
