@@ -106,6 +106,16 @@ func diff(path string, a, b any) []string {
 	return []string{fmt.Sprintf("%s: chart %s, kustomize %s", path, bytes.TrimSpace(ja), bytes.TrimSpace(jb))}
 }
 
+// toUnstructured converts a typed object to its JSON map.
+func toUnstructured(t *testing.T, o runtime.Object) map[string]any {
+	t.Helper()
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // kustomized returns the objects of the bases, each once (they share the
 // namespace and the CRDs).
 func kustomized(t *testing.T, bases ...string) map[string]*unstructured.Unstructured {
@@ -319,6 +329,34 @@ func TestChartValues(t *testing.T) {
 		}
 		if svc := find[*corev1.Service](objs, "voldelta-receiver"); svc == nil || svc.Spec.Type != corev1.ServiceTypeNodePort {
 			t.Errorf("receiver Service %+v", svc)
+		}
+	})
+	t.Run("velero", func(t *testing.T) {
+		objs := typed(t, render(t, "--set", "velero.namespace=velero,receiver.enabled=true"))
+		for _, name := range []string{"voldelta-controller", "voldelta-receiver"} {
+			c := find[*appsv1.Deployment](objs, name).Spec.Template.Spec.Containers[0]
+			if !slices.Contains(c.Args, "--velero-namespace=velero") {
+				t.Errorf("%s args %v lack --velero-namespace=velero", name, c.Args)
+			}
+		}
+		// The roles grant what deploy/velero's do.
+		base := kustomized(t, "velero")
+		for chartRole, baseRole := range map[string]string{"voldelta-controller-velero": "voldelta-velero", "voldelta-receiver-velero": "voldelta-velero-receiver"} {
+			got := find[*rbacv1.ClusterRole](objs, chartRole)
+			want := base["rbac.authorization.k8s.io/v1 ClusterRole /"+baseRole]
+			if got == nil || want == nil {
+				t.Fatalf("ClusterRole %s (chart) or %s (deploy/velero) missing", chartRole, baseRole)
+			}
+			rules, _, _ := unstructured.NestedSlice(want.Object, "rules")
+			if d := diff(chartRole, toUnstructured(t, got)["rules"], rules); len(d) > 0 {
+				t.Errorf("rules differ: %v", d)
+			}
+			if b := find[*rbacv1.ClusterRoleBinding](objs, chartRole); b == nil || b.RoleRef.Name != chartRole {
+				t.Errorf("no ClusterRoleBinding %s", chartRole)
+			}
+		}
+		if find[*rbacv1.ClusterRole](typed(t, render(t)), "voldelta-controller-velero") != nil {
+			t.Error("the Velero roles are rendered without velero.namespace")
 		}
 	})
 	t.Run("receiver of store targets only", func(t *testing.T) {
