@@ -45,17 +45,10 @@ type CopyResult struct {
 // ErrNotCommitted or ErrNoState.
 func CopyCommitted(ctx context.Context, vol Volume, dst string, workers int) (CopyResult, error) {
 	res := CopyResult{Volume: vol.Name}
-	if err := transport.ValidateVolumeName(vol.Name); err != nil {
-		return res, err
-	}
 	if workers <= 0 {
 		workers = defaultWorkers()
 	}
-	vd := volumeDir{dir: filepath.Join(vol.StateDir, vol.Name)}
-	if _, err := os.Stat(vd.dir); err != nil {
-		return res, fmt.Errorf("volume %q: %w", vol.Name, ErrNoState)
-	}
-	unlock, err := lockVolume(vd, vol.Name)
+	vd, unlock, err := lockExisting(vol)
 	if err != nil {
 		return res, err
 	}
@@ -112,14 +105,10 @@ func CopyCommitted(ctx context.Context, vol Volume, dst string, workers int) (Co
 // gen), an error wrapping ErrVerify naming the first mismatch otherwise.
 // It takes the volume's lock only to read the manifest.
 func VerifyCopy(ctx context.Context, vol Volume, gen uint64, path string, workers int) error {
-	if err := transport.ValidateVolumeName(vol.Name); err != nil {
-		return err
-	}
 	if workers <= 0 {
 		workers = defaultWorkers()
 	}
-	vd := volumeDir{dir: filepath.Join(vol.StateDir, vol.Name)}
-	unlock, err := lockVolume(vd, vol.Name)
+	vd, unlock, err := lockExisting(vol)
 	if err != nil {
 		return err
 	}
@@ -141,6 +130,20 @@ func VerifyCopy(ctx context.Context, vol Volume, gen uint64, path string, worker
 	}
 	defer t.Close()
 	return verifyEntries(ctx, t, clip(exts, st.Size), workers)
+}
+
+// lockExisting locks the state of a volume that has one: ErrNoState if it
+// was never synced, ErrBusy if a round or another copy holds it.
+func lockExisting(vol Volume) (volumeDir, func(), error) {
+	vd := volumeDir{dir: filepath.Join(vol.StateDir, vol.Name)}
+	if err := transport.ValidateVolumeName(vol.Name); err != nil {
+		return vd, nil, err
+	}
+	if _, err := os.Stat(vd.dir); err != nil {
+		return vd, nil, fmt.Errorf("volume %q: %w", vol.Name, ErrNoState)
+	}
+	unlock, err := lockVolume(vd, vol.Name)
+	return vd, unlock, err
 }
 
 // committedExtents loads the volume's state and manifest if it holds a
@@ -208,38 +211,42 @@ func openCopyTarget(dst string, size uint64) (*target, error) {
 // written.
 func copyEntries(ctx context.Context, src, out *target, exts []chunk.Entry, workers int) (uint64, error) {
 	var written atomic.Uint64
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(workers)
-	for _, e := range exts {
-		g.Go(func() error {
-			if err := gctx.Err(); err != nil {
-				return err
-			}
-			if e.Zero {
-				return out.zero(e.Offset, e.Length)
-			}
-			buf := chunk.GetBuffer(int(e.Length))
-			defer chunk.PutBuffer(buf)
-			b := (*buf)[:e.Length]
-			if _, err := src.ReadAt(b, int64(e.Offset)); err != nil {
-				return fmt.Errorf("read %v: %w", e, err)
-			}
-			if chunk.Sum(b) != e.ID {
-				return fmt.Errorf("read %v from the target: %w", e, errMismatch)
-			}
-			if _, err := out.WriteAt(b, int64(e.Offset)); err != nil {
-				return err
-			}
-			written.Add(e.Length)
-			return nil
-		})
-	}
-	err := g.Wait()
+	err := forEntries(ctx, exts, workers, func(e chunk.Entry) error {
+		if e.Zero {
+			return out.zero(e.Offset, e.Length)
+		}
+		buf := chunk.GetBuffer(int(e.Length))
+		defer chunk.PutBuffer(buf)
+		b := (*buf)[:e.Length]
+		if _, err := src.ReadAt(b, int64(e.Offset)); err != nil {
+			return fmt.Errorf("read %v: %w", e, err)
+		}
+		if chunk.Sum(b) != e.ID {
+			return fmt.Errorf("read %v from the target: %w", e, errMismatch)
+		}
+		if _, err := out.WriteAt(b, int64(e.Offset)); err != nil {
+			return err
+		}
+		written.Add(e.Length)
+		return nil
+	})
 	return written.Load(), err
 }
 
 // verifyEntries checks every entry of t against the manifest.
 func verifyEntries(ctx context.Context, t *target, exts []chunk.Entry, workers int) error {
+	return forEntries(ctx, exts, workers, func(e chunk.Entry) error {
+		err := verifyEntry(t, e)
+		if errors.Is(err, errMismatch) {
+			return fmt.Errorf("%w: %v", ErrVerify, err)
+		}
+		return err
+	})
+}
+
+// forEntries runs f on every entry, workers at a time, until one fails
+// or ctx ends.
+func forEntries(ctx context.Context, exts []chunk.Entry, workers int, f func(chunk.Entry) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
 	for _, e := range exts {
@@ -247,13 +254,7 @@ func verifyEntries(ctx context.Context, t *target, exts []chunk.Entry, workers i
 			if err := gctx.Err(); err != nil {
 				return err
 			}
-			if err := verifyEntry(t, e); err != nil {
-				if errors.Is(err, errMismatch) {
-					return fmt.Errorf("%w: %v", ErrVerify, err)
-				}
-				return err
-			}
-			return nil
+			return f(e)
 		})
 	}
 	return g.Wait()

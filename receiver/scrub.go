@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
-	"github.com/voldelta/voldelta/transport"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
@@ -40,20 +38,13 @@ var ErrNotCommitted = errors.New("no committed generation")
 // volume's lock: no round runs meanwhile.
 func Scrub(ctx context.Context, vol Volume, workers int, log *slog.Logger) (ScrubResult, error) {
 	res := ScrubResult{Volume: vol.Name}
-	if err := transport.ValidateVolumeName(vol.Name); err != nil {
-		return res, err
-	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if workers <= 0 {
 		workers = defaultWorkers()
 	}
-	vd := volumeDir{dir: filepath.Join(vol.StateDir, vol.Name)}
-	if _, err := os.Stat(vd.dir); err != nil {
-		return res, fmt.Errorf("volume %q: %w", vol.Name, ErrNoState)
-	}
-	unlock, err := lockVolume(vd, vol.Name)
+	vd, unlock, err := lockExisting(vol)
 	if err != nil {
 		return res, err
 	}

@@ -394,12 +394,7 @@ func (r *Restores) fail(ctx context.Context, dd *velerov2.DataDownload, msg stri
 
 // patch changes the DataDownload's status (no status subresource).
 func (r *Restores) patch(ctx context.Context, dd *velerov2.DataDownload, f func(*velerov2.DataDownloadStatus)) error {
-	orig := dd.DeepCopy()
-	f(&dd.Status)
-	if err := r.o.Client.Patch(ctx, dd, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("update DataDownload %s/%s: %w", dd.Namespace, dd.Name, err)
-	}
-	return nil
+	return velero.PatchLocked(ctx, r.o.Client, "DataDownload", dd, func() { f(&dd.Status) })
 }
 
 func (r *Restores) now() metav1.Time { return metav1.NewTime(r.o.Clock.Now()) }

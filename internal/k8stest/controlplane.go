@@ -305,13 +305,19 @@ func CRDFiles() ([]string, error) {
 // github.com/kubernetes-csi/external-snapshotter/client/v8, whose
 // config/crd holds the VolumeSnapshot CRDs of the version we build with.
 func SnapshotterModuleDir() (string, error) {
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/kubernetes-csi/external-snapshotter/client/v8")
+	return moduleDir("github.com/kubernetes-csi/external-snapshotter/client/v8")
+}
+
+// moduleDir is the module cache directory of module, at the version the
+// repository builds with.
+func moduleDir(module string) (string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module)
 	cmd.Dir = RepoRoot()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return "", fmt.Errorf("go list external-snapshotter module: %v: %s", err, stderr.String())
+		return "", fmt.Errorf("go list -m %s: %v: %s", module, err, stderr.String())
 	}
 	return strings.TrimSpace(string(out)), nil
 }
@@ -349,15 +355,11 @@ func (cp *ControlPlane) installCRDs(t testing.TB, ctx context.Context, o StartOp
 // DataUpload and DataDownload CRDs, from the module cache directory of
 // the github.com/vmware-tanzu/velero version we build with.
 func VeleroCRDFiles() ([]string, error) {
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/vmware-tanzu/velero")
-	cmd.Dir = RepoRoot()
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	mod, err := moduleDir("github.com/vmware-tanzu/velero")
 	if err != nil {
-		return nil, fmt.Errorf("go list velero module: %v: %s", err, stderr.String())
+		return nil, err
 	}
-	dir := filepath.Join(strings.TrimSpace(string(out)), "config", "crd")
+	dir := filepath.Join(mod, "config", "crd")
 	var files []string
 	for _, f := range []string{"v1/bases/velero.io_backupstoragelocations.yaml", "v1/bases/velero.io_deletebackuprequests.yaml",
 		"v2alpha1/bases/velero.io_datauploads.yaml", "v2alpha1/bases/velero.io_datadownloads.yaml"} {

@@ -238,3 +238,15 @@ func ParseSnapshotID(id string) (volume string, generation int64, err error) {
 	}
 	return v, generation, nil
 }
+
+// PatchLocked applies mutate to obj and patches the change with an
+// optimistic lock (Velero's CRDs have no status subresource: the status
+// is patched with the object). kind names it in the error.
+func PatchLocked(ctx context.Context, cl client.Client, kind string, obj client.Object, mutate func()) error {
+	orig := obj.DeepCopyObject().(client.Object)
+	mutate()
+	if err := cl.Patch(ctx, obj, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("update %s %s/%s: %w", kind, obj.GetNamespace(), obj.GetName(), err)
+	}
+	return nil
+}

@@ -467,12 +467,7 @@ func (u *Uploads) fail(ctx context.Context, du *velerov2.DataUpload, msg string)
 // patch changes the DataUpload's status (its CRD has no status
 // subresource) with an optimistic lock.
 func (u *Uploads) patch(ctx context.Context, du *velerov2.DataUpload, f func(*velerov2.DataUploadStatus)) error {
-	orig := du.DeepCopy()
-	f(&du.Status)
-	if err := u.o.Client.Patch(ctx, du, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("update DataUpload %s/%s: %w", du.Namespace, du.Name, err)
-	}
-	return nil
+	return PatchLocked(ctx, u.o.Client, "DataUpload", du, func() { f(&du.Status) })
 }
 
 func (u *Uploads) now() metav1.Time { return metav1.NewTime(u.o.Clock.Now()) }
