@@ -52,6 +52,18 @@ const (
 	LabelRestoreOf = "voldelta.io/restore-of"
 
 	annotationRestore = "restore:" // annotationTarget of a restore's VolumeAttachment, + namespace/DataDownload
+
+	// AnnotationRestoring, on a VolumeTarget, names the DataDownload
+	// ("<namespace>/<name>") that restores into its volume: the receiver
+	// stops pulling it, brings it to the backup's generation and hands
+	// its volume to the restored PVC.
+	AnnotationRestoring = "voldelta.io/restoring"
+	// annotationWarm, on a DataDownload, names the VolumeTarget it
+	// restores onto ("<namespace>/<name>").
+	annotationWarm = "voldelta.io/warm-replica"
+	// annotationReclaim keeps a PV's reclaim policy while a warm restore
+	// retains it.
+	annotationReclaim = "voldelta.io/reclaim-policy"
 )
 
 // RestoreOptions configure Restores.
@@ -74,6 +86,11 @@ type RestoreOptions struct {
 	// tunes its apply.
 	Parallel int
 	Apply    receiver.Options
+	// Targets, if set, are the VolumeTargets the receiver serves: a
+	// DataDownload whose backup a store-fed VolumeTarget of its namespace
+	// replicates (same store, same volume) restores onto that warm
+	// replica, downloading only what differs.
+	Targets *Targets
 	// Clock; default the real clock.
 	Clock clock.PassiveClock
 	// Recorder records Events on DataDownloads; optional.
@@ -161,6 +178,11 @@ func (r *Restores) prepare(ctx context.Context, dd *velerov2.DataDownload) (ctrl
 	if err != nil || target == nil {
 		return ctrl.Result{RequeueAfter: 2 * time.Second}, err // Velero creates it after the DataDownload
 	}
+	if vt, err := r.warmReplica(ctx, dd); err != nil {
+		return ctrl.Result{}, err
+	} else if vt != nil {
+		return ctrl.Result{}, r.holdReplica(ctx, dd, vt)
+	}
 	var prime corev1.PersistentVolumeClaim
 	err = r.o.Client.Get(ctx, client.ObjectKey{Namespace: r.o.Namespace, Name: restorePrimeName(dd.UID)}, &prime)
 	if apierrors.IsNotFound(err) {
@@ -205,6 +227,9 @@ func (r *Restores) restore(ctx context.Context, dd *velerov2.DataDownload) (ctrl
 	if target == nil {
 		return r.fail(ctx, dd, fmt.Sprintf("target PVC %s/%s is gone", dd.Spec.TargetVolume.Namespace, dd.Spec.TargetVolume.PVC))
 	}
+	if dd.Annotations[annotationWarm] != "" {
+		return r.restoreWarm(ctx, dd, target)
+	}
 	key := annotationRestore + dd.Namespace + "/" + dd.Name
 	var prime corev1.PersistentVolumeClaim
 	err = r.o.Client.Get(ctx, client.ObjectKey{Namespace: r.o.Namespace, Name: restorePrimeName(dd.UID)}, &prime)
@@ -224,7 +249,7 @@ func (r *Restores) restore(ctx context.Context, dd *velerov2.DataDownload) (ctrl
 	if err := detachKey(ctx, r.o.Kube, key); err != nil {
 		return ctrl.Result{}, err
 	}
-	if _, err := r.o.Resolver.AttachedNode(ctx, &csi.Volume{PV: pv.Name, Driver: pv.Spec.CSI.Driver}); err == nil {
+	if _, err := r.o.Resolver.AttachedNode(ctx, csiVolume(pv)); err == nil {
 		return ctrl.Result{RequeueAfter: time.Second}, nil // detaching
 	}
 	if target.Spec.VolumeName == pv.Name {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,15 +19,37 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
 	"github.com/voldelta/voldelta/internal/k8sreceiver"
 	"github.com/voldelta/voldelta/internal/k8stest"
+	"github.com/voldelta/voldelta/internal/k8sutil"
 	"github.com/voldelta/voldelta/internal/miniotest"
 	"github.com/voldelta/voldelta/internal/velero"
 	"github.com/voldelta/voldelta/objstore"
 )
+
+// pulledBytes is the download a DataDownload's "Pulled" Event reports.
+func pulledBytes(t *testing.T, w *world, dd string) int64 {
+	t.Helper()
+	evs, err := w.kube.EventsV1().Events("velero").List(w.ctx, metav1.ListOptions{})
+	must(t, err)
+	for _, e := range evs.Items {
+		if e.Regarding.Name != dd || e.Reason != "Pulled" {
+			continue
+		}
+		m := regexp.MustCompile(`(\d+) bytes downloaded`).FindStringSubmatch(e.Note)
+		if m == nil {
+			t.Fatalf("Pulled event of %s: %q", dd, e.Note)
+		}
+		n, _ := strconv.ParseInt(m[1], 10, 64)
+		return n
+	}
+	t.Fatalf("no Pulled event on %s", dd)
+	return 0
+}
 
 // A Velero restore of a voldelta backup, as Velero's CSI plugin makes it:
 // the PVC restored with a selector (so nothing provisions it) and a
@@ -33,7 +57,9 @@ import (
 // volume, pulls the generation from the backup storage location (real
 // MinIO) into it on its node, and hands it to the PVC: the real PV
 // controller binds them, the PVC's bytes are the generation's, the PV
-// carries the selector's label and the root hash. A canceled DataDownload
+// carries the selector's label and the root hash. Onto a warm replica (a
+// store-fed VolumeTarget of the same volume) a restore downloads only what
+// differs and binds the replica's volume. A canceled DataDownload
 // is Canceled; one naming a generation that does not exist Failed.
 func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 	w := newWorld(t)
@@ -135,6 +161,43 @@ func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 	waitPhase(restore("db2", "src-data@2", false), velerov2.DataDownloadPhaseCompleted)
 	if data, _ := w.device("db2"); !bytes.Equal(data[:apiVolSize], gen2) {
 		t.Fatal("the second restore's bytes differ from generation 2")
+	}
+
+	// Onto a warm replica: a VolumeTarget of dst pulls src-data from the
+	// same store and holds generation 2; a restore of generation 1 goes
+	// onto it, downloads about the one chunk that differs, and hands its
+	// volume to the restored PVC (the replica is consumed).
+	w.target("w")
+	_, err = w.kube.CoreV1().Secrets("dst").Create(w.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: "s3"},
+		Data: map[string][]byte{k8sutil.KeyAccessKeyID: []byte(miniotest.User), k8sutil.KeySecretAccessKey: []byte(miniotest.Password)}}, metav1.CreateOptions{})
+	must(t, err)
+	must(t, retry.RetryOnConflict(retry.DefaultRetry, func() error { // the receiver adds its finalizer meanwhile
+		vt := w.get("w")
+		vt.Spec.RemoteVolume, vt.Spec.AllowedIdentities = "src-data", nil
+		vt.Spec.Store = &v1alpha1.StoreSource{Store: v1alpha1.Store{URL: "s3://velero/cluster-a/voldelta", Endpoint: srv.Endpoint, Insecure: true,
+			Region: "minio", CredentialsSecretName: "s3"}, PollInterval: &metav1.Duration{Duration: time.Second}}
+		return w.cl.Update(w.ctx, vt)
+	}))
+	w.wait("the warm replica holds generation 2", func() (bool, string) {
+		st := w.get("w").Status
+		return st.StoreGeneration == 2 && st.Phase == v1alpha1.PhaseIdle, fmt.Sprintf("%+v", st)
+	})
+	warm := waitPhase(restore("db-warm", "src-data@1", false), velerov2.DataDownloadPhaseCompleted)
+	data, pv = w.device("db-warm")
+	if pv.Name != "pv-w" || !bytes.Equal(data[:apiVolSize], gen1) {
+		t.Fatalf("warm restore: bound to %s, bytes equal to generation 1: %v", pv.Name, bytes.Equal(data[:apiVolSize], gen1))
+	}
+	downloaded := pulledBytes(t, w, warm.Name)
+	cold := pulledBytes(t, w, "restore-db")
+	if downloaded <= 0 || downloaded > 64<<10 || cold < apiVolSize {
+		t.Fatalf("warm restore downloaded %d bytes, the cold one %d: want at most 64 KiB and the whole volume", downloaded, cold)
+	}
+	t.Logf("restore of src-data@1: cold %d bytes downloaded, onto the warm replica %d", cold, downloaded)
+	if err := w.cl.Get(w.ctx, client.ObjectKey{Namespace: "dst", Name: "w"}, &v1alpha1.VolumeTarget{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the consumed replica's VolumeTarget: %v", err)
+	}
+	if pv.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimRetain {
+		t.Fatalf("the warm PV's reclaim policy %s, want its own (Retain) back", pv.Spec.PersistentVolumeReclaimPolicy)
 	}
 
 	waitPhase(restore("canceled", "src-data@2", true), velerov2.DataDownloadPhaseCanceled)

@@ -134,7 +134,7 @@ func NewManager(cfg *rest.Config, o RunOptions) (ctrl.Manager, error) {
 	}
 	if o.VeleroNamespace != "" {
 		r, err := NewRestores(RestoreOptions{Client: mgr.GetClient(), Kube: kube, Resolver: res, NodeName: o.NodeName, StateDir: o.Server.StateDir,
-			Namespace: o.VeleroNamespace, Parallel: o.PullParallel, Apply: receiver.Options{Verify: o.Server.Verify, ApplyBuffer: o.Server.ApplyBuffer, Workers: o.Server.Workers, Logger: o.Logger},
+			Namespace: o.VeleroNamespace, Targets: t, Parallel: o.PullParallel, Apply: receiver.Options{Verify: o.Server.Verify, ApplyBuffer: o.Server.ApplyBuffer, Workers: o.Server.Workers, Logger: o.Logger},
 			Recorder: mgr.GetEventRecorder("voldelta-velero"), Logger: o.Logger})
 		if err != nil {
 			return nil, err

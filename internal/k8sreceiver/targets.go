@@ -323,7 +323,7 @@ func (t *Targets) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 		return ctrl.Result{RequeueAfter: retry}, t.patch(ctx, orig, &vt)
 	}
 	st.DevicePath = path
-	if vt.Spec.Store != nil {
+	if vt.Spec.Store != nil && vt.Annotations[AnnotationRestoring] == "" { // a Velero restore takes it over (restore.go)
 		var wait time.Duration
 		if orig, wait, err = t.syncFromStore(ctx, orig, &vt, path); err != nil {
 			return ctrl.Result{}, err

@@ -141,19 +141,24 @@ func ResolveLocation(ctx context.Context, kube kubernetes.Interface, bsl *velero
 	return loc, nil
 }
 
-// OpenLocation opens the store of the BackupStorageLocation named
-// location in Velero's namespace, with the mover's settings and the
-// location's credentials.
-func OpenLocation(ctx context.Context, cl client.Reader, kube kubernetes.Interface, namespace, location string, log *slog.Logger) (*objstore.Store, error) {
+// ReadLocation reads the BackupStorageLocation named location in Velero's
+// namespace and resolves it with the mover's settings (ResolveLocation).
+func ReadLocation(ctx context.Context, cl client.Reader, kube kubernetes.Interface, namespace, location string) (Location, error) {
 	set, err := ReadSettings(ctx, kube, namespace)
 	if err != nil {
-		return nil, err
+		return Location{}, err
 	}
 	var bsl velerov1.BackupStorageLocation
 	if err := cl.Get(ctx, client.ObjectKey{Namespace: namespace, Name: location}, &bsl); err != nil {
-		return nil, fmt.Errorf("BackupStorageLocation %s/%s: %w", namespace, location, err)
+		return Location{}, fmt.Errorf("BackupStorageLocation %s/%s: %w", namespace, location, err)
 	}
-	loc, err := ResolveLocation(ctx, kube, &bsl, set)
+	return ResolveLocation(ctx, kube, &bsl, set)
+}
+
+// OpenLocation opens the store of the BackupStorageLocation named
+// location in Velero's namespace, with the location's credentials.
+func OpenLocation(ctx context.Context, cl client.Reader, kube kubernetes.Interface, namespace, location string, log *slog.Logger) (*objstore.Store, error) {
+	loc, err := ReadLocation(ctx, cl, kube, namespace, location)
 	if err != nil {
 		return nil, err
 	}
