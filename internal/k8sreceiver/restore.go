@@ -288,42 +288,65 @@ func (r *Restores) pull(ctx context.Context, dd *velerov2.DataDownload, pv *core
 	if att.Node != r.o.NodeName || vol.DevicePath == "" {
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
+	volume, _, _ := velero.ParseSnapshotID(dd.Spec.SnapshotID)
+	stateDir := filepath.Join(r.o.StateDir, "velero-restores", string(dd.UID))
+	res, err := r.pullGeneration(ctx, dd, pv, vol.DevicePath, volume, stateDir, false)
+	if err == nil && pv.Annotations[AnnotationRestoredFrom] == dd.Spec.SnapshotID {
+		if err := os.RemoveAll(stateDir); err != nil {
+			r.o.Logger.Warn("remove restore state", "dir", stateDir, "err", err)
+		}
+	}
+	return res, err
+}
+
+// pullGeneration pulls the DataDownload's generation of volume from its
+// location into dev (the volume's state in stateDir), reporting progress,
+// then annotates pv with what it holds; with retain, pv's reclaim policy
+// is set to Retain (the old one kept in an annotation) for a hand-over
+// that deletes its PVC. A pull that cannot succeed fails the
+// DataDownload; others are retried (and resume).
+func (r *Restores) pullGeneration(ctx context.Context, dd *velerov2.DataDownload, pv *corev1.PersistentVolume, dev, volume, stateDir string, retain bool) (ctrl.Result, error) {
 	store, err := velero.OpenLocation(ctx, r.o.Client, r.o.Kube, r.o.Namespace, dd.Spec.BackupStorageLocation, r.o.Logger)
 	if err != nil {
 		return r.fail(ctx, dd, err.Error())
 	}
-	volume, gen, _ := velero.ParseSnapshotID(dd.Spec.SnapshotID)
+	_, gen, _ := velero.ParseSnapshotID(dd.Spec.SnapshotID)
 	if err := r.patch(ctx, dd, func(st *velerov2.DataDownloadStatus) {
 		st.Phase, st.Node = velerov2.DataDownloadPhaseInProgress, r.o.NodeName
 		st.Progress.TotalBytes = dd.Spec.SnapshotSize
-		st.Message = fmt.Sprintf("pulling %s from %s", dd.Spec.SnapshotID, store)
+		st.Message = fmt.Sprintf("pulling %s from %s into %s", dd.Spec.SnapshotID, store, pv.Name)
 	}); err != nil {
 		return ctrl.Result{}, err
 	}
-	stateDir := filepath.Join(r.o.StateDir, "velero-restores", string(dd.UID))
 	var done atomic.Int64
 	stop := r.reportProgress(ctx, dd, &done)
-	stats, err := store.Pull(ctx, objstore.PullOptions{Volume: volume, Generation: uint64(gen), Target: vol.DevicePath, StateDir: stateDir,
+	stats, err := store.Pull(ctx, objstore.PullOptions{Volume: volume, Generation: uint64(gen), Target: dev, StateDir: stateDir,
 		Parallel: r.o.Parallel, Receiver: r.o.Apply, Downloaded: func(n uint64) { done.Add(int64(n)) }})
 	stop()
-	if err != nil {
-		if errors.Is(err, objstore.ErrBadCredentials) || errors.Is(err, objstore.ErrNoBucket) || errors.Is(err, receiver.ErrTooSmall) || errors.Is(err, objstore.ErrNotFound) || errors.Is(err, objstore.ErrCorrupt) {
-			return r.fail(ctx, dd, fmt.Sprintf("pull %s: %v", dd.Spec.SnapshotID, err))
-		}
-		return ctrl.Result{}, fmt.Errorf("pull %s: %w", dd.Spec.SnapshotID, err) // retried, resumed
+	switch {
+	case errors.Is(err, receiver.ErrBusy):
+		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil // the replica's last pull is still running
+	case errors.Is(err, objstore.ErrBadCredentials), errors.Is(err, objstore.ErrNoBucket), errors.Is(err, receiver.ErrTooSmall),
+		errors.Is(err, objstore.ErrNotFound), errors.Is(err, objstore.ErrCorrupt):
+		return r.fail(ctx, dd, fmt.Sprintf("pull %s: %v", dd.Spec.SnapshotID, err))
+	case err != nil:
+		return ctrl.Result{}, fmt.Errorf("pull %s: %w", dd.Spec.SnapshotID, err)
 	}
 	patch := client.MergeFrom(pv.DeepCopy())
 	pv.Annotations = merge(pv.Annotations, map[string]string{AnnotationRestoredFrom: dd.Spec.SnapshotID,
 		v1alpha1.AnnotationRootHash: stats.RootHash, v1alpha1.AnnotationGeneration: strconv.FormatUint(stats.Generation, 10)})
+	if retain {
+		pv.Annotations[annotationReclaim] = string(pv.Spec.PersistentVolumeReclaimPolicy)
+		pv.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimRetain
+	}
 	if err := patchPV(ctx, r.o.Kube, pv, patch); err != nil {
 		return ctrl.Result{}, err
 	}
-	if err := os.RemoveAll(stateDir); err != nil {
-		r.o.Logger.Warn("remove restore state", "dir", stateDir, "err", err)
-	}
-	r.event(dd, corev1.EventTypeNormal, "Pulled", "%s pulled into %s and verified (root %.16s): %d bytes downloaded", dd.Spec.SnapshotID, pv.Name, stats.RootHash, stats.BytesDownloaded)
+	r.event(dd, corev1.EventTypeNormal, "Pulled", "%s pulled into %s and verified (root %.16s): %d bytes downloaded, %d chunks in place",
+		dd.Spec.SnapshotID, pv.Name, stats.RootHash, stats.BytesDownloaded, stats.ChunksSkipped)
 	err = r.patch(ctx, dd, func(st *velerov2.DataDownloadStatus) {
 		st.Progress.TotalBytes, st.Progress.BytesDone = int64(stats.SourceBytes), int64(stats.SourceBytes)
+		st.Message = fmt.Sprintf("%s pulled into %s: %d bytes downloaded", dd.Spec.SnapshotID, pv.Name, stats.BytesDownloaded)
 	})
 	return ctrl.Result{RequeueAfter: time.Second}, err
 }

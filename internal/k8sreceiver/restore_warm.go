@@ -2,11 +2,8 @@ package k8sreceiver
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	velerov2 "github.com/vmware-tanzu/velero/pkg/apis/velero/v2alpha1"
@@ -20,7 +17,6 @@ import (
 	"github.com/voldelta/voldelta/csi"
 	"github.com/voldelta/voldelta/internal/velero"
 	"github.com/voldelta/voldelta/objstore"
-	"github.com/voldelta/voldelta/receiver"
 )
 
 // A warm restore: when a store-fed VolumeTarget in the restore's namespace
@@ -179,44 +175,5 @@ func (r *Restores) pullWarm(ctx context.Context, dd *velerov2.DataDownload, vt *
 	if err != nil {
 		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil // the target's reconcile attaches it
 	}
-	store, err := velero.OpenLocation(ctx, r.o.Client, r.o.Kube, r.o.Namespace, dd.Spec.BackupStorageLocation, r.o.Logger)
-	if err != nil {
-		return r.fail(ctx, dd, err.Error())
-	}
-	_, gen, _ := velero.ParseSnapshotID(dd.Spec.SnapshotID)
-	if err := r.patch(ctx, dd, func(st *velerov2.DataDownloadStatus) {
-		st.Phase, st.Node = velerov2.DataDownloadPhaseInProgress, r.o.NodeName
-		st.Progress.TotalBytes = dd.Spec.SnapshotSize
-		st.Message = fmt.Sprintf("pulling %s into the warm replica %s/%s", dd.Spec.SnapshotID, vt.Namespace, vt.Name)
-	}); err != nil {
-		return ctrl.Result{}, err
-	}
-	var done atomic.Int64
-	stop := r.reportProgress(ctx, dd, &done)
-	stats, err := store.Pull(ctx, objstore.PullOptions{Volume: vt.Spec.RemoteVolume, Generation: uint64(gen), Target: dev, StateDir: r.o.StateDir,
-		Parallel: r.o.Parallel, Receiver: r.o.Apply, Downloaded: func(n uint64) { done.Add(int64(n)) }})
-	stop()
-	switch {
-	case errors.Is(err, receiver.ErrBusy):
-		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil // its last pull is still running
-	case errors.Is(err, objstore.ErrNotFound) || errors.Is(err, objstore.ErrCorrupt) || errors.Is(err, objstore.ErrBadCredentials):
-		return r.fail(ctx, dd, fmt.Sprintf("pull %s: %v", dd.Spec.SnapshotID, err))
-	case err != nil:
-		return ctrl.Result{}, fmt.Errorf("pull %s: %w", dd.Spec.SnapshotID, err)
-	}
-	patch := client.MergeFrom(pv.DeepCopy())
-	pv.Annotations = merge(pv.Annotations, map[string]string{AnnotationRestoredFrom: dd.Spec.SnapshotID,
-		v1alpha1.AnnotationRootHash: stats.RootHash, v1alpha1.AnnotationGeneration: strconv.FormatUint(stats.Generation, 10),
-		annotationReclaim: string(pv.Spec.PersistentVolumeReclaimPolicy)})
-	pv.Spec.PersistentVolumeReclaimPolicy = corev1.PersistentVolumeReclaimRetain // its PVC goes before the hand-over
-	if err := patchPV(ctx, r.o.Kube, pv, patch); err != nil {
-		return ctrl.Result{}, err
-	}
-	r.event(dd, corev1.EventTypeNormal, "Pulled", "%s pulled into the warm replica %s and verified (root %.16s): %d bytes downloaded, %d chunks in place",
-		dd.Spec.SnapshotID, pv.Name, stats.RootHash, stats.BytesDownloaded, stats.ChunksSkipped)
-	err = r.patch(ctx, dd, func(st *velerov2.DataDownloadStatus) {
-		st.Progress.TotalBytes, st.Progress.BytesDone = int64(stats.SourceBytes), int64(stats.SourceBytes)
-		st.Message = fmt.Sprintf("%s pulled into the warm replica: %d bytes downloaded", dd.Spec.SnapshotID, stats.BytesDownloaded)
-	})
-	return ctrl.Result{RequeueAfter: time.Second}, err
+	return r.pullGeneration(ctx, dd, pv, dev, vt.Spec.RemoteVolume, r.o.StateDir, true)
 }
