@@ -49,7 +49,8 @@ $KUBECONFIG. Run one replica, or several with --leader-elect.
 With --velero-namespace it is also a Velero data mover named "voldelta":
 backups made with 'velero backup create --snapshot-move-data --data-mover
 voldelta' have their CSI snapshots pushed by the agents into the backup
-storage location's bucket, incrementally (docs/velero.md).`,
+storage location's bucket, incrementally; 'velero backup delete' removes
+their generations from it again (docs/velero.md).`,
 		Example: `  voldelta controller --metrics-addr :9500 --health-addr :9501 --leader-elect
 
   # outside the cluster, against the current kubeconfig

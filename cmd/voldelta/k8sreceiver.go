@@ -59,8 +59,10 @@ rounds (docs/kubernetes.md, "Cloning a replica into a new PVC").
 
 With --velero-namespace it restores Velero backups made with the voldelta
 data mover: each DataDownload's generation is pulled from the backup
-storage location into a new volume on this node and handed to the PVC
-Velero restored (docs/velero.md).`,
+storage location, verified, and handed to the PVC Velero restored. It goes
+into a new volume on this node, or, when a store-fed VolumeTarget of that
+namespace replicates the same volume, onto that warm replica in place (the
+replica is consumed) (docs/velero.md).`,
 		Example: `  voldelta k8s-receiver --listen :7300 --state-dir /var/lib/voldelta \
       --tls-cert /tls/tls.crt --tls-key /tls/tls.key --tls-ca /tls/ca.crt --host-root /host
 
