@@ -106,6 +106,14 @@ bench-scale:
 bench-warm:
 	GO=$(GO) ./bench/run.sh warm $(BENCHFLAGS)
 
+## test-velero: a real Velero server (and its AWS plugin, pinned in tools/, built once: ~8 min cold)
+## backs up a namespace with `--snapshot-move-data --data-mover voldelta` and restores it into another,
+## against the test control plane and MinIO (internal/k8stest/velero_server_test.go, docs/velero.md)
+.PHONY: test-velero
+test-velero: tools
+	GO=$(GO) ./scripts/ensure-velero.sh >/dev/null
+	$(GO) test -race -tags veleroserver -timeout 20m ./internal/k8stest -run TestVeleroServerBackupRestore -v
+
 ## bench-tools: build the pinned restic client the WAN benchmark (bench/) compares with (once, cached)
 .PHONY: bench-tools
 bench-tools:

@@ -82,7 +82,7 @@ func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 	must(t, err)
 	t.Cleanup(srv.Stop)
 	must(t, srv.MakeBucket(w.ctx, "velero"))
-	store, err := objstore.Open(w.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/voldelta", Endpoint: srv.Endpoint, Insecure: true,
+	store, err := objstore.Open(w.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/plugins/voldelta", Endpoint: srv.Endpoint, Insecure: true,
 		Region: "minio", Creds: credentials.NewStaticV4(miniotest.User, miniotest.Password, "")})
 	must(t, err)
 	gen1 := make([]byte, apiVolSize)
@@ -174,7 +174,7 @@ func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 	must(t, retry.RetryOnConflict(retry.DefaultRetry, func() error { // the receiver adds its finalizer meanwhile
 		vt := w.get("w")
 		vt.Spec.RemoteVolume, vt.Spec.AllowedIdentities = "src-data", nil
-		vt.Spec.Store = &v1alpha1.StoreSource{Store: v1alpha1.Store{URL: "s3://velero/cluster-a/voldelta", Endpoint: srv.Endpoint, Insecure: true,
+		vt.Spec.Store = &v1alpha1.StoreSource{Store: v1alpha1.Store{URL: "s3://velero/cluster-a/plugins/voldelta", Endpoint: srv.Endpoint, Insecure: true,
 			Region: "minio", CredentialsSecretName: "s3"}, PollInterval: &metav1.Duration{Duration: time.Second}}
 		return w.cl.Update(w.ctx, vt)
 	}))

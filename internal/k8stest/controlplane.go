@@ -351,11 +351,15 @@ func (cp *ControlPlane) installCRDs(t testing.TB, ctx context.Context, o StartOp
 	cp.InstallCRDs(t, ctx, files...)
 }
 
+// VeleroModuleDir is the module cache directory of
+// github.com/vmware-tanzu/velero, at the version voldelta builds with.
+func VeleroModuleDir() (string, error) { return moduleDir("github.com/vmware-tanzu/velero") }
+
 // VeleroCRDFiles are Velero's BackupStorageLocation, DeleteBackupRequest,
 // DataUpload and DataDownload CRDs, from the module cache directory of
 // the github.com/vmware-tanzu/velero version we build with.
 func VeleroCRDFiles() ([]string, error) {
-	mod, err := moduleDir("github.com/vmware-tanzu/velero")
+	mod, err := VeleroModuleDir()
 	if err != nil {
 		return nil, err
 	}

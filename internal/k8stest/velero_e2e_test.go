@@ -146,7 +146,7 @@ func (vw *veleroWorld) waitPhase(du *velerov2.DataUpload, phase velerov2.DataUpl
 // store opens the backup storage location's store.
 func (vw *veleroWorld) store() *objstore.Store {
 	vw.t.Helper()
-	st, err := objstore.Open(vw.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/voldelta", Endpoint: vw.minio.Endpoint, Insecure: true,
+	st, err := objstore.Open(vw.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/plugins/voldelta", Endpoint: vw.minio.Endpoint, Insecure: true,
 		Region: "minio", Creds: credentials.NewStaticV4(miniotest.User, miniotest.Password, "")})
 	vw.must(err)
 	return st
@@ -193,7 +193,7 @@ func TestVeleroDataUpload(t *testing.T) {
 	st := du1.Status
 	if st.SnapshotID != vol+"@1" || st.Progress.TotalBytes != volSize || st.Progress.BytesDone != volSize ||
 		st.IncrementalBytes < 6<<20 || st.Node != srcNode || st.StartTimestamp == nil || st.CompletionTimestamp == nil ||
-		st.AcceptedTimestamp == nil || st.Path != "s3://velero/cluster-a/voldelta/"+vol {
+		st.AcceptedTimestamp == nil || st.Path != "s3://velero/cluster-a/plugins/voldelta/"+vol {
 		t.Fatalf("backup 1 status: %+v", st)
 	}
 	if r := *st.DataMoverResult; r[velero.ResultGeneration] != "1" || r[velero.ResultVolume] != vol || r[velero.ResultRootHash] == "" {

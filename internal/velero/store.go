@@ -48,11 +48,17 @@ const MoverName = "voldelta"
 // the location or its Secret changes.
 var ErrLocation = errors.New("backup storage location unusable")
 
+// DefaultPrefix is where voldelta keeps its volumes under a location's
+// bucket and prefix: plugins/ is the one top-level folder there that
+// Velero leaves to its plugins (a location holding any other folder than
+// Velero's own is marked Unavailable by Velero's validation).
+const DefaultPrefix = "plugins/voldelta"
+
 // Settings are read from the ConfigMap named MoverName in Velero's
 // namespace; a missing ConfigMap gives the defaults.
 type Settings struct {
 	// Prefix is the folder of voldelta's volumes under the location's
-	// bucket and prefix (key "prefix"); default "voldelta".
+	// bucket and prefix (key "prefix"); default DefaultPrefix.
 	Prefix string
 	// BandwidthLimit caps each upload (key "bandwidthLimit", the units of
 	// a VolumeSync's spec.bandwidthLimit); default unlimited.
@@ -65,7 +71,7 @@ type Settings struct {
 
 // ReadSettings reads the mover's ConfigMap in namespace.
 func ReadSettings(ctx context.Context, kube kubernetes.Interface, namespace string) (Settings, error) {
-	s := Settings{Prefix: "voldelta"}
+	s := Settings{Prefix: DefaultPrefix}
 	cm, err := kube.CoreV1().ConfigMaps(namespace).Get(ctx, MoverName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return s, nil
