@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -153,7 +154,7 @@ func attacher(ctx context.Context, kube kubernetes.Interface, host string) error
 			if err != nil {
 				return err
 			}
-			err = f.Truncate(apiVolSize)
+			err = f.Truncate(deviceSize(pv))
 			f.Close()
 			if err != nil {
 				return err
@@ -171,14 +172,23 @@ func attacher(ctx context.Context, kube kubernetes.Interface, host string) error
 	}
 }
 
-func must(t *testing.T, err error) {
+// deviceSize is the size of the device attacher makes for pv: its
+// capacity (apiVolSize if it has none).
+func deviceSize(pv *corev1.PersistentVolume) int64 {
+	if q, ok := pv.Spec.Capacity[corev1.ResourceStorage]; ok && q.Value() > 0 {
+		return q.Value()
+	}
+	return apiVolSize
+}
+
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(b)))

@@ -31,8 +31,106 @@ import (
 	"github.com/voldelta/voldelta/objstore"
 )
 
+// veleroWorld is a world with Velero's CRDs and deploy/velero applied,
+// namespace velero, and its BackupStorageLocation "default": bucket
+// velero, prefix cluster-a, on a real MinIO, with its credentials Secret;
+// store is the location's voldelta store.
+type veleroWorld struct {
+	*world
+	vcl   client.Client
+	srv   *miniotest.Server
+	store *objstore.Store
+}
+
+func (w *world) veleroLocation() *veleroWorld {
+	t := w.t
+	w.provisioning()
+	files, err := k8stest.VeleroCRDFiles()
+	must(t, err)
+	w.cp.InstallCRDs(t, w.ctx, files...)
+	ms, err := k8stest.LoadKustomization(filepath.Join(k8stest.RepoRoot(), "deploy", "velero"), k8stest.ClusterScopedKinds)
+	must(t, err)
+	must(t, w.cp.Apply(w.ctx, ms, false))
+	_, err = w.kube.CoreV1().Namespaces().Create(w.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "velero"}}, metav1.CreateOptions{})
+	must(t, err)
+	s := runtime.NewScheme()
+	must(t, velero.AddToScheme(s))
+	v := &veleroWorld{world: w}
+	v.vcl, err = client.New(w.cp.Config, client.Options{Scheme: s})
+	must(t, err)
+	v.srv, err = miniotest.Start()
+	must(t, err)
+	t.Cleanup(v.srv.Stop)
+	must(t, v.srv.MakeBucket(w.ctx, "velero"))
+	v.store, err = objstore.Open(w.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/plugins/voldelta", Endpoint: v.srv.Endpoint, Insecure: true,
+		Region: "minio", Creds: credentials.NewStaticV4(miniotest.User, miniotest.Password, "")})
+	must(t, err)
+	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", miniotest.User, miniotest.Password)
+	_, err = w.kube.CoreV1().Secrets("velero").Create(w.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "cloud-credentials"},
+		Data: map[string][]byte{"cloud": []byte(ini)}}, metav1.CreateOptions{})
+	must(t, err)
+	must(t, v.vcl.Create(w.ctx, &velerov1.BackupStorageLocation{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "default"},
+		Spec: velerov1.BackupStorageLocationSpec{Provider: "aws",
+			StorageType: velerov1.StorageType{ObjectStorage: &velerov1.ObjectStorageLocation{Bucket: "velero", Prefix: "cluster-a"}},
+			Config:      map[string]string{"region": "minio", "s3Url": "http://" + v.srv.Endpoint}}}))
+	_, err = w.kube.CoreV1().Secrets("dst").Create(w.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: "s3"},
+		Data: map[string][]byte{k8sutil.KeyAccessKeyID: []byte(miniotest.User), k8sutil.KeySecretAccessKey: []byte(miniotest.Password)}}, metav1.CreateOptions{})
+	must(t, err)
+	return v
+}
+
+// restore plays Velero's CSI plugin restoring snapshotID into PVC
+// dst/pvc: the PVC with a selector (nothing provisions it), then the
+// DataDownload restore-<pvc>.
+func (v *veleroWorld) restore(pvc, snapshotID string, cancel bool) *velerov2.DataDownload {
+	t := v.t
+	t.Helper()
+	block, class := corev1.PersistentVolumeBlock, testClass
+	label := "dst." + pvc + ".x9z2q"
+	_, err := v.kube.CoreV1().PersistentVolumeClaims("dst").Create(v.ctx, &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: pvc},
+		Spec: corev1.PersistentVolumeClaimSpec{VolumeMode: &block, StorageClassName: &class,
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(fmt.Sprint(v.size))}},
+			Selector:    &metav1.LabelSelector{MatchLabels: map[string]string{velerov1.DynamicPVRestoreLabel: label}}},
+	}, metav1.CreateOptions{})
+	must(t, err)
+	dd := &velerov2.DataDownload{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "restore-" + pvc},
+		Spec: velerov2.DataDownloadSpec{TargetVolume: velerov2.TargetVolumeSpec{PVC: pvc, Namespace: "dst"},
+			BackupStorageLocation: "default", DataMover: velero.MoverName, SnapshotID: snapshotID, SourceNamespace: "src",
+			OperationTimeout: metav1.Duration{Duration: 10 * time.Minute}, Cancel: cancel, SnapshotSize: v.size},
+		Status: velerov2.DataDownloadStatus{Phase: velerov2.DataDownloadPhaseNew}}
+	must(t, v.vcl.Create(v.ctx, dd))
+	return dd
+}
+
+// waitPhase waits until dd is in phase and returns it.
+func (v *veleroWorld) waitPhase(dd *velerov2.DataDownload, phase velerov2.DataDownloadPhase) *velerov2.DataDownload {
+	v.t.Helper()
+	var got velerov2.DataDownload
+	v.wait("DataDownload "+dd.Name+" "+string(phase), func() (bool, string) {
+		must(v.t, v.vcl.Get(v.ctx, client.ObjectKeyFromObject(dd), &got))
+		return got.Status.Phase == phase, fmt.Sprintf("%+v", got.Status)
+	})
+	return &got
+}
+
+// replica makes VolumeTarget dst/m (PVC replica-m, PV pv-m) a warm
+// replica of volume, pulled from the location's store every poll.
+func (v *veleroWorld) replica(m, volume string, poll time.Duration) {
+	v.t.Helper()
+	v.target(m)
+	must(v.t, retry.RetryOnConflict(retry.DefaultRetry, func() error { // the receiver adds its finalizer meanwhile
+		vt := v.get(m)
+		vt.Spec.RemoteVolume, vt.Spec.AllowedIdentities = volume, nil
+		vt.Spec.Store = &v1alpha1.StoreSource{Store: v1alpha1.Store{URL: "s3://velero/cluster-a/plugins/voldelta", Endpoint: v.srv.Endpoint, Insecure: true,
+			Region: "minio", CredentialsSecretName: "s3"}, PollInterval: &metav1.Duration{Duration: poll}}
+		return v.cl.Update(v.ctx, vt)
+	}))
+}
+
 // pulledBytes is the download a DataDownload's "Pulled" Event reports.
-func pulledBytes(t *testing.T, w *world, dd string) int64 {
+func pulledBytes(t testing.TB, w *world, dd string) int64 {
 	t.Helper()
 	evs, err := w.kube.EventsV1().Events("velero").List(w.ctx, metav1.ListOptions{})
 	must(t, err)
@@ -63,82 +161,20 @@ func pulledBytes(t *testing.T, w *world, dd string) int64 {
 // is Canceled; one naming a generation that does not exist Failed.
 func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 	w := newWorld(t)
-	w.provisioning()
-	files, err := k8stest.VeleroCRDFiles()
-	must(t, err)
-	w.cp.InstallCRDs(t, w.ctx, files...)
-	ms, err := k8stest.LoadKustomization(filepath.Join(k8stest.RepoRoot(), "deploy", "velero"), k8stest.ClusterScopedKinds)
-	must(t, err)
-	must(t, w.cp.Apply(w.ctx, ms, false))
-	_, err = w.kube.CoreV1().Namespaces().Create(w.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "velero"}}, metav1.CreateOptions{})
-	must(t, err)
-	s := runtime.NewScheme()
-	must(t, velero.AddToScheme(s))
-	vcl, err := client.New(w.cp.Config, client.Options{Scheme: s})
-	must(t, err)
-
-	// The backups: two generations of src-data in the location's store.
-	srv, err := miniotest.Start()
-	must(t, err)
-	t.Cleanup(srv.Stop)
-	must(t, srv.MakeBucket(w.ctx, "velero"))
-	store, err := objstore.Open(w.ctx, objstore.Config{Bucket: "velero", Prefix: "cluster-a/plugins/voldelta", Endpoint: srv.Endpoint, Insecure: true,
-		Region: "minio", Creds: credentials.NewStaticV4(miniotest.User, miniotest.Password, "")})
-	must(t, err)
+	v := w.veleroLocation()
 	gen1 := make([]byte, apiVolSize)
 	rand.NewChaCha8([32]byte{9}).Read(gen1)
 	gen2 := bytes.Clone(gen1)
 	copy(gen2[4096:], "the second backup")
 	var roots []string
 	for _, img := range [][]byte{gen1, gen2} {
-		st, err := store.Push(w.ctx, bytes.NewReader(img), uint64(len(img)), objstore.PushOptions{Volume: "src-data", Params: w.prm})
+		st, err := v.store.Push(w.ctx, bytes.NewReader(img), uint64(len(img)), objstore.PushOptions{Volume: "src-data", Params: w.prm})
 		must(t, err)
 		roots = append(roots, st.RootHash)
 	}
-	ini := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", miniotest.User, miniotest.Password)
-	_, err = w.kube.CoreV1().Secrets("velero").Create(w.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "cloud-credentials"},
-		Data: map[string][]byte{"cloud": []byte(ini)}}, metav1.CreateOptions{})
-	must(t, err)
-	must(t, vcl.Create(w.ctx, &velerov1.BackupStorageLocation{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "default"},
-		Spec: velerov1.BackupStorageLocationSpec{Provider: "aws",
-			StorageType: velerov1.StorageType{ObjectStorage: &velerov1.ObjectStorageLocation{Bucket: "velero", Prefix: "cluster-a"}},
-			Config:      map[string]string{"region": "minio", "s3Url": "http://" + srv.Endpoint}}}))
-
 	w.start(func(o *k8sreceiver.RunOptions) { o.VeleroNamespace = "velero" })
 
-	// restore plays Velero's CSI plugin: the PVC with a selector, then the
-	// DataDownload.
-	restore := func(pvc, snapshotID string, cancel bool) *velerov2.DataDownload {
-		t.Helper()
-		block, class := corev1.PersistentVolumeBlock, testClass
-		label := "dst." + pvc + ".x9z2q"
-		_, err := w.kube.CoreV1().PersistentVolumeClaims("dst").Create(w.ctx, &corev1.PersistentVolumeClaim{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: pvc},
-			Spec: corev1.PersistentVolumeClaimSpec{VolumeMode: &block, StorageClassName: &class,
-				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-				Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse(fmt.Sprint(apiVolSize))}},
-				Selector:    &metav1.LabelSelector{MatchLabels: map[string]string{velerov1.DynamicPVRestoreLabel: label}}},
-		}, metav1.CreateOptions{})
-		must(t, err)
-		dd := &velerov2.DataDownload{ObjectMeta: metav1.ObjectMeta{Namespace: "velero", Name: "restore-" + pvc},
-			Spec: velerov2.DataDownloadSpec{TargetVolume: velerov2.TargetVolumeSpec{PVC: pvc, Namespace: "dst"},
-				BackupStorageLocation: "default", DataMover: velero.MoverName, SnapshotID: snapshotID, SourceNamespace: "src",
-				OperationTimeout: metav1.Duration{Duration: 10 * time.Minute}, Cancel: cancel, SnapshotSize: apiVolSize},
-			Status: velerov2.DataDownloadStatus{Phase: velerov2.DataDownloadPhaseNew}}
-		must(t, vcl.Create(w.ctx, dd))
-		return dd
-	}
-	waitPhase := func(dd *velerov2.DataDownload, phase velerov2.DataDownloadPhase) *velerov2.DataDownload {
-		t.Helper()
-		var got velerov2.DataDownload
-		w.wait("DataDownload "+dd.Name+" "+string(phase), func() (bool, string) {
-			must(t, vcl.Get(w.ctx, client.ObjectKeyFromObject(dd), &got))
-			return got.Status.Phase == phase, fmt.Sprintf("%+v", got.Status)
-		})
-		return &got
-	}
-
-	dd := waitPhase(restore("db", "src-data@1", false), velerov2.DataDownloadPhaseCompleted)
+	dd := v.waitPhase(v.restore("db", "src-data@1", false), velerov2.DataDownloadPhaseCompleted)
 	if dd.Status.Progress.BytesDone != apiVolSize || dd.Status.Node != "node-r" || dd.Status.CompletionTimestamp == nil {
 		t.Fatalf("completed restore: %+v", dd.Status)
 	}
@@ -158,7 +194,7 @@ func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 	}
 
 	// The second generation, into another PVC.
-	waitPhase(restore("db2", "src-data@2", false), velerov2.DataDownloadPhaseCompleted)
+	v.waitPhase(v.restore("db2", "src-data@2", false), velerov2.DataDownloadPhaseCompleted)
 	if data, _ := w.device("db2"); !bytes.Equal(data[:apiVolSize], gen2) {
 		t.Fatal("the second restore's bytes differ from generation 2")
 	}
@@ -167,22 +203,12 @@ func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 	// same store and holds generation 2; a restore of generation 1 goes
 	// onto it, downloads about the one chunk that differs, and hands its
 	// volume to the restored PVC (the replica is consumed).
-	w.target("w")
-	_, err = w.kube.CoreV1().Secrets("dst").Create(w.ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "dst", Name: "s3"},
-		Data: map[string][]byte{k8sutil.KeyAccessKeyID: []byte(miniotest.User), k8sutil.KeySecretAccessKey: []byte(miniotest.Password)}}, metav1.CreateOptions{})
-	must(t, err)
-	must(t, retry.RetryOnConflict(retry.DefaultRetry, func() error { // the receiver adds its finalizer meanwhile
-		vt := w.get("w")
-		vt.Spec.RemoteVolume, vt.Spec.AllowedIdentities = "src-data", nil
-		vt.Spec.Store = &v1alpha1.StoreSource{Store: v1alpha1.Store{URL: "s3://velero/cluster-a/plugins/voldelta", Endpoint: srv.Endpoint, Insecure: true,
-			Region: "minio", CredentialsSecretName: "s3"}, PollInterval: &metav1.Duration{Duration: time.Second}}
-		return w.cl.Update(w.ctx, vt)
-	}))
+	v.replica("w", "src-data", time.Second)
 	w.wait("the warm replica holds generation 2", func() (bool, string) {
 		st := w.get("w").Status
 		return st.StoreGeneration == 2 && st.Phase == v1alpha1.PhaseIdle, fmt.Sprintf("%+v", st)
 	})
-	warm := waitPhase(restore("db-warm", "src-data@1", false), velerov2.DataDownloadPhaseCompleted)
+	warm := v.waitPhase(v.restore("db-warm", "src-data@1", false), velerov2.DataDownloadPhaseCompleted)
 	data, pv = w.device("db-warm")
 	if pv.Name != "pv-w" || !bytes.Equal(data[:apiVolSize], gen1) {
 		t.Fatalf("warm restore: bound to %s, bytes equal to generation 1: %v", pv.Name, bytes.Equal(data[:apiVolSize], gen1))
@@ -200,8 +226,8 @@ func TestVeleroRestoreAgainstAPIServer(t *testing.T) {
 		t.Fatalf("the warm PV's reclaim policy %s, want its own (Retain) back", pv.Spec.PersistentVolumeReclaimPolicy)
 	}
 
-	waitPhase(restore("canceled", "src-data@2", true), velerov2.DataDownloadPhaseCanceled)
-	failed := waitPhase(restore("nothing", "src-data@7", false), velerov2.DataDownloadPhaseFailed)
+	v.waitPhase(v.restore("canceled", "src-data@2", true), velerov2.DataDownloadPhaseCanceled)
+	failed := v.waitPhase(v.restore("nothing", "src-data@7", false), velerov2.DataDownloadPhaseFailed)
 	if !strings.Contains(failed.Status.Message, "src-data@7") {
 		t.Fatalf("failed restore's message: %q", failed.Status.Message)
 	}

@@ -8,14 +8,17 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/voldelta/voldelta/agent"
@@ -29,11 +32,22 @@ import (
 	"github.com/voldelta/voldelta/transport"
 )
 
+var ctrlLoggerOnce sync.Once
+
+// setCtrlLogger gives controller-runtime's global logger (used by clients
+// outside a manager) a handler once per test binary: warnings to stderr,
+// instead of its "log.SetLogger(...) was never called" stack dump.
+func setCtrlLogger() {
+	ctrlLoggerOnce.Do(func() {
+		ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	})
+}
+
 // world is a real kube-apiserver with deploy/receiver applied, namespace
 // dst, an attacher playing the CSI attacher and Longhorn on node-r, and
 // certificates for the receiver and agent "agent-a".
 type world struct {
-	t    *testing.T
+	t    testing.TB
 	ctx  context.Context
 	cp   *k8stest.ControlPlane
 	kube kubernetes.Interface
@@ -43,13 +57,22 @@ type world struct {
 	srv  transport.Config
 	ag   transport.Config // the agent's
 	prm  chunk.Params
+	// size is the size of the volumes target makes; apiVolSize unless a
+	// benchmark sets it.
+	size int64
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
+	return newWorldWithin(t, 3*time.Minute)
+}
+
+// newWorldWithin is newWorld whose waits and calls end after d.
+func newWorldWithin(t testing.TB, d time.Duration) *world {
+	setCtrlLogger()
 	cp := k8stest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
-	w := &world{t: t, ctx: ctx, cp: cp, host: t.TempDir()}
+	w := &world{t: t, ctx: ctx, cp: cp, host: t.TempDir(), size: apiVolSize}
 	var err error
 	w.kube, err = kubernetes.NewForConfig(cp.Config)
 	must(t, err)
@@ -97,7 +120,7 @@ func newWorld(t *testing.T) *world {
 func (w *world) target(m string) {
 	t, ctx := w.t, w.ctx
 	block := corev1.PersistentVolumeBlock
-	size := resource.MustParse(fmt.Sprint(apiVolSize))
+	size := resource.MustParse(fmt.Sprint(w.size))
 	_, err := w.kube.CoreV1().PersistentVolumes().Create(ctx, &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: "pv-" + m},
 		Spec: corev1.PersistentVolumeSpec{
