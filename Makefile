@@ -114,6 +114,13 @@ test-velero: tools
 	GO=$(GO) ./scripts/ensure-velero.sh >/dev/null
 	$(GO) test -race -tags veleroserver -timeout 20m ./internal/k8stest -run TestVeleroServerBackupRestore -v
 
+## bench-velero: Velero restores (DataDownloads) of the large-file scenario at 1/70 of the study (1000 MiB
+## + 14 MiB appended) from MinIO: cold into a new volume vs onto a warm replica one backup behind, through
+## the receiver against the test control plane (internal/k8sreceiver/restore_bench_test.go; ~5 min)
+.PHONY: bench-velero
+bench-velero: tools
+	$(GO) test -run '^$$' -bench BenchmarkVeleroRestore -benchtime 3x -timeout 60m ./internal/k8sreceiver
+
 ## bench-tools: build the pinned restic client the WAN benchmark (bench/) compares with (once, cached)
 .PHONY: bench-tools
 bench-tools:
