@@ -13,6 +13,7 @@ import (
 
 	velerov2 "github.com/vmware-tanzu/velero/pkg/apis/velero/v2alpha1"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,6 +23,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	v1alpha1 "github.com/voldelta/voldelta/api/v1alpha1"
@@ -117,14 +119,19 @@ func NewRestores(o RestoreOptions) (*Restores, error) {
 }
 
 // SetupWithManager registers the reconciler for the mover's DataDownloads
-// in Velero's namespace.
+// in Velero's namespace, requeued also by the objects their restores wait
+// on (restore_watch.go).
 func (r *Restores) SetupWithManager(mgr ctrl.Manager) error {
 	mine := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		dd, ok := o.(*velerov2.DataDownload)
 		return ok && dd.Namespace == r.o.Namespace && dd.Spec.DataMover == velero.MoverName
 	})
 	return ctrl.NewControllerManagedBy(mgr).Named("velero-datadownload").
-		For(&velerov2.DataDownload{}, builder.WithPredicates(mine)).Complete(r)
+		For(&velerov2.DataDownload{}, builder.WithPredicates(mine)).
+		Watches(&v1alpha1.VolumeTarget{}, handler.EnqueueRequestsFromMapFunc(r.forReplica)).
+		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(r.forClaim)).
+		Watches(&storagev1.VolumeAttachment{}, handler.EnqueueRequestsFromMapFunc(r.forAttachment)).
+		Complete(r)
 }
 
 // restorePrimeName is the prime PVC of a DataDownload.
@@ -139,8 +146,7 @@ func (r *Restores) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result
 	if dd.Spec.DataMover != velero.MoverName || dd.DeletionTimestamp != nil {
 		return ctrl.Result{}, nil
 	}
-	switch dd.Status.Phase {
-	case velerov2.DataDownloadPhaseCompleted, velerov2.DataDownloadPhaseFailed, velerov2.DataDownloadPhaseCanceled:
+	if finished(dd.Status.Phase) {
 		return ctrl.Result{}, nil
 	}
 	if dd.Spec.Cancel {
