@@ -146,7 +146,7 @@ func (r *Restores) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result
 	if dd.Spec.DataMover != velero.MoverName || dd.DeletionTimestamp != nil {
 		return ctrl.Result{}, nil
 	}
-	if finished(dd.Status.Phase) {
+	if downloadFinished(dd.Status.Phase) {
 		return ctrl.Result{}, nil
 	}
 	if dd.Spec.Cancel {

@@ -69,7 +69,7 @@ func (r *Restores) downloads(ctx context.Context, match func(*velerov2.DataDownl
 	var reqs []reconcile.Request
 	for i := range l.Items {
 		dd := &l.Items[i]
-		if dd.Spec.DataMover != velero.MoverName || finished(dd.Status.Phase) || !match(dd) {
+		if dd.Spec.DataMover != velero.MoverName || downloadFinished(dd.Status.Phase) || !match(dd) {
 			continue
 		}
 		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: dd.Namespace, Name: dd.Name}})
@@ -77,8 +77,8 @@ func (r *Restores) downloads(ctx context.Context, match func(*velerov2.DataDownl
 	return reqs
 }
 
-// finished says whether a DataDownload in phase p is done with.
-func finished(p velerov2.DataDownloadPhase) bool {
+// downloadFinished says whether a DataDownload in phase p is done with.
+func downloadFinished(p velerov2.DataDownloadPhase) bool {
 	switch p {
 	case velerov2.DataDownloadPhaseCompleted, velerov2.DataDownloadPhaseFailed, velerov2.DataDownloadPhaseCanceled:
 		return true
