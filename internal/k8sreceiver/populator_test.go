@@ -68,13 +68,20 @@ func (w *world) provisioning() {
 // attacher made its device.
 func (w *world) device(name string) ([]byte, *corev1.PersistentVolume) {
 	w.t.Helper()
+	path, pv := w.devicePath(name)
+	b, err := os.ReadFile(path)
+	must(w.t, err)
+	return b, pv
+}
+
+// devicePath is the path of the device of PVC dst/name's PV, and the PV.
+func (w *world) devicePath(name string) (string, *corev1.PersistentVolume) {
+	w.t.Helper()
 	pvc, err := w.kube.CoreV1().PersistentVolumeClaims("dst").Get(w.ctx, name, metav1.GetOptions{})
 	must(w.t, err)
 	pv, err := w.kube.CoreV1().PersistentVolumes().Get(w.ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
 	must(w.t, err)
-	b, err := os.ReadFile(filepath.Join(w.host, "dev", "longhorn", pv.Spec.CSI.VolumeHandle))
-	must(w.t, err)
-	return b, pv
+	return filepath.Join(w.host, "dev", "longhorn", pv.Spec.CSI.VolumeHandle), pv
 }
 
 // populating describes where the population of pvc is, for a failure.

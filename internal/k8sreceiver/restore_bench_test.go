@@ -6,7 +6,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -109,14 +108,11 @@ func BenchmarkVeleroRestore(b *testing.B) {
 	// restored checks that PVC dst/pvc holds the second backup, on pv if
 	// pv is not "", and returns what its restore downloaded.
 	restored := func(pvc, pv string) int64 {
-		claim, err := w.kube.CoreV1().PersistentVolumeClaims("dst").Get(w.ctx, pvc, metav1.GetOptions{})
-		must(w.t, err)
-		if pv != "" && claim.Spec.VolumeName != pv {
-			w.t.Fatalf("%s bound to %s, want the warm replica's %s", pvc, claim.Spec.VolumeName, pv)
+		path, vol := w.devicePath(pvc)
+		if pv != "" && vol.Name != pv {
+			w.t.Fatalf("%s bound to %s, want the warm replica's %s", pvc, vol.Name, pv)
 		}
-		vol, err := w.kube.CoreV1().PersistentVolumes().Get(w.ctx, claim.Spec.VolumeName, metav1.GetOptions{})
-		must(w.t, err)
-		f, err := os.Open(filepath.Join(w.host, "dev", "longhorn", vol.Spec.CSI.VolumeHandle))
+		f, err := os.Open(path)
 		must(w.t, err)
 		defer f.Close()
 		if got := digest(w.t, f, benchVolSize); got != want {
